@@ -1,0 +1,47 @@
+"""Pick the torch device: CUDA, then Apple MPS, then CPU, unless the user names one."""
+
+from __future__ import annotations
+
+import torch
+
+
+def available_devices() -> list[str]:
+    names = []
+    if torch.cuda.is_available():
+        names.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    names.append("cpu")
+    return names
+
+
+def choose_device(requested: str | None = None) -> torch.device:
+    """Return ``requested`` ("cuda", "cuda:1", "mps", "cpu") or the best available one.
+
+    Raises ``ValueError`` with the available devices when the requested one is absent,
+    so that a typo or a missing driver is a clear error and not a silent CPU run.
+    """
+    if requested in (None, "", "auto"):
+        return torch.device(available_devices()[0])
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available "
+                             f"(available: {', '.join(available_devices())})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r} requested but only "
+                             f"{torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type == "mps" and "mps" not in available_devices():
+        raise ValueError(f"device {requested!r} requested but MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {requested!r}; use cuda, mps or cpu")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """Human-readable device name for logs and provenance."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return device.type

@@ -1,0 +1,159 @@
+"""The Deep Image Prior "skip" encoder-decoder, as AUTO-DIP parameterises it.
+
+The layer order follows the original DIP ``skip`` model exactly (DESIGN §2), because
+the calibration table is only meaningful for that network: a different layer order
+would need a different calibration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: Depths, widths and skip sizes AUTO-DIP searched; anything else has no calibration.
+DEPTHS = (4, 5, 6, 7, 8)
+WIDTHS = ("16", "32", "64", "128", "256", "512", "asc")
+SKIPS = (0, 4)
+#: Channels of the fixed random input z (original DIP: 32).
+INPUT_CHANNELS = 32
+#: Scale of the uniform input noise, U[0,1) x 0.1 (original DIP: ``var=1/10``).
+INPUT_NOISE_SCALE = 0.1
+LEAKY_SLOPE = 0.2
+
+
+@dataclass(frozen=True)
+class DipParams:
+    """One DIP configuration: the network shape and when to stop."""
+
+    depth: int
+    width: str
+    skip: int
+    iterations: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", normalise_width(self.width))
+        if self.depth not in DEPTHS:
+            raise ValueError(f"depth must be one of {DEPTHS}, got {self.depth!r}")
+        if self.skip not in SKIPS:
+            raise ValueError(f"skip must be one of {SKIPS}, got {self.skip!r}")
+        if int(self.iterations) < 1:
+            raise ValueError(f"iterations must be at least 1, got {self.iterations!r}")
+        object.__setattr__(self, "iterations", int(self.iterations))
+
+    @property
+    def channels(self) -> list[int]:
+        """Feature maps per level, used for both the down and the up path."""
+        return level_channels(self.depth, self.width)
+
+    def as_dict(self) -> dict:
+        return {"depth": self.depth, "width": self.width, "skip": self.skip,
+                "iterations": self.iterations}
+
+    def label(self) -> str:
+        return f"d{self.depth}/w{self.width}/s{self.skip}/{self.iterations}it"
+
+
+def normalise_width(width: int | str) -> str:
+    """Accept 128, "128", "asc", "asc_to512" or "v512" and return the canonical form."""
+    text = str(width).strip().lower()
+    if text in ("asc", "asc_to512", "v512"):
+        return "asc"
+    if text not in WIDTHS:
+        raise ValueError(f"width must be one of {', '.join(WIDTHS)}, got {width!r}")
+    return text
+
+
+def level_channels(depth: int, width: int | str) -> list[int]:
+    """Channels at each of the ``depth`` levels.
+
+    ``asc`` doubles per level and reaches 512 at the deepest one:
+    ``[2**i for i in range(10 - depth, 10)]``.
+    """
+    width = normalise_width(width)
+    if width == "asc":
+        return [2**i for i in range(10 - depth, 10)]
+    return [int(width)] * depth
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    """Conv with bias; 3x3 convs use reflection padding as in the reference."""
+    layers: list[nn.Module] = []
+    pad = (kernel - 1) // 2
+    if pad:
+        layers.append(nn.ReflectionPad2d(pad))
+    layers.append(nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=0, bias=True))
+    return nn.Sequential(*layers)
+
+
+def _bn_act(channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+
+
+class _Level(nn.Module):
+    """One U-net level: optional skip branch, deeper branch, merge and up convs."""
+
+    def __init__(self, in_ch: int, down: int, up: int, skip: int, deeper_out: int,
+                 inner: nn.Module | None) -> None:
+        super().__init__()
+        self.skip = (nn.Sequential(_conv(in_ch, skip, 1), *_bn_act(skip))
+                     if skip > 0 else None)
+        deeper: list[nn.Module] = [
+            _conv(in_ch, down, 3, stride=2), *_bn_act(down),
+            _conv(down, down, 3), *_bn_act(down),
+        ]
+        if inner is not None:
+            deeper.append(inner)
+        deeper.append(nn.Upsample(scale_factor=2, mode="bilinear"))
+        self.deeper = nn.Sequential(*deeper)
+        merged = skip + deeper_out
+        self.merge = nn.Sequential(
+            nn.BatchNorm2d(merged),
+            _conv(merged, up, 3), *_bn_act(up),
+            _conv(up, up, 1), *_bn_act(up),  # need1x1_up
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deep = self.deeper(x)
+        if self.skip is not None:
+            deep = torch.cat([self.skip(x), deep], dim=1)
+        return self.merge(deep)
+
+
+class SkipNet(nn.Module):
+    """DIP skip network of ``depth`` levels, width per level, ``skip`` channels per skip.
+
+    Input: ``(N, 32, H, W)`` with H and W divisible by ``2**depth``; output
+    ``(N, out_channels, H, W)`` in (0, 1) through a sigmoid.
+    """
+
+    def __init__(self, depth: int, width: int | str, skip: int,
+                 in_channels: int = INPUT_CHANNELS, out_channels: int = 1) -> None:
+        super().__init__()
+        channels = level_channels(depth, width)
+        self.depth = depth
+        inner: nn.Module | None = None
+        # Built from the deepest level outwards so each level can wrap the next.
+        for i in reversed(range(depth)):
+            level_in = in_channels if i == 0 else channels[i - 1]
+            deeper_out = channels[i] if i == depth - 1 else channels[i + 1]
+            inner = _Level(level_in, channels[i], channels[i], skip, deeper_out, inner)
+        self.levels = inner
+        self.head = nn.Sequential(_conv(channels[0], out_channels, 1), nn.Sigmoid())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.levels(z))
+
+
+def min_plane_side(depth: int) -> int:
+    """Smallest side a depth-``depth`` network runs on.
+
+    The deepest feature map is side / 2**depth; its 3x3 reflection padding needs at
+    least 2 values per side (and BatchNorm more than one value per channel).
+    """
+    return 2 ** (depth + 1)
+
+
+#: The original DIP configuration (Ulyanov et al.), the baseline to beat.
+BASELINE = DipParams(depth=5, width="128", skip=4, iterations=1800)

@@ -1,0 +1,1 @@
+"""Shipped AUTO-DIP calibration tables (data only; installed as ``autodip_watch.calibration``)."""
