@@ -69,6 +69,15 @@ class TableError(ValueError):
 
 
 def default_table_path() -> Path:
+    """The shipped table: ``calibration/`` of the source tree, or its installed copy.
+
+    In a checkout (editable install, or the package imported from the repository
+    root) the table is read from ``calibration/`` beside the package; a wheel installs
+    that folder as ``autodip_watch.calibration``.
+    """
+    in_checkout = Path(__file__).resolve().parents[1] / "calibration" / DEFAULT_TABLE_NAME
+    if in_checkout.is_file():
+        return in_checkout
     return Path(str(resources.files("autodip_watch.calibration") / DEFAULT_TABLE_NAME))
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 #: The real test data beside the checkout (never copied into the repository).
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data"
+SHARED_REFERENCE = SHARED / "reference" / "autodip"
 
 # One thread per test process: the machines have 2 cores, and oversubscribed OpenMP
 # threads slow torch down by an order of magnitude.
@@ -22,3 +24,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (../shared/data beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def shared_reference() -> Path:
+    """The AUTO-DIP reference tables in ``../shared/reference/autodip``, or a skip."""
+    if not SHARED_REFERENCE.is_dir():
+        pytest.skip(f"AUTO-DIP reference tables not found at {SHARED_REFERENCE}")
+    return SHARED_REFERENCE

@@ -83,7 +83,7 @@ def denoise_plane_with(plane: np.ndarray, denoise_tile: TileDenoiser,
     unit, low, high = normalise(plane)
     if high == low:
         return plane.copy()
-    denoised = process_tiled(unit.astype(np.float32), denoise_tile, tile, overlap)
+    denoised = process_tiled(unit, denoise_tile, tile, overlap)
     return denormalise(denoised, low, high, dtype)
 
 

@@ -1,0 +1,510 @@
+"""The daemon's TOML configuration, validated up front.
+
+Every problem is reported at once, each naming its key and how to fix it, so that a
+facility admin fixes the file in one pass instead of restarting the service per typo.
+Loading a config never imports torch (``status`` must stay fast); the checks that need
+the engine (calibration table, DIP overrides, device) are in :func:`check_runtime`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+#: Raw images the acquisition software writes; matched case-insensitively.
+DEFAULT_PATTERNS = ("*.ome.tif", "*.ome.tiff", "*.tif", "*.tiff")
+DEFAULT_OUTPUT_SUFFIX = ".autodip.ome.tif"
+#: Environment variable systemd sets from ``StateDirectory=``.
+SYSTEMD_STATE_ENV = "STATE_DIRECTORY"
+CONFIG_ENV = "AUTODIP_WATCH_CONFIG"
+APP_NAME = "autodip-watch"
+
+
+class ConfigError(ValueError):
+    """An unusable configuration; ``problems`` lists every ``key: what to do``."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class WatchFolder:
+    """One watched tree and how files in it are taken and labelled."""
+
+    path: Path
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    recursive: bool = True
+    polling: bool = False  # SMB/NFS/CIFS: inotify sees nothing written by other hosts
+    poll_interval_seconds: float = 5.0
+    settle_seconds: float = 10.0
+    #: A settled file still unreadable this long after its last change is quarantined.
+    corrupt_after_seconds: float = 120.0
+    microscope: str | None = None  # folder defaults: below the file's own metadata
+    specimen: str | None = None
+    output_root: Path | None = None
+
+    @property
+    def observer_kind(self) -> str:
+        return "polling" if self.polling else "native"
+
+    def matches(self, name: str) -> bool:
+        lowered = name.lower()
+        return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in self.patterns)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff; after the last one, quarantine."""
+
+    max_attempts: int = 3
+    backoff_seconds: float = 60.0
+    backoff_factor: float = 4.0
+    max_backoff_seconds: float = 3600.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.max_backoff_seconds,
+                   self.backoff_seconds * self.backoff_factor ** max(0, attempt - 1))
+
+
+@dataclass(frozen=True)
+class DipOverrides:
+    """Fit settings that replace the calibrated ones (tests, experiments)."""
+
+    depth: int | None = None
+    width: str | None = None
+    skip: int | None = None
+    iterations: int | None = None
+    metric: str | None = None
+    seed: int = 0
+    reg_noise_std: float = 0.0
+    ema_weight: float | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    heartbeat_seconds: float = 5.0
+    #: SIGTERM: how long the current fit may take to abort before the daemon exits anyway.
+    stop_timeout_seconds: float = 20.0
+    #: A worker without progress this long is unhealthy (watchdog pings stop).
+    stuck_seconds: float = 900.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    watch: tuple[WatchFolder, ...] = ()
+    output_root: Path | None = None
+    output_suffix: str = DEFAULT_OUTPUT_SUFFIX
+    calibration_table: Path | None = None
+    devices: tuple[str, ...] = ("auto",)
+    state_dir: Path | None = None
+    retry: RetryPolicy = RetryPolicy()
+    dip: DipOverrides = DipOverrides()
+    metrics: MetricsSettings = MetricsSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    source: Path | None = None
+
+    # ------------------------------------------------------------------ derived
+
+    def folder_for(self, path: Path) -> WatchFolder | None:
+        """The watch folder whose tree holds ``path`` (paths as the watcher resolved them)."""
+        for folder in self.watch:
+            if _is_within(path, folder.path):
+                return folder
+        return None
+
+    def output_root_for(self, folder: WatchFolder) -> Path | None:
+        return folder.output_root or self.output_root
+
+    def output_for(self, raw: Path, folder: WatchFolder | None) -> Path:
+        """Where the denoised file of ``raw`` goes: beside it, or mirrored under an output root."""
+        from .pipeline import OUTPUT_SUFFIX, output_path_for  # lazy: pipeline imports torch
+
+        name = output_path_for(raw).name
+        if self.output_suffix != OUTPUT_SUFFIX:
+            name = name[: -len(OUTPUT_SUFFIX)] + self.output_suffix
+        root = self.output_root_for(folder) if folder is not None else None
+        if root is None:
+            return raw.with_name(name)
+        return root / raw.parent.relative_to(folder.path) / name
+
+    def is_output(self, path: Path) -> bool:
+        """The daemon's own outputs, by name or by place; they are never taken as input."""
+        lowered = path.name.lower()
+        if lowered.endswith(DEFAULT_OUTPUT_SUFFIX) or lowered.endswith(self.output_suffix.lower()):
+            return True
+        roots = [self.output_root] + [folder.output_root for folder in self.watch]
+        return any(root is not None and _is_within(path, root) for root in roots)
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------- state dir
+
+def default_state_dir() -> Path:
+    """``$STATE_DIRECTORY`` under systemd, else the XDG state directory."""
+    systemd = os.environ.get(SYSTEMD_STATE_ENV)
+    if systemd:
+        # systemd may pass several colon-separated directories; the first is ours.
+        return Path(systemd.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / APP_NAME
+
+
+def resolve_state_dir(cli: Path | None, config: Config | None) -> Path:
+    """``--state-dir``, then the config's ``state_dir``, then :func:`default_state_dir`."""
+    if cli is not None:
+        return Path(cli).expanduser().absolute()
+    if config is not None and config.state_dir is not None:
+        return config.state_dir
+    return default_state_dir()
+
+
+# ------------------------------------------------------------------------ loading
+
+_TOP_KEYS = {"watch", "output", "calibration_table", "device", "state_dir", "retry", "dip",
+             "metrics", "daemon", "log_level"}
+_WATCH_KEYS = {"path", "patterns", "recursive", "polling", "poll_interval_seconds",
+               "settle_seconds", "corrupt_after_seconds", "microscope", "specimen",
+               "output_root"}
+_SECTION_KEYS = {
+    "output": {"root", "suffix"},
+    "retry": {"max_attempts", "backoff_seconds", "backoff_factor", "max_backoff_seconds"},
+    "dip": {"depth", "width", "skip", "iterations", "metric", "seed", "reg_noise_std",
+            "ema_weight"},
+    "metrics": {"enabled", "address", "port"},
+    "daemon": {"heartbeat_seconds", "stop_timeout_seconds", "stuck_seconds"},
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Reader:
+    """Collects problems while reading typed values out of a TOML table."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.problems: list[str] = []
+
+    def unknown(self, table: dict, allowed: set[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, sorted(allowed), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else \
+                    f"allowed keys: {', '.join(sorted(allowed))}"
+                self.problems.append(f"{where}{key}: unknown key; {hint}")
+
+    def get(self, table: dict, key: str, where: str, kind: str, default: Any,
+            minimum: float | None = None, example: str = "") -> Any:
+        if key not in table:
+            return default
+        value = table[key]
+        name = f"{where}{key}"
+        fix = f" (e.g. {key} = {example})" if example else ""
+        if kind == "bool":
+            if not isinstance(value, bool):
+                self.problems.append(f"{name}: must be true or false, got {value!r}{fix}")
+                return default
+            return value
+        if kind in ("int", "number"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if kind == "number":
+                ok = ok or isinstance(value, float)
+            if not ok:
+                what = "a whole number" if kind == "int" else "a number"
+                self.problems.append(f"{name}: must be {what}, got {value!r}{fix}")
+                return default
+            if minimum is not None and value < minimum:
+                self.problems.append(f"{name}: must be at least {minimum}, got {value!r}{fix}")
+                return default
+            return float(value) if kind == "number" else int(value)
+        if kind == "str":
+            if not isinstance(value, str) or not value.strip():
+                self.problems.append(f"{name}: must be a non-empty string, got {value!r}{fix}")
+                return default
+            return value.strip()
+        if kind == "path":
+            if not isinstance(value, str) or not value.strip():
+                self.problems.append(f"{name}: must be a path string, got {value!r}{fix}")
+                return default
+            path = Path(os.path.expandvars(value.strip())).expanduser()
+            return path if path.is_absolute() else (self.base / path)
+        raise AssertionError(kind)
+
+
+def parse_config(document: dict, base: Path, source: str = "config") -> Config:
+    """Validate a parsed TOML document; relative paths are relative to ``base``."""
+    reader = _Reader(base)
+    reader.unknown(document, _TOP_KEYS, "")
+    sections = {}
+    for section, keys in _SECTION_KEYS.items():
+        table = document.get(section, {})
+        if not isinstance(table, dict):
+            reader.problems.append(f"{section}: must be a table, written [{section}]")
+            table = {}
+        reader.unknown(table, keys, f"{section}.")
+        sections[section] = table
+
+    output = sections["output"]
+    output_root = reader.get(output, "root", "output.", "path", None, example='"/data/denoised"')
+    suffix = reader.get(output, "suffix", "output.", "str", DEFAULT_OUTPUT_SUFFIX,
+                        example='".autodip.ome.tif"')
+    if not suffix.lower().endswith((".ome.tif", ".ome.tiff")):
+        reader.problems.append(f"output.suffix: must end in .ome.tif or .ome.tiff so that Fiji, "
+                               f"napari and OMERO read the metadata, got {suffix!r}")
+        suffix = DEFAULT_OUTPUT_SUFFIX
+
+    folders = _parse_watch(document.get("watch", []), reader)
+
+    devices = document.get("device", "auto")
+    if isinstance(devices, str):
+        devices = [devices]
+    if (not isinstance(devices, list) or not devices
+            or not all(isinstance(d, str) and d.strip() for d in devices)):
+        reader.problems.append(f"device: must be a device name or a list of them "
+                               f"(e.g. device = \"cuda\" or device = [\"cuda:0\", \"cuda:1\"]), "
+                               f"got {devices!r}")
+        devices = ["auto"]
+    devices = [d.strip() for d in devices]
+    if len(set(devices)) != len(devices):
+        reader.problems.append("device: lists a device twice; one worker per device")
+
+    retry = sections["retry"]
+    retry_policy = RetryPolicy(
+        max_attempts=reader.get(retry, "max_attempts", "retry.", "int", 3, 1, "3"),
+        backoff_seconds=reader.get(retry, "backoff_seconds", "retry.", "number", 60.0, 0, "60"),
+        backoff_factor=reader.get(retry, "backoff_factor", "retry.", "number", 4.0, 1, "4"),
+        max_backoff_seconds=reader.get(retry, "max_backoff_seconds", "retry.", "number",
+                                       3600.0, 0, "3600"))
+
+    dip = sections["dip"]
+    width = dip.get("width")
+    if width is not None and not isinstance(width, (int, str)):
+        reader.problems.append(f"dip.width: must be 16..512 or \"asc\", got {width!r}")
+        width = None
+    overrides = DipOverrides(
+        depth=reader.get(dip, "depth", "dip.", "int", None, 1, "4"),
+        width=str(width) if width is not None else None,
+        skip=reader.get(dip, "skip", "dip.", "int", None, 0, "4"),
+        iterations=reader.get(dip, "iterations", "dip.", "int", None, 1, "300"),
+        metric=reader.get(dip, "metric", "dip.", "str", None, example='"lpips_psnr"'),
+        seed=reader.get(dip, "seed", "dip.", "int", 0, example="0"),
+        reg_noise_std=reader.get(dip, "reg_noise_std", "dip.", "number", 0.0, 0, "0.0"),
+        ema_weight=reader.get(dip, "ema_weight", "dip.", "number", None, 0, "0.99"))
+
+    metrics = sections["metrics"]
+    metrics_settings = MetricsSettings(
+        enabled=reader.get(metrics, "enabled", "metrics.", "bool", False, example="true"),
+        address=reader.get(metrics, "address", "metrics.", "str", "127.0.0.1",
+                           example='"127.0.0.1"'),
+        port=reader.get(metrics, "port", "metrics.", "int", 9464, 0, "9464"))
+    if metrics_settings.port > 65535:
+        reader.problems.append(f"metrics.port: must be at most 65535, got {metrics_settings.port}")
+
+    daemon = sections["daemon"]
+    log_level = reader.get(document, "log_level", "", "str", "info", example='"info"').lower()
+    if log_level not in _LOG_LEVELS:
+        reader.problems.append(f"log_level: must be one of {', '.join(_LOG_LEVELS)}, "
+                               f"got {log_level!r}")
+        log_level = "info"
+    daemon_settings = DaemonSettings(
+        heartbeat_seconds=reader.get(daemon, "heartbeat_seconds", "daemon.", "number", 5.0,
+                                     0.1, "5"),
+        stop_timeout_seconds=reader.get(daemon, "stop_timeout_seconds", "daemon.", "number",
+                                        20.0, 0.1, "20"),
+        stuck_seconds=reader.get(daemon, "stuck_seconds", "daemon.", "number", 900.0, 1, "900"),
+        log_level=log_level)
+
+    config = Config(
+        watch=tuple(folders), output_root=output_root, output_suffix=suffix,
+        calibration_table=reader.get(document, "calibration_table", "", "path", None,
+                                     example='"/etc/autodip-watch/table.toml"'),
+        devices=tuple(devices),
+        state_dir=reader.get(document, "state_dir", "", "path", None,
+                             example='"/var/lib/autodip-watch"'),
+        retry=retry_policy, dip=overrides, metrics=metrics_settings, daemon=daemon_settings,
+        source=None)
+    reader.problems += _cross_checks(config)
+    if reader.problems:
+        raise ConfigError(reader.problems, source)
+    return config
+
+
+def _parse_watch(entries: Any, reader: _Reader) -> list[WatchFolder]:
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list):
+        reader.problems.append("watch: must be one or more [[watch]] tables, each with a path")
+        return []
+    folders = []
+    for number, entry in enumerate(entries):
+        where = f"watch[{number}]."
+        if not isinstance(entry, dict):
+            reader.problems.append(f"watch[{number}]: must be a table written [[watch]]")
+            continue
+        reader.unknown(entry, _WATCH_KEYS, where)
+        path = reader.get(entry, "path", where, "path", None, example='"/data/incoming"')
+        if path is None:
+            if "path" not in entry:
+                reader.problems.append(f"{where}path: missing; every [[watch]] needs "
+                                       f"path = \"/folder/to/watch\"")
+            continue
+        patterns = entry.get("patterns", list(DEFAULT_PATTERNS))
+        if (not isinstance(patterns, list) or not patterns
+                or not all(isinstance(p, str) and p.strip() for p in patterns)):
+            reader.problems.append(f"{where}patterns: must be a list of glob patterns "
+                                   f"(e.g. patterns = [\"*.ome.tif\", \"*.tif\"]), got {patterns!r}")
+            patterns = list(DEFAULT_PATTERNS)
+        settle = reader.get(entry, "settle_seconds", where, "number", 10.0, 0, "10")
+        folder = WatchFolder(
+            path=Path(os.path.abspath(path)),
+            patterns=tuple(p.strip() for p in patterns),
+            recursive=reader.get(entry, "recursive", where, "bool", True, example="true"),
+            polling=reader.get(entry, "polling", where, "bool", False, example="true"),
+            poll_interval_seconds=reader.get(entry, "poll_interval_seconds", where, "number",
+                                             5.0, 0.05, "5"),
+            settle_seconds=settle,
+            corrupt_after_seconds=reader.get(entry, "corrupt_after_seconds", where, "number",
+                                             max(120.0, settle), 0, "120"),
+            microscope=reader.get(entry, "microscope", where, "str", None,
+                                  example='"widefield"'),
+            specimen=reader.get(entry, "specimen", where, "str", None, example='"nucleus"'),
+            output_root=reader.get(entry, "output_root", where, "path", None,
+                                   example='"/data/denoised"'))
+        if folder.corrupt_after_seconds < folder.settle_seconds:
+            reader.problems.append(f"{where}corrupt_after_seconds: must be at least "
+                                   f"settle_seconds ({folder.settle_seconds:g})")
+        if folder.path.exists() and not folder.path.is_dir():
+            reader.problems.append(f"{where}path: {folder.path} is a file, not a folder")
+        folders.append(folder)
+    return folders
+
+
+def _cross_checks(config: Config) -> list[str]:
+    """Relations between folders: no nesting, no shared output tree."""
+    problems = []
+    folders = list(config.watch)
+    for i, first in enumerate(folders):
+        for j, second in enumerate(folders):
+            if i < j and (_is_within(first.path, second.path) or _is_within(second.path, first.path)):
+                problems.append(f"watch[{j}].path: {second.path} overlaps watch[{i}].path "
+                                f"{first.path}; a file must belong to one folder, so watch the "
+                                f"outer folder once or move one of them")
+    owners: dict[Path, int] = {}
+    for number, folder in enumerate(folders):
+        root = config.output_root_for(folder)
+        if root is None:
+            continue
+        root = Path(os.path.abspath(root))
+        if root in owners:
+            problems.append(f"watch[{number}].output_root: {root} is also the output root of "
+                            f"watch[{owners[root]}]; give each [[watch]] its own output_root so "
+                            f"their mirrored trees cannot collide")
+        owners[root] = number
+        if _is_within(folder.path, root):
+            problems.append(f"watch[{number}].path: lies inside its output root {root}; outputs "
+                            f"are never taken as input, so nothing would be denoised")
+    return problems
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"file not found; create it from systemd/autodip-watch.example.toml"],
+                          str(path)) from None
+    except OSError as error:
+        raise ConfigError([f"cannot read: {error}"], str(path)) from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"not valid TOML: {error}"], str(path)) from None
+    config = parse_config(document, path.absolute().parent, str(path))
+    return replace(config, source=path.absolute())
+
+
+def with_cli_folders(config: Config, folders: list[Path]) -> Config:
+    """Add ``--watch DIR`` folders (default settings) to a config."""
+    if not folders:
+        return config
+    added = tuple(WatchFolder(path=Path(os.path.abspath(Path(f).expanduser()))) for f in folders)
+    merged = replace(config, watch=config.watch + added)
+    problems = _cross_checks(merged)
+    if problems:
+        raise ConfigError(problems, "--watch")
+    return merged
+
+
+def check_runtime(config: Config) -> list[str]:
+    """Checks that need the engine: the table loads, overrides are valid, devices exist.
+
+    Returns warnings (not errors): watch folders that do not exist yet (a share not yet
+    mounted at boot is waited for, not fatal). Raises :class:`ConfigError` on errors.
+    """
+    from .dip.device import choose_device
+    from .dip.network import DipParams
+    from .transfer import CalibrationTable, TableError
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    table = None
+    try:
+        table = CalibrationTable.load(config.calibration_table)
+    except TableError as error:
+        problems.append(f"calibration_table: {error}")
+    dip = config.dip
+    if table is not None:
+        try:
+            base = table.lookup(None, None, dip.metric).params
+            DipParams(depth=dip.depth or base.depth, width=dip.width or base.width,
+                      skip=dip.skip if dip.skip is not None else base.skip,
+                      iterations=dip.iterations or base.iterations)
+        except TableError as error:
+            problems.append(f"dip.metric: {error}")
+        except ValueError as error:
+            problems.append(f"dip: {error} (see `autodip-watch groups` for valid values)")
+    if dip.ema_weight is not None and not 0 <= dip.ema_weight < 1:
+        problems.append(f"dip.ema_weight: must be in [0, 1), got {dip.ema_weight}")
+    for number, device in enumerate(config.devices):
+        try:
+            choose_device(device)
+        except (ValueError, RuntimeError) as error:
+            problems.append(f"device: {error}")
+    if not config.watch:
+        problems.append("watch: no folders to watch; add a [[watch]] table with a path, "
+                        "or pass --watch DIR")
+    for number, folder in enumerate(config.watch):
+        if not folder.path.is_dir():
+            warnings.append(f"watch[{number}].path: {folder.path} does not exist (yet); the "
+                            f"daemon waits for it to appear")
+    if problems:
+        raise ConfigError(problems, str(config.source or "config"))
+    return warnings

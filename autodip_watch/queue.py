@@ -1,0 +1,453 @@
+"""The job store: one SQLite file (WAL) in the state directory.
+
+A job is one raw file version, keyed by (path, size, mtime, sha256): repeated events and
+restarts find the existing row instead of adding one, and a raw file that changes is a
+new job. States::
+
+    queued -> running -> done
+                      -> failed  (waits `not_before`, then runs again)
+                      -> quarantined (after the last attempt; a person looks at it)
+                      -> skipped (the raw file vanished or changed before it ran)
+
+Attempts are counted when a job starts, so a file that kills the daemon (OOM, driver
+crash) is quarantined after ``max_attempts`` restarts instead of crash-looping; a
+clean stop (SIGTERM) gives its attempt back. Rows are never deleted except by
+``forget``: they are the history ``status`` reads. Every transition is also appended
+to ``events``.
+
+Each thread uses its own connection (sqlite3 connections are not shareable); WAL lets
+``status`` read while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RetryPolicy
+
+DATABASE_NAME = "queue.sqlite3"
+STATES = ("queued", "running", "done", "failed", "quarantined", "skipped")
+#: States a job can be retried from by hand.
+RETRYABLE = ("failed", "quarantined", "skipped")
+SCHEMA_VERSION = 1
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY,
+    path        TEXT    NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    sha256      TEXT    NOT NULL,
+    folder      TEXT,
+    state       TEXT    NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  REAL    NOT NULL DEFAULT 0,
+    error       TEXT,
+    created     REAL    NOT NULL,
+    updated     REAL    NOT NULL,
+    started     REAL,
+    finished    REAL,
+    worker      TEXT,
+    output      TEXT,
+    seconds     REAL,
+    planes      INTEGER,
+    plane       INTEGER,
+    tile        INTEGER,
+    tiles       INTEGER,
+    iteration   INTEGER,
+    iterations  INTEGER,
+    progress_at REAL,
+    report      TEXT,
+    UNIQUE (path, size, mtime_ns, sha256)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before);
+CREATE INDEX IF NOT EXISTS jobs_path ON jobs (path, size, mtime_ns);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY,
+    job_id  INTEGER NOT NULL,
+    at      REAL    NOT NULL,
+    state   TEXT    NOT NULL,
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
+CREATE TABLE IF NOT EXISTS daemon (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    pid       INTEGER,
+    host      TEXT,
+    version   TEXT,
+    devices   TEXT,
+    watches   TEXT,
+    started   REAL,
+    heartbeat REAL,
+    heartbeat_seconds REAL,
+    stopped   REAL,
+    healthy   INTEGER,
+    status    TEXT
+);
+CREATE TABLE IF NOT EXISTS waiting (
+    path   TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    since  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    folder: str | None
+    state: str
+    attempts: int
+    not_before: float
+    error: str | None
+    created: float
+    updated: float
+    started: float | None
+    finished: float | None
+    worker: str | None
+    output: str | None
+    seconds: float | None
+    planes: int | None
+    plane: int | None
+    tile: int | None
+    tiles: int | None
+    iteration: int | None
+    iterations: int | None
+    progress_at: float | None
+    report: str | None
+
+    def as_dict(self, with_report: bool = False) -> dict:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data.pop("report")
+        if with_report and self.report:
+            data["report"] = json.loads(self.report)
+        return data
+
+    def fraction_done(self) -> float | None:
+        """Progress in [0, 1] from (plane, tile, iteration), or None before the first report."""
+        if not (self.planes and self.plane and self.iterations):
+            return None
+        tiles = self.tiles or 1
+        within_plane = ((self.tile or 1) - 1 + (self.iteration or 0) / self.iterations) / tiles
+        return min(1.0, (self.plane - 1 + within_plane) / self.planes)
+
+
+class QueueError(RuntimeError):
+    """A queue operation that cannot be done (unknown job, wrong state)."""
+
+
+class JobQueue:
+    """The SQLite job store. Cheap to construct; connections are per thread."""
+
+    def __init__(self, state_dir: str | Path, create: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DATABASE_NAME
+        self._local = threading.local()
+        if create:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with self._transaction() as db:
+                db.executescript(_SCHEMA)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif not self.path.exists():
+            raise QueueError(f"no queue database at {self.path} (has the daemon run with "
+                             f"this state directory?)")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA busy_timeout = 30000")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock up front, so read-then-write is atomic."""
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: int, state: str, message: str | None,
+               now: float) -> None:
+        db.execute("INSERT INTO events (job_id, at, state, message) VALUES (?, ?, ?, ?)",
+                   (job_id, now, state, message))
+
+    def _set(self, db: sqlite3.Connection, job_id: int, state: str, message: str | None,
+             now: float, **columns) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        db.execute(f"UPDATE jobs SET state = ?, updated = ?{', ' if columns else ''}{assignments} "
+                   f"WHERE id = ?", (state, now, *columns.values(), job_id))
+        self._event(db, job_id, state, message, now)
+
+    # ------------------------------------------------------------------ watcher side
+
+    def known(self, path: str, size: int, mtime_ns: int) -> bool:
+        """Is this file version already recorded (in any state)? Saves re-hashing it."""
+        row = self._connect().execute(
+            "SELECT 1 FROM jobs WHERE path = ? AND size = ? AND mtime_ns = ? LIMIT 1",
+            (path, size, mtime_ns)).fetchone()
+        return row is not None
+
+    def enqueue(self, path: str, size: int, mtime_ns: int, sha256: str, folder: str | None = None,
+                state: str = "queued", error: str | None = None) -> Job | None:
+        """Add a job; returns None when this exact file version already has one.
+
+        Older jobs of the same path that have not started are marked skipped: only the
+        newest content of a file is worth denoising.
+        """
+        if state not in ("queued", "quarantined"):
+            raise ValueError("new jobs are queued, or quarantined when unreadable")
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO jobs (path, size, mtime_ns, sha256, folder, state, error, "
+                "created, updated, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, size, mtime_ns, sha256, folder, state, error, now, now,
+                 now if state == "quarantined" else None))
+            if cursor.rowcount == 0:
+                return None
+            job_id = cursor.lastrowid
+            self._event(db, job_id, state, error or "file settled", now)
+            for (older,) in db.execute(
+                    "SELECT id FROM jobs WHERE path = ? AND id != ? AND state IN ('queued', 'failed')",
+                    (path, job_id)).fetchall():
+                self._set(db, older, "skipped", f"superseded by job {job_id} (the file changed)",
+                          now, finished=now, error=f"superseded by job {job_id}")
+        return self.get(job_id)
+
+    def set_waiting(self, waiting: dict[str, tuple[str, float]]) -> None:
+        """Replace the list of files the watcher sees but has not taken yet, and why."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM waiting")
+            db.executemany("INSERT INTO waiting VALUES (?, ?, ?)",
+                           [(path, reason, since) for path, (reason, since) in waiting.items()])
+
+    # ------------------------------------------------------------------ worker side
+
+    def claim(self, worker: str) -> Job | None:
+        """Take the next runnable job (queued first, then failed ones whose backoff is over)."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id, attempts FROM jobs WHERE state = 'queued' "
+                "OR (state = 'failed' AND not_before <= ?) "
+                "ORDER BY state = 'failed', id LIMIT 1", (now,)).fetchone()
+            if row is None:
+                return None
+            attempt = row["attempts"] + 1
+            self._set(db, row["id"], "running", f"attempt {attempt} on {worker}", now,
+                      attempts=attempt, started=now, worker=worker, finished=None,
+                      plane=None, planes=None, tile=None, tiles=None, iteration=None,
+                      iterations=None, progress_at=None)
+        return self.get(row["id"])
+
+    def progress(self, job_id: int, plane: int, planes: int, tile: int, tiles: int,
+                 iteration: int, iterations: int) -> None:
+        """Record where the fit is; not an event (the worker throttles these writes)."""
+        self._connect().execute(
+            "UPDATE jobs SET plane = ?, planes = ?, tile = ?, tiles = ?, iteration = ?, "
+            "iterations = ?, progress_at = ? WHERE id = ? AND state = 'running'",
+            (plane, planes, tile, tiles, iteration, iterations, time.time(), job_id))
+
+    def finish(self, job_id: int, output: str, report: dict | None, seconds: float,
+               planes: int | None, message: str = "done") -> None:
+        now = time.time()
+        with self._transaction() as db:
+            self._set(db, job_id, "done", message, now, finished=now, output=output,
+                      seconds=seconds, planes=planes, error=None, not_before=0,
+                      report=json.dumps(report) if report is not None else None)
+
+    def fail(self, job_id: int, error: str, retry: RetryPolicy) -> str:
+        """Record a failed attempt: failed with backoff, or quarantined after the last one."""
+        now = time.time()
+        with self._transaction() as db:
+            job = self._row(db, job_id)
+            if job.attempts >= retry.max_attempts:
+                self._set(db, job_id, "quarantined",
+                          f"attempt {job.attempts} of {retry.max_attempts} failed: {error}", now,
+                          error=error, finished=now)
+                return "quarantined"
+            delay = retry.delay(job.attempts)
+            self._set(db, job_id, "failed",
+                      f"attempt {job.attempts} of {retry.max_attempts} failed, retry in "
+                      f"{delay:.0f} s: {error}", now, error=error, not_before=now + delay)
+            return "failed"
+
+    def release(self, job_id: int, reason: str) -> None:
+        """Back to the queue without counting the attempt (clean shutdown)."""
+        now = time.time()
+        with self._transaction() as db:
+            job = self._row(db, job_id)
+            self._set(db, job_id, "queued", reason, now, attempts=max(0, job.attempts - 1),
+                      started=None, plane=None, iteration=None, progress_at=None)
+
+    def skip(self, job_id: int, reason: str) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            self._set(db, job_id, "skipped", reason, now, error=reason, finished=now)
+
+    def recover(self, retry: RetryPolicy) -> list[Job]:
+        """After a crash: running jobs go back to the queue (the crash counts as an attempt)."""
+        now = time.time()
+        recovered = []
+        with self._transaction() as db:
+            for row in db.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall():
+                job = Job(**dict(row))
+                if job.attempts >= retry.max_attempts:
+                    error = (f"the daemon stopped uncleanly {job.attempts} time(s) while "
+                             f"processing this file (crash, kill or out of memory?)")
+                    self._set(db, job.id, "quarantined", error, now, error=error, finished=now)
+                else:
+                    self._set(db, job.id, "queued", "daemon restarted after an unclean stop; "
+                              "the interrupted attempt counts", now, started=None)
+                recovered.append(job)
+        return recovered
+
+    # ------------------------------------------------------------------ people side
+
+    def retry(self, job_ids: Iterable[int]) -> list[int]:
+        """Queue failed, quarantined or skipped jobs again, with a fresh attempt budget."""
+        now = time.time()
+        done = []
+        with self._transaction() as db:
+            for job_id in job_ids:
+                job = self._row(db, job_id)
+                if job.state not in RETRYABLE:
+                    raise QueueError(f"job {job_id} is {job.state}; only "
+                                     f"{', '.join(RETRYABLE)} jobs can be retried")
+                self._set(db, job_id, "queued", "retry requested", now, attempts=0,
+                          not_before=0, error=None, finished=None)
+                done.append(job_id)
+        return done
+
+    def forget(self, job_ids: Iterable[int]) -> list[int]:
+        """Delete jobs and their history; the file is taken again at the next (re)scan."""
+        done = []
+        with self._transaction() as db:
+            for job_id in job_ids:
+                job = self._row(db, job_id)
+                if job.state == "running":
+                    raise QueueError(f"job {job_id} is running; stop the daemon or wait")
+                db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                done.append(job_id)
+        return done
+
+    # ------------------------------------------------------------------ reading
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, job_id: int) -> Job:
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise QueueError(f"no job {job_id}")
+        return Job(**dict(row))
+
+    def get(self, job_id: int) -> Job:
+        return self._row(self._connect(), job_id)
+
+    def jobs(self, states: Iterable[str] | None = None, limit: int | None = None,
+             newest_first: bool = False, order: str = "id") -> list[Job]:
+        states = list(states or [])
+        where = f"WHERE state IN ({', '.join('?' * len(states))})" if states else ""
+        direction = "DESC" if newest_first else "ASC"
+        sql = f"SELECT * FROM jobs {where} ORDER BY {order} {direction}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [Job(**dict(row)) for row in self._connect().execute(sql, states).fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for row in self._connect().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            counts[row[0]] = row[1]
+        return counts
+
+    def events(self, job_id: int) -> list[dict]:
+        return [dict(row) for row in self._connect().execute(
+            "SELECT at, state, message FROM events WHERE job_id = ? ORDER BY id", (job_id,))]
+
+    def waiting(self) -> list[dict]:
+        return [dict(row) for row in self._connect().execute(
+            "SELECT path, reason, since FROM waiting ORDER BY since")]
+
+    def throughput(self, window_seconds: float = 3600.0, sample: int = 50) -> dict:
+        """Images finished in the last hour, and the rate and s/plane of recent jobs."""
+        db = self._connect()
+        now = time.time()
+        last_hour = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND finished >= ? "
+                               "AND seconds IS NOT NULL", (now - window_seconds,)).fetchone()[0]
+        rows = db.execute("SELECT seconds, planes FROM jobs WHERE state = 'done' AND seconds > 0 "
+                          "ORDER BY finished DESC LIMIT ?", (sample,)).fetchall()
+        seconds = sum(row["seconds"] for row in rows)
+        planes = sum(row["planes"] or 0 for row in rows)
+        return {"images_last_hour": last_hour,
+                "images_per_hour": round(3600.0 * len(rows) / seconds, 2) if seconds else None,
+                "seconds_per_plane": round(seconds / planes, 3) if planes else None,
+                "sample_jobs": len(rows)}
+
+    # ------------------------------------------------------------------ daemon row
+
+    def register_daemon(self, **fields) -> None:
+        now = time.time()
+        fields = {"pid": os.getpid(), "started": now, "heartbeat": now, "stopped": None,
+                  "healthy": 1, **fields}
+        for key in ("devices", "watches"):
+            if key in fields and not isinstance(fields[key], str):
+                fields[key] = json.dumps(fields[key])
+        with self._transaction() as db:
+            db.execute("DELETE FROM daemon")
+            db.execute(f"INSERT INTO daemon (id, {', '.join(fields)}) VALUES "
+                       f"(1, {', '.join('?' * len(fields))})", tuple(fields.values()))
+
+    def heartbeat(self, healthy: bool, status: str, watches: list[dict] | None = None) -> None:
+        """Written by the daemon every few seconds; raises if the database is not writable."""
+        columns = {"heartbeat": time.time(), "healthy": int(healthy), "status": status}
+        if watches is not None:
+            columns["watches"] = json.dumps(watches)
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._transaction() as db:
+            db.execute(f"UPDATE daemon SET {assignments} WHERE id = 1 AND pid = ?",
+                       (*columns.values(), os.getpid()))
+
+    def daemon_stopped(self) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE daemon SET stopped = ?, status = 'stopped' WHERE id = 1 AND pid = ?",
+                       (time.time(), os.getpid()))
+
+    def daemon(self) -> dict | None:
+        row = self._connect().execute("SELECT * FROM daemon WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        info = dict(row)
+        for key in ("devices", "watches"):
+            info[key] = json.loads(info[key]) if info.get(key) else []
+        return info
