@@ -56,6 +56,9 @@ def denoise(
     seed: int = typer.Option(0, help="Random seed of the network and its input."),
     metric: Optional[str] = typer.Option(None, help="Calibration metric table (default: the table's, lpips_psnr)."),
     table: Optional[Path] = typer.Option(None, help="Calibration table TOML (default: the shipped FMD table)."),
+    transfer: str = typer.Option("group", help="Parameter transfer: group, or nearest-mae, nearest-mse, nearest-psnr, "
+                                 "nearest-ssim, nearest-lpips, nearest-gradient (needs a table from `calibrate`)."),
+    within_group: bool = typer.Option(False, "--within-group", help="nearest-*: compare only with calibration images of the plane's group."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Denoise files with the AUTO-DIP configuration of each channel's group.
@@ -79,6 +82,8 @@ def denoise(
     settings = DenoiseSettings(microscope=microscope, specimen=specimen, depth=depth, width=width,
                                skip=skip, iterations=iterations, metric=metric, device=device,
                                seed=seed, table=_load_table(table))
+    settings.transfer, settings.within_group = transfer, within_group
+    _check_transfer(settings)
     summaries = []
     failed = 0
     for path in inputs:
@@ -158,6 +163,432 @@ def groups(
     source = calibration.provenance.get("source")
     if source:
         Console().print(f"source: {source}")
+
+
+# --------------------------------------------------------------------------- inspect
+
+@app.command()
+def inspect(
+    files: list[Path] = typer.Argument(..., help="OME-TIFF, TIFF, PNG or OME-XML files."),
+    microscope: Optional[str] = typer.Option(None, help="Preview an override: confocal, widefield, two-photon, ..."),
+    specimen: Optional[str] = typer.Option(None, help="Preview an override: actin, mito, nucleus."),
+    metric: Optional[str] = typer.Option(None, help="Calibration metric table (default: the table's)."),
+    table: Optional[Path] = typer.Option(None, help="Calibration table TOML (default: the shipped one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: {\"images\": [...], \"errors\": [...]}."),
+    transfer: str = typer.Option("group", help="Preview a transfer mode; nearest-* modes read the first planes "
+                                 "of each channel and show the nearest calibration images."),
+    within_group: bool = typer.Option(False, "--within-group", help="nearest-*: only calibration images of the channel's group."),
+) -> None:
+    """Show, per image and channel, the microscope, specimen, evidence and DIP parameters.
+
+    Reads metadata only (no pixels, no denoising). Unreadable files are reported and the
+    others still inspected; the exit status is 1 if any file failed.
+    """
+    from .pipeline import DenoiseSettings, inspect_file
+
+    settings = DenoiseSettings(microscope=microscope, specimen=specimen, metric=metric,
+                               table=_load_table(table))
+    settings.transfer, settings.within_group = transfer, within_group
+    _check_transfer(settings)
+    try:
+        settings.check_labels()
+        settings.table.lookup(None, None, metric)  # an unknown metric fails here, once
+    except (ValueError, TableError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    images, errors = [], []
+    for path in files:
+        try:
+            images.extend(inspect_file(path, settings))
+        except (ValueError, OSError) as error:  # ImageReadError is a ValueError
+            message = str(error) if str(path) in str(error) else f"{path}: {error}"
+            errors.append({"file": str(path), "error": message})
+            console.print(f"[red]error:[/red] {message}")
+    nearest = _inspect_nearest(files, settings, errors) if transfer != "group" else None
+    if as_json:
+        typer.echo(json.dumps({"images": images, "errors": errors,
+                               **({"nearest": nearest} if nearest is not None else {})}, indent=2))
+    else:
+        _print_inspection(images)
+        if nearest is not None:
+            _print_nearest(nearest, transfer)
+    if errors:
+        raise typer.Exit(1)
+
+
+def _print_inspection(images: list[dict]) -> None:
+    """Per image: a plain-text table of labels and parameters (never truncated), then
+    each channel's evidence, then the file's warnings once."""
+    headers = ("ch", "name", "microscope", "specimen", "level", "group", "depth/width/skip/iter")
+    for number, image in enumerate(images):
+        shape = "x".join(map(str, image["shape"]))
+        typer.echo(f"{image['file']} - image {image['index']} {image['name']!r}: {image['axes']} "
+                   f"{shape} {image['dtype']} ({image['format']}"
+                   f"{'' if image['pixels'] else ', metadata only'})")
+        rows = [headers]
+        for channel in image["channels"]:
+            params = channel["params"]
+            rows.append((str(channel["index"]), channel["name"] or "-", channel["microscope"],
+                         channel["specimen"], channel["level"], channel["group"] or "-",
+                         "copied as is" if params is None else
+                         f"{params['depth']}/{params['width']}/{params['skip']}/{params['iterations']}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+        for row in rows:
+            typer.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        for channel in image["channels"]:
+            typer.echo(f"  ch {channel['index']} evidence:")
+            for line in channel["evidence"]:
+                typer.echo(f"    - {line}")
+        last_of_file = number + 1 == len(images) or images[number + 1]["file"] != image["file"]
+        if last_of_file:
+            for warning in image["warnings"]:
+                typer.echo(f"  warning: {warning}")
+        typer.echo("")
+
+
+def _inspect_nearest(files: list[Path], settings, errors: list[dict]) -> list[dict]:
+    """nearest-* modes decide per plane from pixels: show the first planes' choices."""
+    from .metrics import LpipsWeightsMissing
+    from .similarity import inspect_nearest
+
+    failed = {error["file"] for error in errors}
+    rows = []
+    for path in files:
+        if str(path) in failed:
+            continue
+        try:
+            rows.extend(inspect_nearest(path, settings, "cpu"))
+        except (ValueError, OSError, LpipsWeightsMissing) as error:
+            errors.append({"file": str(path), "error": str(error)})
+            console.print(f"[red]error:[/red] {path}: {error}")
+    return rows
+
+
+def _print_nearest(rows: list[dict], mode: str) -> None:
+    typer.echo(f"{mode} transfer (decided per plane; the first planes of each channel):")
+    for row in rows:
+        params = row["params"]
+        ranking = ", ".join(f"{item['image']} {item['distance']:.4g}" for item in row["ranking"][:4])
+        typer.echo(f"  {row['file']} {row['plane']} ch {row['channel']} "
+                   f"({row['microscope']}/{row['specimen']}): nearest {row['image']} "
+                   f"({row['measure']} {row['distance']:.4g}, pool {row['pool']}, {row['metric']} optimum) "
+                   f"-> {params['depth']}/{params['width']}/{params['skip']}/{params['iterations']}")
+        typer.echo(f"    ranking: {ranking}")
+
+
+# --------------------------------------------------------------------------- calibrate
+
+def _check_transfer(settings) -> None:
+    """Refuse a nearest-* transfer the table cannot serve before any file is read."""
+    from .similarity import check_table_supports
+
+    try:
+        check_table_supports(settings.table, settings.transfer, settings.metric)
+    except (TableError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def calibrate(
+    pairs: Path = typer.Argument(..., help="Folder (with pairs.csv, or MICROSCOPE/SPECIMEN/NAME_noisy.EXT + NAME_gt.EXT) "
+                                 "or a CSV with columns noisy, ground_truth, microscope, specimen."),
+    out: Path = typer.Option(..., "--out", "-o", help="Table to write (.toml); the calibration images go beside it as <stem>.images.tif."),
+    depths: Optional[str] = typer.Option(None, help="Depths to search, e.g. 4,5 (default 4,5,6,7,8)."),
+    widths: Optional[str] = typer.Option(None, help="Widths, e.g. 16,asc (default 16,32,64,128,256,512,asc)."),
+    skips: Optional[str] = typer.Option(None, help="Skip channels, e.g. 4 (default 0,4)."),
+    max_iterations: Optional[int] = typer.Option(None, min=1, help="Iterations per fit (default 3000)."),
+    every: Optional[int] = typer.Option(None, min=1, help="Score the output every N iterations of the same run (default 100)."),
+    crop: Optional[int] = typer.Option(None, min=16, help="Centre-crop each pair to N x N (planes over 512 px are always cut to 512)."),
+    lpips: Optional[bool] = typer.Option(None, "--lpips/--no-lpips", help="Compute LPIPS (needs the AlexNet weights; default on). "
+                                         "Without it there are no lpips/lpips_psnr tables and the default metric is psnr."),
+    match: Optional[str] = typer.Option(None, help="Ground truth onto noisy: affine (least-squares fit, default) or none; "
+                                        "a pairs CSV can set it per pair."),
+    state: Optional[Path] = typer.Option(None, help="SQLite file of finished fits (default <out stem>.calibration.sqlite)."),
+    device: Optional[str] = typer.Option(None, help="cuda, cuda:N, mps or cpu (default: best available)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every fit (default 0, as denoise)."),
+    config: Optional[Path] = typer.Option(None, help="TOML configuration whose [calibrate] section sets the defaults of these options."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the state file and start from scratch."),
+    stop_after: Optional[int] = typer.Option(None, hidden=True, help="Stop after N new fits (testing resumption)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Build a calibration table from your own noisy / ground-truth pairs (AUTO-DIP grid search).
+
+    Each finished fit is saved at once: run the same command again to continue a stopped run.
+    """
+    import tomllib
+
+    from .calibrate import (CalibrateSettings, CalibrationError, CalibrationInterrupted, calibrate as run,
+                            default_state_path, parse_list)
+    from .dip.device import choose_device
+    from .metrics import LpipsWeightsMissing
+
+    try:
+        section = {}
+        if config is not None:
+            section = tomllib.loads(config.read_text(encoding="utf-8")).get("calibrate", {})
+        settings = CalibrateSettings.from_mapping(section)
+        given = {"depths": parse_list(depths, int), "widths": parse_list(widths, str),
+                 "skips": parse_list(skips, int), "max_iterations": max_iterations, "every": every,
+                 "crop": crop, "lpips": lpips, "match": match, "seed": seed, "device": device}
+        for name, value in given.items():
+            if value is not None:
+                setattr(settings, name, value)
+        grid = settings.grid()
+        chosen_device = choose_device(settings.device)
+    except (CalibrationError, ValueError, OSError, tomllib.TOMLDecodeError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    state_path = state or default_state_path(out)
+    if restart:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(state_path) + suffix).unlink(missing_ok=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.fields[fits]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, disable=as_json and not sys.stderr.isatty())
+    ids: dict = {}
+
+    def on_progress(event: str, info: dict) -> None:
+        if event == "start":
+            if info["resumed"]:
+                console.print(f"resuming: {info['resumed']} of {info['total_fits']} fits already in {state_path}")
+            ids["pending"] = info["pending"]
+            ids["done"] = 0
+            ids["task"] = progress.add_task("calibrating", total=max(1, info["pending"] * info["iterations"]),
+                                            fits=f"0/{info['pending']} fits")
+            ids["per_fit"] = info["iterations"]
+        elif event == "iteration" and (info["iteration"] % 10 == 0 or info["iteration"] == info["total"]):
+            task = info["task"]
+            progress.update(ids["task"], completed=ids["done"] * ids["per_fit"] + info["iteration"],
+                            description=f"{task.pair.name} {task.point.key}")
+        elif event == "fit":
+            ids["done"] += 1
+            progress.update(ids["task"], completed=ids["done"] * ids["per_fit"],
+                            fits=f"{ids['done']}/{ids['pending']} fits")
+
+    try:
+        with progress:
+            report = run(pairs, out, grid, state_path, chosen_device, settings.seed, settings.crop,
+                         settings.lpips, settings.match, stop_after, on_progress)
+    except CalibrationInterrupted as stopped:
+        console.print(f"[yellow]{stopped}[/yellow]")
+        raise typer.Exit(3) from None
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted; finished fits are saved in {state_path}. "
+                      f"Run the same command again to continue.[/yellow]")
+        raise typer.Exit(130) from None
+    except (CalibrationError, LpipsWeightsMissing, TableError, OSError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    console.print(f"wrote {report.table} and {report.sidecar}: {report.images} image(s), "
+                  f"{report.fits_total} fits ({report.fits_resumed} resumed), "
+                  f"{report.fit_seconds:.1f} s of fitting on {report.device}; "
+                  f"use it with --table {report.table}")
+
+# --------------------------------------------------------------------------- daemon: run, status, queue, config
+# (the daemon's commands never import torch unless they run jobs, so status stays fast)
+
+queue_app = typer.Typer(no_args_is_help=True, help="List, retry and forget the daemon's jobs.")
+config_app = typer.Typer(no_args_is_help=True, help="Check a daemon configuration file.")
+app.add_typer(queue_app, name="queue")
+app.add_typer(config_app, name="config")
+
+_CONFIG_OPTION = typer.Option(None, "--config", "-c", envvar="AUTODIP_WATCH_CONFIG",
+                              help="Daemon configuration (TOML); see systemd/autodip-watch.example.toml.")
+_STATE_OPTION = typer.Option(None, "--state-dir",
+                             help="State directory holding the queue database (default: the config's "
+                                  "state_dir, else $STATE_DIRECTORY, else the XDG state directory).")
+
+
+def _daemon_config(config_path: Optional[Path]):
+    from .config import Config, ConfigError, load_config
+
+    if config_path is None:
+        return Config()
+    try:
+        return load_config(config_path)
+    except ConfigError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+def _open_queue(config_path: Optional[Path], state_dir: Optional[Path]):
+    from .config import resolve_state_dir
+    from .queue import JobQueue, QueueError
+
+    directory = resolve_state_dir(state_dir, _daemon_config(config_path))
+    try:
+        return JobQueue(directory, create=False)
+    except QueueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    config: Optional[Path] = _CONFIG_OPTION,
+    watch: Optional[list[Path]] = typer.Option(None, "--watch", "-w",
+                                               help="Folder to watch (repeatable; added to the config's)."),
+    state_dir: Optional[Path] = _STATE_OPTION,
+    log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error (default: the config's, info)."),
+) -> None:
+    """Run the watcher daemon: denoise every settled image dropped into the watched folders."""
+    from .config import ConfigError, resolve_state_dir, with_cli_folders
+    from .log import configure
+    from .service import EXIT_CONFIG, run_daemon
+
+    settings = _daemon_config(config)
+    try:
+        settings = with_cli_folders(settings, list(watch or []))
+    except ConfigError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_CONFIG) from None
+    configure(log_level or settings.daemon.log_level)
+    raise typer.Exit(run_daemon(settings, resolve_state_dir(state_dir, settings)))
+
+
+@app.command()
+def status(
+    config: Optional[Path] = _CONFIG_OPTION,
+    state_dir: Optional[Path] = _STATE_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    recent: int = typer.Option(10, min=0, help="How many completed jobs to show."),
+) -> None:
+    """What the daemon is doing: up or down, folders, queue, current job, failures, throughput."""
+    from .status import collect_status, render_status
+
+    report = collect_status(_open_queue(config, state_dir), recent=recent)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        render_status(report, Console())
+
+
+@queue_app.command("list")
+def queue_list(
+    state: Optional[list[str]] = typer.Option(None, "--state", "-s",
+                                              help="Only jobs in this state (repeatable): queued, running, "
+                                                   "done, failed, quarantined, skipped."),
+    limit: Optional[int] = typer.Option(None, min=1, help="At most this many (newest first)."),
+    history: Optional[int] = typer.Option(None, help="Show the full history of this job id."),
+    config: Optional[Path] = _CONFIG_OPTION,
+    state_dir: Optional[Path] = _STATE_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List jobs (all states by default), or one job's history."""
+    from .queue import STATES, QueueError
+
+    for name in state or []:
+        if name not in STATES:
+            console.print(f"[red]error:[/red] unknown state {name!r}; use one of {', '.join(STATES)}")
+            raise typer.Exit(2)
+    jobs = _open_queue(config, state_dir)
+    if history is not None:
+        try:
+            job = jobs.get(history)
+        except QueueError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from None
+        record = {**job.as_dict(with_report=True), "events": jobs.events(history)}
+        typer.echo(json.dumps(record, indent=2))
+        return
+    rows = jobs.jobs(state, limit=limit, newest_first=limit is not None)
+    if as_json:
+        typer.echo(json.dumps([job.as_dict() for job in rows], indent=2))
+        return
+    view = Table()
+    for column in ("id", "state", "tries", "path", "output / error"):
+        view.add_column(column, overflow="fold")
+    for job in rows:
+        view.add_row(str(job.id), job.state, str(job.attempts), job.path,
+                     job.error if job.state in ("failed", "quarantined", "skipped") else (job.output or ""))
+    Console().print(view)
+
+
+@queue_app.command("retry")
+def queue_retry(
+    ids: Optional[list[int]] = typer.Argument(None, help="Job ids."),
+    all_quarantined: bool = typer.Option(False, "--all-quarantined", help="Retry every quarantined job."),
+    config: Optional[Path] = _CONFIG_OPTION,
+    state_dir: Optional[Path] = _STATE_OPTION,
+) -> None:
+    """Queue failed, quarantined or skipped jobs again, with a fresh retry budget."""
+    from .queue import QueueError
+
+    jobs = _open_queue(config, state_dir)
+    chosen = list(ids or []) + ([job.id for job in jobs.jobs(["quarantined"])] if all_quarantined else [])
+    if not chosen:
+        console.print("[red]error:[/red] give job ids (see `autodip-watch queue list`) or --all-quarantined")
+        raise typer.Exit(2)
+    try:
+        done = jobs.retry(chosen)
+    except QueueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    console.print(f"queued again: {', '.join(map(str, done))}")
+
+
+@queue_app.command("forget")
+def queue_forget(
+    ids: Optional[list[int]] = typer.Argument(None, help="Job ids."),
+    state: Optional[str] = typer.Option(None, "--state", help="Forget every job in this state (not running)."),
+    config: Optional[Path] = _CONFIG_OPTION,
+    state_dir: Optional[Path] = _STATE_OPTION,
+) -> None:
+    """Delete jobs and their history. A forgotten file still present is taken again at the next start."""
+    from .queue import QueueError
+
+    jobs = _open_queue(config, state_dir)
+    chosen = list(ids or [])
+    if state is not None:
+        if state == "running":
+            console.print("[red]error:[/red] running jobs cannot be forgotten; stop the daemon first")
+            raise typer.Exit(2)
+        chosen += [job.id for job in jobs.jobs([state])]
+    if not chosen:
+        console.print("[red]error:[/red] give job ids (see `autodip-watch queue list`) or --state")
+        raise typer.Exit(2)
+    try:
+        done = jobs.forget(chosen)
+    except QueueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    console.print(f"forgotten: {len(done)} job(s)")
+
+
+@config_app.command("check")
+def config_check(
+    file: Path = typer.Argument(..., help="The TOML configuration to check."),
+    as_json: bool = typer.Option(False, "--json", help="Print the resolved configuration as JSON."),
+) -> None:
+    """Validate a configuration: every problem, with its key and how to fix it."""
+    import dataclasses
+
+    from .config import ConfigError, check_runtime, load_config, resolve_state_dir
+
+    try:
+        settings = load_config(file)
+        warnings = check_runtime(settings)
+    except ConfigError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(settings), indent=2, default=str))
+        return
+    console.print(f"[green]ok[/green]: {file}")
+    for folder in settings.watch:
+        target = settings.output_root_for(folder) or "beside the raw files"
+        defaults = ", ".join(f"{k}={v}" for k, v in (("microscope", folder.microscope),
+                                                     ("specimen", folder.specimen)) if v)
+        console.print(f"  watch {folder.path} ({folder.observer_kind}, settle {folder.settle_seconds:g} s"
+                      f"{', ' + defaults if defaults else ''}) -> outputs {target}")
+    console.print(f"  state directory: {resolve_state_dir(None, settings)}")
+    console.print(f"  devices: {', '.join(settings.devices)}")
 
 
 if __name__ == "__main__":

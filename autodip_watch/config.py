@@ -91,6 +91,10 @@ class DipOverrides:
     seed: int = 0
     reg_noise_std: float = 0.0
     ema_weight: float | None = None
+    #: Parameter transfer: "group" or nearest-mae/-mse/-psnr/-ssim/-lpips/-gradient
+    #: (similarity.py; needs a table from `autodip-watch calibrate`).
+    transfer: str = "group"
+    within_group: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ class Config:
     dip: DipOverrides = DipOverrides()
     metrics: MetricsSettings = MetricsSettings()
     daemon: DaemonSettings = DaemonSettings()
+    #: The ``[inference]`` table, as metadata.InferenceRules.from_mapping reads it.
+    inference: dict = field(default_factory=dict)
     source: Path | None = None
 
     # ------------------------------------------------------------------ derived
@@ -147,6 +153,35 @@ class Config:
         if root is None:
             return raw.with_name(name)
         return root / raw.parent.relative_to(folder.path) / name
+
+    def denoise_settings(self, folder: WatchFolder | None, device: str, table):
+        """The pipeline settings for a file of ``folder`` on ``device``.
+
+        The folder's microscope/specimen are *defaults*: they rank below what the file's
+        own metadata says, so they are passed as folder defaults, never as overrides.
+        """
+        import dataclasses
+
+        from .pipeline import DenoiseSettings  # lazy: imports torch
+
+        dip = self.dip
+        settings = DenoiseSettings(depth=dip.depth, width=dip.width, skip=dip.skip,
+                                   iterations=dip.iterations, metric=dip.metric,
+                                   device=None if device == "auto" else device, seed=dip.seed,
+                                   reg_noise_std=dip.reg_noise_std, ema_weight=dip.ema_weight,
+                                   table=table, transfer=dip.transfer,
+                                   within_group=dip.within_group)
+        names = {f.name for f in dataclasses.fields(DenoiseSettings)}
+        if self.inference and "rules" in names:
+            from .metadata import InferenceRules
+
+            settings = dataclasses.replace(settings,
+                                           rules=InferenceRules.from_mapping(self.inference))
+        if folder is not None and (folder.microscope or folder.specimen):
+            if {"folder_microscope", "folder_specimen"} <= names:
+                settings = dataclasses.replace(settings, folder_microscope=folder.microscope,
+                                               folder_specimen=folder.specimen)
+        return settings
 
     def is_output(self, path: Path) -> bool:
         """The daemon's own outputs, by name or by place; they are never taken as input."""
@@ -190,7 +225,7 @@ def resolve_state_dir(cli: Path | None, config: Config | None) -> Path:
 # ------------------------------------------------------------------------ loading
 
 _TOP_KEYS = {"watch", "output", "calibration_table", "device", "state_dir", "retry", "dip",
-             "metrics", "daemon", "log_level"}
+             "metrics", "daemon", "log_level", "calibrate", "inference"}
 _WATCH_KEYS = {"path", "patterns", "recursive", "polling", "poll_interval_seconds",
                "settle_seconds", "corrupt_after_seconds", "microscope", "specimen",
                "output_root"}
@@ -198,7 +233,10 @@ _SECTION_KEYS = {
     "output": {"root", "suffix"},
     "retry": {"max_attempts", "backoff_seconds", "backoff_factor", "max_backoff_seconds"},
     "dip": {"depth", "width", "skip", "iterations", "metric", "seed", "reg_noise_std",
-            "ema_weight"},
+            "ema_weight", "transfer", "within_group"},
+    # `autodip-watch calibrate --config FILE` reads and checks the values (calibrate.py).
+    "calibrate": {"depths", "widths", "skips", "max_iterations", "every", "crop", "lpips",
+                  "match", "seed", "device"},
     "metrics": {"enabled", "address", "port"},
     "daemon": {"heartbeat_seconds", "stop_timeout_seconds", "stuck_seconds"},
 }
@@ -316,7 +354,20 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         metric=reader.get(dip, "metric", "dip.", "str", None, example='"lpips_psnr"'),
         seed=reader.get(dip, "seed", "dip.", "int", 0, example="0"),
         reg_noise_std=reader.get(dip, "reg_noise_std", "dip.", "number", 0.0, 0, "0.0"),
-        ema_weight=reader.get(dip, "ema_weight", "dip.", "number", None, 0, "0.99"))
+        ema_weight=reader.get(dip, "ema_weight", "dip.", "number", None, 0, "0.99"),
+        transfer=reader.get(dip, "transfer", "dip.", "str", "group", example='"nearest-lpips"'),
+        within_group=reader.get(dip, "within_group", "dip.", "bool", False, example="true"))
+
+    inference = document.get("inference", {})
+    if not isinstance(inference, dict):
+        reader.problems.append("inference: must be a table, written [inference]")
+        inference = {}
+    inference = dict(inference)
+    if isinstance(inference.get("folders"), list):  # folder paths relative to this file
+        inference["folders"] = [
+            {**entry, "path": str(base / Path(entry["path"]).expanduser())}
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str) else entry
+            for entry in inference["folders"]]
 
     metrics = sections["metrics"]
     metrics_settings = MetricsSettings(
@@ -349,7 +400,7 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         state_dir=reader.get(document, "state_dir", "", "path", None,
                              example='"/var/lib/autodip-watch"'),
         retry=retry_policy, dip=overrides, metrics=metrics_settings, daemon=daemon_settings,
-        source=None)
+        inference=inference, source=None)
     reader.problems += _cross_checks(config)
     if reader.problems:
         raise ConfigError(reader.problems, source)
@@ -491,8 +542,21 @@ def check_runtime(config: Config) -> list[str]:
             problems.append(f"dip.metric: {error}")
         except ValueError as error:
             problems.append(f"dip: {error} (see `autodip-watch groups` for valid values)")
+        from .similarity import check_table_supports
+
+        try:
+            check_table_supports(table, dip.transfer, dip.metric)
+        except ValueError as error:  # includes TableError / SimilarityError
+            problems.append(f"dip.transfer: {error}")
     if dip.ema_weight is not None and not 0 <= dip.ema_weight < 1:
         problems.append(f"dip.ema_weight: must be in [0, 1), got {dip.ema_weight}")
+    if config.inference:
+        from .metadata import InferenceRules
+
+        try:
+            InferenceRules.from_mapping(config.inference)
+        except (ValueError, TypeError) as error:
+            problems.append(f"inference: {error}")
     for number, device in enumerate(config.devices):
         try:
             choose_device(device)
@@ -501,7 +565,16 @@ def check_runtime(config: Config) -> list[str]:
     if not config.watch:
         problems.append("watch: no folders to watch; add a [[watch]] table with a path, "
                         "or pass --watch DIR")
+    from .metadata import validate_microscope, validate_specimen
+
     for number, folder in enumerate(config.watch):
+        for key, value, validate in (("microscope", folder.microscope, validate_microscope),
+                                     ("specimen", folder.specimen, validate_specimen)):
+            if value is not None:
+                try:
+                    validate(value)
+                except ValueError as error:
+                    problems.append(f"watch[{number}].{key}: {error}")
         if not folder.path.is_dir():
             warnings.append(f"watch[{number}].path: {folder.path} does not exist (yet); the "
                             f"daemon waits for it to appear")

@@ -1,28 +1,38 @@
 """One file: read -> infer groups -> transfer -> denoise every plane -> write.
 
 The pipeline is a function of (input file, settings, calibration table); the CLI's
-``denoise`` and the daemon's worker both call :func:`denoise_file`.
+``denoise`` and ``inspect`` and the daemon's worker all go through this module, so what
+``inspect`` shows is what ``denoise`` does.
+
+Planes stream from the reader through the denoiser into the writer one page at a time;
+nothing holds a whole stack. The output appears (atomically) only once every plane is
+written and the inputs are confirmed unchanged since they were hashed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
 from .dip.device import choose_device, describe_device
 from .dip.fit import FitOptions
 from .dip.plane import denoise_plane
-from .metadata import ChannelGroup, infer_channels
-from .ometiff import ImageFile, PlaneKey, atomic_write_tiff
+from .metadata import (POLICY_COPY, ChannelGroup, FolderDefaults, InferenceRules, infer_image,
+                       validate_microscope, validate_specimen)
+from .ometiff import ImageFile, OmeTiffWriter, PlaneKey, SeriesInfo
+from .provenance import (PROVENANCE_DESCRIPTION, PROVENANCE_NAMESPACE, ChannelRecord,
+                         describe_sources, provenance_entries, unchanged, utc_now)
 from .transfer import CalibrationTable, Transfer, apply_overrides
 
 OUTPUT_SUFFIX = ".autodip.ome.tif"
-_INPUT_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png")
+_INPUT_SUFFIXES = (".companion.ome", ".ome.tiff", ".ome.tif", ".ome.xml", ".tiff", ".tif",
+                   ".png", ".ome")
 
 #: progress(plane, planes, tile, tiles, iteration, iterations), planes counted from 1.
 FileProgress = Callable[[int, int, int, int, int, int], None]
@@ -34,7 +44,13 @@ class PipelineError(RuntimeError):
 
 @dataclass
 class DenoiseSettings:
-    """Everything that decides how a file is denoised, besides the file itself."""
+    """Everything that decides how a file is denoised, besides the file itself.
+
+    ``microscope``/``specimen`` are explicit overrides: they beat the file's metadata.
+    ``folder_microscope``/``folder_specimen`` are folder defaults: the file's metadata
+    beats them. ``rules`` configures the inference (specimen and microscope patterns,
+    path-based folder defaults, what to do with non-fluorescence channels).
+    """
 
     microscope: str | None = None
     specimen: str | None = None
@@ -48,10 +64,31 @@ class DenoiseSettings:
     reg_noise_std: float = 0.0
     ema_weight: float | None = None
     table: CalibrationTable = field(default_factory=CalibrationTable.load)
+    # Metric-based transfer (similarity.py): "group" or nearest-mae/-mse/-psnr/-ssim/
+    # -lpips/-gradient; within_group limits the nearest search to the plane's group.
+    transfer: str = "group"
+    within_group: bool = False
+    rules: InferenceRules | None = None
+    folder_microscope: str | None = None
+    folder_specimen: str | None = None
 
     def fit_options(self) -> FitOptions:
         return FitOptions(seed=self.seed, reg_noise_std=self.reg_noise_std,
                           ema_weight=self.ema_weight)
+
+    def folder_defaults(self) -> FolderDefaults | None:
+        if self.folder_microscope is None and self.folder_specimen is None:
+            return None
+        return FolderDefaults(None, self.folder_microscope, self.folder_specimen)
+
+    def check_labels(self) -> None:
+        """``ValueError`` for an override or folder default that is not a known label."""
+        for value in (self.microscope, self.folder_microscope):
+            if value is not None:
+                validate_microscope(value)
+        for value in (self.specimen, self.folder_specimen):
+            if value is not None:
+                validate_specimen(value)
 
 
 @dataclass
@@ -67,6 +104,9 @@ class PlaneReport:
     seconds: float
     tiles: int
     note: str = ""
+    channel_name: str | None = None
+    policy: str = "denoise"
+    evidence: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,11 +119,35 @@ class FileReport:
     device: str
     seconds: float
     planes: list[PlaneReport]
+    started: str = ""
+    finished: str = ""
+    format: str = ""
+    sources: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "device": self.device,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "started": self.started,
+                "finished": self.finished, "format": self.format, "sources": self.sources,
+                "warnings": self.warnings,
                 "planes": [plane.as_dict() for plane in self.planes]}
+
+
+@dataclass(frozen=True)
+class ChannelPlan:
+    """A channel's labels and what will be done to it: a transfer, or copy (``None``)."""
+
+    group: ChannelGroup
+    transfer: Transfer | None
+
+    def as_dict(self) -> dict:
+        data = self.group.as_dict()
+        if self.transfer is None:
+            data.update(level=POLICY_COPY, group=None, params=None)
+        else:
+            data.update(level=self.transfer.level, group=self.transfer.group,
+                        params=self.transfer.params.as_dict())
+        return data
 
 
 def output_path_for(input_path: Path, out: Path | None = None) -> Path:
@@ -101,42 +165,140 @@ def output_path_for(input_path: Path, out: Path | None = None) -> Path:
     return out
 
 
+def plan_series(image: ImageFile, series: int, settings: DenoiseSettings) -> list[ChannelPlan]:
+    """Labels and group transfer of every logical channel of one series."""
+    groups = infer_image(image, series, settings.rules, settings.microscope, settings.specimen,
+                         settings.folder_defaults())
+    plans = []
+    for group in groups:
+        transfer = None if group.policy == POLICY_COPY else _transfer_for(group, settings)
+        plans.append(ChannelPlan(group, transfer))
+    return plans
+
+
+def inspect_file(path: str | Path, settings: DenoiseSettings) -> list[dict]:
+    """What ``denoise`` would do with every image and channel of ``path`` (no pixels read).
+
+    Raises ``ImageReadError`` (a ``ValueError``) naming the file when it cannot be read.
+    """
+    settings.check_labels()
+    path = Path(path)
+    images = []
+    with ImageFile(path) as image:
+        for info in image.series:
+            plans = plan_series(image, info.index, settings)
+            images.append({
+                "file": str(path), "format": image.kind, "index": info.index,
+                "name": info.name, "shape": list(info.shape), "axes": info.axes,
+                "dtype": str(info.dtype), "pixels": info.has_pixels,
+                "source_files": [str(p) for p in image.source_files],
+                "warnings": list(image.warnings),
+                "channels": [plan.as_dict() for plan in plans]})
+    return images
+
+
 def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                  out: str | Path | None = None,
                  progress: FileProgress | None = None) -> FileReport:
-    """Denoise every plane of ``input_path`` and write the OME-TIFF; never touches the input."""
-    started = time.perf_counter()
+    """Denoise every plane of ``input_path`` and write the OME-TIFF; never touches the input.
+
+    Non-fluorescence channels (policy ``copy``) are written unchanged. Raises
+    ``ImageReadError`` for unreadable input, ``PipelineError`` for everything else that
+    stops the file; in both cases no output appears.
+    """
+    started_clock = time.perf_counter()
+    started = utc_now()
     input_path = Path(input_path)
     output = output_path_for(input_path, Path(out) if out is not None else None)
     if output.resolve() == input_path.resolve():
         raise PipelineError(f"output path {output} is the input file; refusing to overwrite it")
-    device = choose_device(settings.device)
-    image = ImageFile(input_path)
-    total = sum(series.plane_count for series in image.series)
-    reports: list[PlaneReport] = []
-    arrays = []
-    done = 0
-    for series in image.series:
-        groups = infer_channels(series.channel_count, series.channel_names,
-                                settings.microscope, settings.specimen)
-        transfers = [_transfer_for(group, settings) for group in groups]
-        denoised = []
-        for key, plane in image.planes(series.index):
-            done += 1
-            transfer, group = transfers[key.channel], groups[key.channel]
+    settings.check_labels()
+    with ImageFile(input_path) as image:
+        for source in image.source_files:
+            if source.resolve() == output.resolve():
+                raise PipelineError(f"output path {output} is a file of the input set; "
+                                    f"refusing to overwrite it")
+        pixel_series = [info for info in image.series if info.has_pixels]
+        if not pixel_series:
+            raise PipelineError(f"{input_path}: no pixel data (an OME-XML file whose images "
+                                f"have no TIFF files beside it); nothing to denoise")
+        without = [info.index for info in image.series if not info.has_pixels]
+        if without:  # never drop an image silently
+            raise PipelineError(f"{input_path}: image(s) {without} have no readable pixel data "
+                                f"({'; '.join(image.warnings[-3:]) or 'metadata only'})")
+        device = choose_device(settings.device)
+        device_name = describe_device(device)
+        sources = describe_sources(image.source_files)
+        plans = {info.index: plan_series(image, info.index, settings) for info in pixel_series}
+        records = {info.index: [ChannelRecord(
+            index=plan.group.index, name=plan.group.name, microscope=plan.group.microscope,
+            specimen=plan.group.specimen, evidence=plan.group.evidence, policy=plan.group.policy,
+            level=plan.transfer.level if plan.transfer else POLICY_COPY,
+            group=plan.transfer.group if plan.transfer else None, seed=settings.seed)
+            for plan in plans[info.index]] for info in pixel_series}
+        reports: list[PlaneReport] = []
+        counter = _Counter(sum(info.plane_count for info in pixel_series))
+        with OmeTiffWriter(output, image, software=f"autodip-watch {__version__}") as writer:
+            for info in pixel_series:
+                pages = _denoised_pages(image, info, plans[info.index], records[info.index],
+                                        settings, device, progress, reports, counter)
+                writer.write_series(info.index, pages)
+            finished = utc_now()
+            if not unchanged(sources):
+                raise PipelineError(f"{input_path}: the input changed while it was being "
+                                    f"denoised; output discarded")
+            annotations = {
+                info.index: provenance_entries(
+                    software="autodip-watch", version=__version__, torch_version=torch.__version__,
+                    device=device_name, sources=sources, started=started, finished=finished,
+                    image_name=info.name, channels=records[info.index],
+                    settings=_settings_record(settings))
+                for info in pixel_series}
+            writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
+                          description=PROVENANCE_DESCRIPTION)
+        return FileReport(str(input_path), str(output), device_name,
+                          time.perf_counter() - started_clock, reports, started=started,
+                          finished=finished, format=image.kind,
+                          sources=[s.as_dict() for s in sources], warnings=list(image.warnings))
+
+
+class _Counter:
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+
+def _denoised_pages(image: ImageFile, info: SeriesInfo, plans: list[ChannelPlan],
+                    records: list[ChannelRecord], settings: DenoiseSettings,
+                    device: torch.device, progress: FileProgress | None,
+                    reports: list[PlaneReport], counter: _Counter) -> Iterator[np.ndarray]:
+    """Pages of ``info`` with every plane denoised (or copied), as the writer consumes them."""
+    for keys, page in image.pages(info.index):
+        outputs = []
+        for key, plane in zip(keys, info.split_page(page)):
+            counter.done += 1
+            plan = plans[key.channel]
+            if plan.transfer is None:
+                outputs.append(plane)
+                records[key.channel].add_plane(None, 0.0)
+                reports.append(_plane_report(key, plan, None, 0.0, 0, "copied: not fluorescence"))
+                if progress is not None:
+                    progress(counter.done, counter.total, 1, 1, 1, 1)
+                continue
+            transfer = plan.transfer
+            if settings.transfer != "group":  # per plane: the nearest calibration image
+                from .similarity import nearest_transfer
+                transfer = nearest_transfer(plane, plan.group, settings, device)
             callback = None
             if progress is not None:
-                def callback(tile, tiles, iteration, iterations, _done=done):
-                    progress(_done, total, tile, tiles, iteration, iterations)
+                def callback(tile, tiles, iteration, iterations, _done=counter.done):
+                    progress(_done, counter.total, tile, tiles, iteration, iterations)
             result = denoise_plane(plane, transfer.params, device, settings.fit_options(),
                                    progress=callback)
-            denoised.append(result.output)
-            reports.append(_plane_report(key, group, transfer, result.seconds, result.tiles,
+            outputs.append(result.output)
+            records[key.channel].add_plane(transfer.params.as_dict(), result.seconds)
+            reports.append(_plane_report(key, plan, transfer, result.seconds, result.tiles,
                                          "constant plane copied" if result.constant else ""))
-        arrays.append((image.assemble(series.index, denoised), series.axes))
-    atomic_write_tiff(output, arrays)
-    return FileReport(str(input_path), str(output), describe_device(device),
-                      time.perf_counter() - started, reports)
+        yield info.join_page(outputs)
 
 
 def _transfer_for(group: ChannelGroup, settings: DenoiseSettings) -> Transfer:
@@ -145,13 +307,32 @@ def _transfer_for(group: ChannelGroup, settings: DenoiseSettings) -> Transfer:
                            settings.iterations)
 
 
-def _plane_report(key: PlaneKey, group: ChannelGroup, transfer: Transfer, seconds: float,
+def _plane_report(key: PlaneKey, plan: ChannelPlan, transfer: Transfer | None, seconds: float,
                   tiles: int, note: str) -> PlaneReport:
+    group = plan.group
     return PlaneReport(series=key.series, plane=key.label(), channel=key.channel,
                        microscope=group.microscope, specimen=group.specimen,
-                       level=transfer.level, group=transfer.group,
-                       params=transfer.params.as_dict(), seconds=round(seconds, 3),
-                       tiles=tiles, note=note)
+                       level=transfer.level if transfer else POLICY_COPY,
+                       group=transfer.group if transfer else "",
+                       params=transfer.params.as_dict() if transfer else {},
+                       seconds=round(seconds, 3), tiles=tiles, note=note,
+                       channel_name=group.name, policy=group.policy,
+                       evidence=list(group.evidence))
+
+
+def _settings_record(settings: DenoiseSettings) -> dict[str, object]:
+    """The settings that shaped the result, for the provenance record."""
+    table = settings.table
+    return {"calibration_table": table.path.name if table.path else "",
+            "calibration_source": table.provenance.get("source", ""),
+            "metric": settings.metric or table.default_metric, "transfer": settings.transfer,
+            "microscope_override": settings.microscope, "specimen_override": settings.specimen,
+            "folder_microscope": settings.folder_microscope,
+            "folder_specimen": settings.folder_specimen,
+            "depth_override": settings.depth, "width_override": settings.width,
+            "skip_override": settings.skip, "iterations_override": settings.iterations,
+            "seed": settings.seed, "reg_noise_std": settings.reg_noise_std,
+            "ema_weight": settings.ema_weight}
 
 
 def torch_version() -> str:

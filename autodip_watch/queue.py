@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     mtime_ns    INTEGER NOT NULL,
     sha256      TEXT    NOT NULL,
     folder      TEXT,
+    members     TEXT,
     state       TEXT    NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})),
     attempts    INTEGER NOT NULL DEFAULT 0,
     not_before  REAL    NOT NULL DEFAULT 0,
@@ -109,6 +110,7 @@ class Job:
     mtime_ns: int
     sha256: str
     folder: str | None
+    members: str | None  # JSON list of the other files of a multi-file OME set
     state: str
     attempts: int
     not_before: float
@@ -132,9 +134,13 @@ class Job:
     def as_dict(self, with_report: bool = False) -> dict:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data.pop("report")
+        data["members"] = self.member_paths()
         if with_report and self.report:
             data["report"] = json.loads(self.report)
         return data
+
+    def member_paths(self) -> list[str]:
+        return json.loads(self.members) if self.members else []
 
     def fraction_done(self) -> float | None:
         """Progress in [0, 1] from (plane, tile, iteration), or None before the first report."""
@@ -158,9 +164,10 @@ class JobQueue:
         self._local = threading.local()
         if create:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            with self._transaction() as db:
-                db.executescript(_SCHEMA)
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            # executescript manages its own transaction, so the script brings its own.
+            self._connect().executescript(
+                f"BEGIN IMMEDIATE;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta VALUES "
+                f"('schema', '{SCHEMA_VERSION}');\nCOMMIT;")
         elif not self.path.exists():
             raise QueueError(f"no queue database at {self.path} (has the daemon run with "
                              f"this state directory?)")
@@ -219,7 +226,8 @@ class JobQueue:
         return row is not None
 
     def enqueue(self, path: str, size: int, mtime_ns: int, sha256: str, folder: str | None = None,
-                state: str = "queued", error: str | None = None) -> Job | None:
+                state: str = "queued", error: str | None = None,
+                members: list[str] | None = None) -> Job | None:
         """Add a job; returns None when this exact file version already has one.
 
         Older jobs of the same path that have not started are marked skipped: only the
@@ -230,9 +238,10 @@ class JobQueue:
         now = time.time()
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT OR IGNORE INTO jobs (path, size, mtime_ns, sha256, folder, state, error, "
-                "created, updated, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (path, size, mtime_ns, sha256, folder, state, error, now, now,
+                "INSERT OR IGNORE INTO jobs (path, size, mtime_ns, sha256, folder, members, state, "
+                "error, created, updated, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, size, mtime_ns, sha256, folder, json.dumps(members) if members else None,
+                 state, error, now, now,
                  now if state == "quarantined" else None))
             if cursor.rowcount == 0:
                 return None

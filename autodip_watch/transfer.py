@@ -27,11 +27,19 @@ _MICROSCOPE_ALIASES = {
     "confocal": "confocal", "widefield": "widefield", "wide-field": "widefield",
     "wf": "widefield", "epifluorescence": "widefield",
     "two-photon": "two-photon", "twophoton": "two-photon", "2p": "two-photon",
-    "multiphoton": "two-photon", "multi-photon": "two-photon",
+    "multiphoton": "two-photon", "multi-photon": "two-photon", "two photon": "two-photon",
+    "spinning-disk": "confocal", "spinning disk": "confocal", "laser-scanning": "confocal",
+    # modes outside the calibration (metadata.py: their policy and fallback)
+    "tirf": "tirf", "total internal reflection": "tirf",
+    "light-sheet": "light-sheet", "lightsheet": "light-sheet", "light sheet": "light-sheet",
+    "spim": "light-sheet",
+    "bright-field": "brightfield", "bf": "brightfield", "phase": "phase-contrast",
+    "phase contrast": "phase-contrast",
 }
 _SPECIMEN_ALIASES = {
     "actin": "actin", "f-actin": "actin", "mito": "mito", "mitochondria": "mito",
-    "nucleus": "nucleus", "nuclei": "nucleus", "dna": "nucleus",
+    "mitochondrion": "mito", "nucleus": "nucleus", "nuclei": "nucleus", "dna": "nucleus",
+    "nuclear": "nucleus",
 }
 
 

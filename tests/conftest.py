@@ -32,3 +32,34 @@ def shared_reference() -> Path:
     if not SHARED_REFERENCE.is_dir():
         pytest.skip(f"AUTO-DIP reference tables not found at {SHARED_REFERENCE}")
     return SHARED_REFERENCE
+
+
+@pytest.fixture(scope="session")
+def _lpips_torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds a random (seeded) AlexNet backbone.
+
+    Nothing can be downloaded here, so LPIPS tests run on this stand-in. Only the
+    ``features`` weights are used by LPIPS; the classifier is stored as a broadcast
+    zero so the file is ~10 MB instead of 244 MB.
+    """
+    import torchvision
+
+    from autodip_watch.metrics import ALEXNET_CHECKPOINT
+
+    home = tmp_path_factory.mktemp("torch_home")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        state = torchvision.models.alexnet(weights=None).state_dict()
+    state = {key: value if key.startswith("features.") else torch.zeros(1).expand(value.shape)
+             for key, value in state.items()}
+    checkpoint = home / "hub" / "checkpoints" / ALEXNET_CHECKPOINT
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(state, checkpoint)
+    return home
+
+
+@pytest.fixture
+def lpips_backbone(_lpips_torch_home, monkeypatch) -> Path:
+    """Point the torch hub cache at the test backbone; returns the TORCH_HOME folder."""
+    monkeypatch.setenv("TORCH_HOME", str(_lpips_torch_home))
+    return _lpips_torch_home

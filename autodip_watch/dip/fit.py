@@ -79,20 +79,61 @@ def fit_tile(noisy: np.ndarray, params: DipParams, device: torch.device | str = 
     ``snapshot(i, out)`` is called every ``snapshot_every`` iterations (calibration
     scores the same run at several stopping points).
     """
+    wrapped = None
+    if snapshot is not None:
+        def wrapped(iteration: int, outputs: torch.Tensor) -> None:
+            snapshot(iteration, outputs[0])
+    return fit_tiles([noisy], params, device, [options], progress, wrapped, snapshot_every)[0]
+
+
+def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device | str = "cpu",
+              options: list[FitOptions] | None = None,
+              progress: ProgressCallback | None = None,
+              snapshot: Callable[[int, torch.Tensor], None] | None = None,
+              snapshot_every: int = 0,
+              dtype: torch.dtype = torch.float32) -> list[FitResult]:
+    """Fit K independent networks, one per tile, in one batched optimisation.
+
+    The K networks are stacked into one grouped network (``SkipNet.stack``): each keeps
+    its own weights, BatchNorm statistics and Adam moments, and the loss is the sum of
+    the K MSEs, so each gradient is that network's own. Each result therefore equals
+    fitting that tile alone with the same seed, up to floating-point rounding (with
+    ``reg_noise_std`` > 0 the noise draws differ). All tiles must pad to the same shape.
+    ``snapshot(i, outputs)`` gets the (K, H, W) outputs of iteration i. ``dtype``
+    float64 is for reference checks: in float32, Adam amplifies rounding in the
+    near-zero gradients of conv biases before BatchNorm, so batched and single
+    trajectories drift apart by a few percent while staying equally good.
+    """
     device = torch.device(device)
     started = time.perf_counter()
-    padded, original = pad_for_depth(np.asarray(noisy, dtype=np.float32), params.depth)
-    net, generator = build_network(params, options.seed)
-    net = net.to(device)
+    count = len(tiles)
+    options = list(options) if options is not None else [FitOptions(seed=i) for i in range(count)]
+    if len(options) != count or count == 0:
+        raise ValueError("need one FitOptions per tile, and at least one tile")
+    shared = options[0]
+    if any((o.learning_rate, o.reg_noise_std, o.ema_weight) !=
+           (shared.learning_rate, shared.reg_noise_std, shared.ema_weight) for o in options):
+        raise ValueError("batched tiles must share learning rate, reg_noise_std and ema_weight")
+    padded_tiles, originals = zip(*(pad_for_depth(np.asarray(t, dtype=np.float32), params.depth)
+                                    for t in tiles))
+    if len({p.shape for p in padded_tiles}) != 1:
+        raise ValueError("batched tiles must pad to the same shape")
+    shape = padded_tiles[0].shape
+    nets, inputs = [], []
+    for option in options:
+        net, generator = build_network(params, option.seed)
+        nets.append(net)
+        inputs.append(make_input(shape, generator))
+    net = nets[0] if count == 1 else SkipNet.stack(nets, params.depth, params.width, params.skip)
+    net = net.to(device=device, dtype=dtype)
     net.train()  # BatchNorm uses the statistics of this one image, always
-    z = make_input(padded.shape, generator).to(device)
-    target = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)
-    optimiser = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
-    loss_fn = torch.nn.MSELoss()
-    losses = torch.zeros(params.iterations, device=device)
+    z = torch.cat(inputs, dim=1).to(device=device, dtype=dtype)
+    target = torch.from_numpy(np.stack(padded_tiles))[None].to(device=device, dtype=dtype)
+    optimiser = torch.optim.Adam(net.parameters(), lr=shared.learning_rate)
+    losses = torch.zeros(params.iterations, count, device=device, dtype=dtype)
     ema: torch.Tensor | None = None
-    noise = torch.empty_like(z) if options.reg_noise_std > 0 else None
-    noise_generator = (torch.Generator(device=device).manual_seed(options.seed + 1)
+    noise = torch.empty_like(z) if shared.reg_noise_std > 0 else None
+    noise_generator = (torch.Generator(device=device).manual_seed(shared.seed + 1)
                        if noise is not None else None)
     output = None
     for iteration in range(1, params.iterations + 1):
@@ -100,22 +141,34 @@ def fit_tile(noisy: np.ndarray, params: DipParams, device: torch.device | str = 
         net_input = z
         if noise is not None:
             noise.normal_(generator=noise_generator)
-            net_input = z + noise * options.reg_noise_std
+            net_input = z + noise * shared.reg_noise_std
         output = net(net_input)
-        loss = loss_fn(output, target)
-        loss.backward()
+        per_network = ((output - target) ** 2).mean(dim=(0, 2, 3))
+        per_network.sum().backward()
         optimiser.step()
         # Losses stay on the device: a .item() per iteration would sync the GPU.
-        losses[iteration - 1] = loss.detach()
+        losses[iteration - 1] = per_network.detach()
         current = output.detach()
-        if options.ema_weight is not None:
-            ema = current if ema is None else ema * options.ema_weight + current * (1 - options.ema_weight)
+        if shared.ema_weight is not None:
+            weight = shared.ema_weight
+            ema = current if ema is None else ema * weight + current * (1 - weight)
             current = ema
         if snapshot is not None and snapshot_every and iteration % snapshot_every == 0:
-            snapshot(iteration, crop_padded(current[0, 0], original))
+            snapshot(iteration, _crop_each(current[0], originals))
         if progress is not None:
             progress(iteration, params.iterations)
-    final = ema if ema is not None else output.detach()
-    result = crop_padded(final[0, 0], original).float().cpu().numpy()
-    return FitResult(output=np.clip(result, 0.0, 1.0), losses=losses.cpu().numpy(),
-                     seconds=time.perf_counter() - started, padded_shape=padded.shape)
+    final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
+    seconds = time.perf_counter() - started
+    all_losses = losses.cpu().numpy()
+    return [FitResult(output=np.clip(crop_padded(final[k], originals[k]), 0.0, 1.0),
+                      losses=all_losses[:, k], seconds=seconds, padded_shape=shape)
+            for k in range(count)]
+
+
+def _crop_each(outputs: torch.Tensor, originals) -> torch.Tensor:
+    """Crop (K, H, W) padded outputs back; tiles of one batch share their original shape
+    only if they had it, so crop each and stack when possible."""
+    cropped = [crop_padded(outputs[k], original) for k, original in enumerate(originals)]
+    if len({tuple(c.shape) for c in cropped}) == 1:
+        return torch.stack(cropped)
+    return cropped  # type: ignore[return-value]

@@ -1,0 +1,249 @@
+"""The daemon: wires watcher -> queue -> workers, and talks to systemd.
+
+The main thread only supervises: it handles signals, writes the heartbeat row that
+``status`` reads, and sends sd_notify READY/STATUS/WATCHDOG. Watchdog pings go out
+only while every part is healthy (observers alive, database writable, no worker
+stuck), so systemd restarts a daemon that is up but no longer doing its job.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+import sdnotify
+
+from . import __version__
+from .config import Config, ConfigError, check_runtime
+from .log import get_logger
+from .queue import JobQueue
+from .watcher import Watcher
+from .worker import Worker, remove_temporary_outputs
+
+log = get_logger("autodip_watch.service")
+
+#: Exit status for an unusable configuration; the unit's RestartPreventExitStatus=78
+#: keeps systemd from restart-looping on a typo (sysexits.h EX_CONFIG).
+EXIT_CONFIG = 78
+EXIT_FAILURE = 1
+LOCK_NAME = "daemon.lock"
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot start; the message says why."""
+
+
+class Daemon:
+    def __init__(self, config: Config, state_dir: Path) -> None:
+        self.config = config
+        self.state_dir = Path(state_dir)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.notifier = sdnotify.SystemdNotifier()
+        self.queue: JobQueue | None = None
+        self.watcher: Watcher | None = None
+        self.workers: list[Worker] = []
+        self.metrics = None
+        self._lock_handle = None
+
+    # ---------------------------------------------------------------- entry point
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit status."""
+        try:
+            self._start()
+        except ConfigError as error:
+            log.error("daemon.config_error", problems=error.problems)
+            print(str(error), file=sys.stderr)
+            return EXIT_CONFIG
+        except DaemonError as error:
+            log.error("daemon.cannot_start", error=str(error))
+            self._close()
+            return EXIT_FAILURE
+        self._supervise()
+        return self._shutdown()
+
+    def _start(self) -> None:
+        for warning in check_runtime(self.config):
+            log.warning("config.warning", message=warning)
+        from .dip.device import choose_device, describe_device
+        from .transfer import CalibrationTable
+
+        table = CalibrationTable.load(self.config.calibration_table)
+        try:
+            self.queue = JobQueue(self.state_dir)
+        except (OSError, sqlite3.Error) as error:
+            raise DaemonError(f"cannot open the queue in {self.state_dir}: {error} (set "
+                              f"state_dir in the config or --state-dir to a writable folder)")
+        self._take_lock()
+        for job in self.queue.recover(self.config.retry):
+            folder = self.config.folder_for(Path(job.path))
+            remove_temporary_outputs(self.config.output_for(Path(job.path), folder))
+            log.warning("job.recovered", job_id=job.id, path=job.path, attempt=job.attempts,
+                        note="was running when the daemon stopped uncleanly")
+        devices = [describe_device(choose_device(None if d == "auto" else d))
+                   for d in self.config.devices]
+        if self.config.metrics.enabled:
+            from .exporter import Metrics
+
+            self.metrics = Metrics(self.queue)
+            try:
+                self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
+            except OSError as error:
+                raise DaemonError(f"metrics.port: cannot listen on {self.config.metrics.address}:"
+                                  f"{self.config.metrics.port}: {error}") from error
+        self.watcher = Watcher(self.config, self.queue, on_enqueue=lambda job: self.wake.set())
+        self.queue.register_daemon(host=socket.gethostname(), version=__version__,
+                                   devices=devices, watches=self.watcher.describe(),
+                                   heartbeat_seconds=self._interval(),
+                                   status="starting")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        self.watcher.start()
+        for device in self.config.devices:
+            worker = Worker(self.config, self.queue, device, table, self.stop, self.wake,
+                            self.metrics)
+            worker.start()
+            self.workers.append(worker)
+        log.info("daemon.ready", pid=os.getpid(), version=__version__, devices=devices,
+                 state_dir=str(self.state_dir), folders=[str(f.path) for f in self.config.watch],
+                 metrics=(f"http://{self.config.metrics.address}:{self.config.metrics.port}/metrics"
+                          if self.metrics else None))
+        self.notifier.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=watching "
+                             f"{len(self.config.watch)} folder(s)")
+
+    def _take_lock(self) -> None:
+        """One daemon per state directory: two would run every job twice."""
+        handle = open(self.state_dir / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DaemonError(f"another daemon ({holder}) already uses {self.state_dir}; "
+                              f"stop it first or give this one another state_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._lock_handle = handle
+
+    def _on_signal(self, signum, frame) -> None:
+        if not self.stop.is_set():
+            log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        self.stop.set()
+        self.wake.set()
+
+    # ---------------------------------------------------------------- supervision
+
+    def _interval(self) -> float:
+        """Heartbeat period: the configured one, but at least twice per systemd watchdog period."""
+        interval = self.config.daemon.heartbeat_seconds
+        watchdog_usec = os.environ.get("WATCHDOG_USEC")
+        if watchdog_usec and watchdog_usec.isdigit() and int(watchdog_usec) > 0:
+            interval = min(interval, int(watchdog_usec) / 2e6)
+        return interval
+
+    def health(self) -> tuple[bool, list[str]]:
+        problems: list[str] = []
+        ok, watcher_problems = self.watcher.healthy()
+        problems += watcher_problems
+        for worker in self.workers:
+            ok, problem = worker.healthy()
+            if not ok:
+                problems.append(problem)
+        return not problems, problems
+
+    def status_line(self) -> str:
+        counts = self.queue.counts()
+        parts = [f"{counts['queued'] + counts['failed']} waiting", f"{counts['done']} done"]
+        if counts["quarantined"]:
+            parts.append(f"{counts['quarantined']} quarantined")
+        for worker in self.workers:
+            job = worker.current
+            if job is not None:
+                parts.append(f"{worker.device}: {Path(job.path).name}")
+        unavailable = [s for s in self.watcher.folders if s.checked and not s.available]
+        if unavailable:
+            parts.append(f"{len(unavailable)} folder(s) unavailable")
+        return "; ".join(parts)
+
+    def _supervise(self) -> None:
+        interval = self._interval()
+        was_healthy = True
+        while True:
+            healthy, problems = self.health()
+            line = self.status_line()
+            try:
+                self.queue.heartbeat(healthy, line if healthy else "; ".join(problems),
+                                     self.watcher.describe())
+            except sqlite3.Error as error:
+                healthy = False
+                problems.append(f"database not writable: {error}")
+            if healthy:
+                self.notifier.notify(f"WATCHDOG=1\nSTATUS={line}")
+            else:
+                self.notifier.notify(f"STATUS=unhealthy: {'; '.join(problems)}")
+            if healthy != was_healthy:
+                (log.info if healthy else log.error)("daemon.health", healthy=healthy,
+                                                     problems=problems)
+                was_healthy = healthy
+            if self.stop.wait(interval):
+                return
+
+    # ---------------------------------------------------------------- shutdown
+
+    def _shutdown(self) -> int:
+        self.notifier.notify("STOPPING=1\nSTATUS=stopping")
+        deadline = time.monotonic() + self.config.daemon.stop_timeout_seconds
+        self.stop.set()
+        self.wake.set()
+        if self.watcher is not None:
+            self.watcher.stop(timeout=max(0.1, deadline - time.monotonic()))
+        stuck = []
+        for worker in self.workers:
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
+            if worker.thread.is_alive():
+                stuck.append(worker)
+        for worker in stuck:
+            job = worker.current
+            if job is not None:
+                try:
+                    self.queue.release(job.id, "daemon stopped before the fit could abort; the "
+                                               "job goes back to the queue")
+                except Exception:
+                    log.exception("daemon.release_failed", job_id=job.id)
+                log.error("job.requeued", job_id=job.id, path=job.path,
+                          reason=f"fit did not abort within {self.config.daemon.stop_timeout_seconds} s")
+        self._close()
+        log.info("daemon.stopped", clean=not stuck)
+        if stuck:
+            # A thread inside a native call cannot be joined; leave without waiting on it.
+            sys.stderr.flush()
+            os._exit(0)
+        return 0
+
+    def _close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.queue is not None:
+            try:
+                self.queue.daemon_stopped()
+            except sqlite3.Error:
+                pass
+            self.queue.close()
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+
+def run_daemon(config: Config, state_dir: Path) -> int:
+    return Daemon(config, state_dir).run()

@@ -1,0 +1,214 @@
+"""Run queued jobs, one at a time per device, through the same pipeline as ``denoise``.
+
+A stop request (SIGTERM) is honoured inside the fit: the progress callback raises
+:class:`JobCancelled` at the next iteration, the job goes back to the queue without
+using up an attempt, and any temporary output file is removed. The pipeline writes
+outputs to a hidden temporary file and renames it, so a half-written output is never
+visible under its real name, even after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .config import Config
+from .log import get_logger
+from .queue import Job, JobQueue
+
+log = get_logger("autodip_watch.worker")
+
+#: At most one progress row write per this many seconds (SQLite is not a progress bar).
+PROGRESS_WRITE_SECONDS = 1.0
+
+
+class JobCancelled(BaseException):
+    """Raised from the progress callback when the daemon stops.
+
+    A BaseException so that ``except Exception`` in the pipeline cannot mistake a stop
+    for a failure of the file.
+    """
+
+
+def temporary_outputs(output: Path) -> list[Path]:
+    """Leftover temporary files of ``output`` (the writer's ``.<name>.*.tmp``)."""
+    try:
+        return sorted(output.parent.glob(f".{output.name}.*.tmp"))
+    except OSError:
+        return []
+
+
+def remove_temporary_outputs(output: Path) -> list[Path]:
+    removed = []
+    for temporary in temporary_outputs(output):
+        try:
+            temporary.unlink()
+            removed.append(temporary)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.warning("job.temp_cleanup_failed", path=str(temporary), error=str(error))
+    return removed
+
+
+class Worker:
+    """One device's job loop; runs in its own thread."""
+
+    def __init__(self, config: Config, queue: JobQueue, device: str, table,
+                 stop: threading.Event, wake: threading.Event, metrics=None) -> None:
+        self.config = config
+        self.queue = queue
+        self.device = device
+        self.table = table
+        self.stop = stop
+        self.wake = wake
+        self.metrics = metrics
+        self.name = f"{device}@{os.getpid()}"
+        self.current: Job | None = None
+        self.last_beat = time.monotonic()
+        self._last_write = 0.0
+        self.thread = threading.Thread(target=self.run, name=f"worker-{device}", daemon=True)
+
+    # ---------------------------------------------------------------- loop
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def healthy(self) -> tuple[bool, str]:
+        if not self.thread.is_alive():
+            return False, f"worker {self.device} died"
+        silent = time.monotonic() - self.last_beat
+        if silent > self.config.daemon.stuck_seconds:
+            return False, f"worker {self.device} has made no progress for {silent:.0f} s"
+        return True, ""
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.last_beat = time.monotonic()
+            try:
+                job = self.queue.claim(self.name)
+            except Exception:
+                log.exception("worker.claim_failed", device=self.device)
+                self.stop.wait(5)
+                continue
+            if job is None:
+                self.wake.wait(1.0)  # queue retry/forget from the CLI is seen within a second
+                self.wake.clear()
+                continue
+            self.current = job
+            try:
+                self.process(job)
+            except Exception:
+                # A bug in our bookkeeping must not kill the worker; record and go on.
+                log.exception("worker.error", job_id=job.id, path=job.path)
+            finally:
+                self.current = None
+
+    # ---------------------------------------------------------------- one job
+
+    def process(self, job: Job) -> None:
+        from .pipeline import denoise_file
+
+        path = Path(job.path)
+        folder = self.config.folder_for(path)
+        output = self.config.output_for(path, folder)
+        bound = log.bind(job_id=job.id, path=job.path, device=self.device)
+        bound.info("job.started", attempt=job.attempts, output=str(output))
+        files = [path, *(Path(p) for p in job.member_paths())]
+        current = _version(files)
+        if current is None:
+            self.queue.skip(job.id, "the raw file (or a file of its set) disappeared before it "
+                                    "was processed")
+            bound.warning("job.skipped", reason="input vanished")
+            return
+        if current != (job.size, job.mtime_ns):
+            self.queue.skip(job.id, "the raw file changed after it was queued; the new version "
+                                    "is queued as its own job")
+            bound.warning("job.skipped", reason="input changed since queued")
+            return
+        for leftover in remove_temporary_outputs(output):
+            bound.info("job.temp_removed", temp=str(leftover))
+        if output.exists() and output.stat().st_mtime_ns >= job.mtime_ns:
+            # E.g. killed between the rename and the database update: never redo, never
+            # overwrite a finished output of this raw file.
+            self.queue.finish(job.id, str(output), None, 0.0, None,
+                              "output already present and newer than the raw file; kept")
+            bound.info("job.done", output=str(output), note="output already present")
+            return
+        settings = self.config.denoise_settings(folder, self.device, self.table)
+        started = time.monotonic()
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            report = denoise_file(path, settings, out=output, progress=self._progress_for(job))
+        except JobCancelled:
+            remove_temporary_outputs(output)
+            self.queue.release(job.id, "daemon stopping; the job goes back to the queue")
+            bound.info("job.requeued", reason="daemon stopping",
+                       seconds=round(time.monotonic() - started, 2))
+            return
+        except Exception as error:
+            remove_temporary_outputs(output)
+            _free_device_memory()
+            message = f"{type(error).__name__}: {error}"
+            state = self.queue.fail(job.id, message, self.config.retry)
+            if self.metrics is not None:
+                self.metrics.jobs_failed.inc()
+            bound.warning(f"job.{state}", error=message, attempt=job.attempts,
+                          max_attempts=self.config.retry.max_attempts,
+                          traceback=traceback.format_exc(limit=6))
+            return
+        seconds = time.monotonic() - started
+        planes = getattr(report, "planes", []) or []
+        self.queue.finish(job.id, str(report.output), _report_dict(report), seconds, len(planes))
+        if self.metrics is not None:
+            self.metrics.jobs_done.inc()
+            for plane in planes:
+                self.metrics.plane_seconds.observe(float(getattr(plane, "seconds", 0.0)))
+        bound.info("job.done", output=str(report.output), seconds=round(seconds, 3),
+                   planes=len(planes))
+
+    def _progress_for(self, job: Job):
+        """The pipeline's progress callback: heartbeat, cancellation, throttled DB writes."""
+        self._last_write = 0.0
+
+        def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
+                     iterations: int) -> None:
+            now = time.monotonic()
+            self.last_beat = now
+            if self.stop.is_set():
+                raise JobCancelled()
+            last = plane == planes and tile == tiles and iteration == iterations
+            if now - self._last_write >= PROGRESS_WRITE_SECONDS or last:
+                self._last_write = now
+                self.queue.progress(job.id, plane, planes, tile, tiles, iteration, iterations)
+
+        return progress
+
+
+def _version(files: list[Path]) -> tuple[int, int] | None:
+    try:
+        infos = [path.stat() for path in files]
+    except OSError:
+        return None
+    return sum(i.st_size for i in infos), max(i.st_mtime_ns for i in infos)
+
+
+def _report_dict(report) -> dict | None:
+    as_dict = getattr(report, "as_dict", None)
+    try:
+        return as_dict() if as_dict is not None else None
+    except Exception:  # the report format belongs to the pipeline; never fail a job on it
+        return None
+
+
+def _free_device_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass

@@ -1,0 +1,156 @@
+"""Daemon configuration: defaults, every error names its key, outputs, state directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autodip_watch.config import (DEFAULT_PATTERNS, ConfigError, check_runtime, default_state_dir,
+                                  load_config, parse_config, resolve_state_dir, with_cli_folders)
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "autodip-watch.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_config_defaults(tmp_path):
+    (tmp_path / "in").mkdir()
+    config = load_config(write(tmp_path, '[[watch]]\npath = "in"\n'))
+    folder = config.watch[0]
+    assert folder.path == tmp_path / "in"  # relative to the config file
+    assert folder.patterns == DEFAULT_PATTERNS and not folder.polling
+    assert folder.settle_seconds == 10 and folder.observer_kind == "native"
+    assert config.devices == ("auto",) and config.retry.max_attempts == 3
+    assert not config.metrics.enabled and config.output_root is None
+    assert check_runtime(config) == []
+
+
+def test_every_problem_is_reported_with_its_key(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, """
+devcie = "cpu"
+[[watch]]
+path = "in"
+settle_seconds = "ten"
+polling = "yes"
+patterns = []
+[[watch]]
+settle_seconds = 1
+[retry]
+max_attempts = 0
+[output]
+suffix = ".tif"
+[metrics]
+port = 70000
+"""))
+    problems = "\n".join(caught.value.problems)
+    assert "devcie: unknown key; did you mean 'device'?" in problems
+    assert "watch[0].settle_seconds: must be a number, got 'ten' (e.g. settle_seconds = 10)" in problems
+    assert "watch[0].polling: must be true or false" in problems
+    assert "watch[0].patterns: must be a list of glob patterns" in problems
+    assert "watch[1].path: missing" in problems
+    assert "retry.max_attempts: must be at least 1" in problems
+    assert "output.suffix: must end in .ome.tif" in problems
+    assert "metrics.port: must be at most 65535" in problems
+    assert len(caught.value.problems) == 8
+
+
+def test_nested_folders_and_shared_output_roots_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"watch\[1\].path: .* overlaps watch\[0\].path"):
+        parse_config({"watch": [{"path": "a"}, {"path": "a/b"}]}, tmp_path)
+    with pytest.raises(ConfigError, match="give each \\[\\[watch\\]\\] its own output_root"):
+        parse_config({"watch": [{"path": "a"}, {"path": "b"}], "output": {"root": "out"}}, tmp_path)
+    with pytest.raises(ConfigError, match="lies inside its output root"):
+        parse_config({"watch": [{"path": "out/a"}], "output": {"root": "out"}}, tmp_path)
+    with pytest.raises(ConfigError, match="overlaps"):
+        with_cli_folders(parse_config({"watch": [{"path": "a"}]}, tmp_path), [tmp_path / "a" / "c"])
+
+
+def test_runtime_checks_name_the_key(tmp_path):
+    config = parse_config({"watch": [{"path": "missing"}], "device": "cuda:7",
+                           "dip": {"depth": 3}, "calibration_table": "nope.toml"}, tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        check_runtime(config)
+    problems = "\n".join(caught.value.problems)
+    assert "calibration_table: calibration table" in problems and "does not exist" in problems
+    assert "device:" in problems
+    config = parse_config({"watch": [{"path": "missing"}], "device": "cpu",
+                           "dip": {"depth": 3}}, tmp_path)
+    with pytest.raises(ConfigError, match="dip: depth must be one of"):
+        check_runtime(config)
+    config = parse_config({"watch": [{"path": "missing"}], "device": "cpu"}, tmp_path)
+    assert check_runtime(config) == [f"watch[0].path: {tmp_path / 'missing'} does not exist (yet); "
+                                     f"the daemon waits for it to appear"]
+
+
+def test_outputs_beside_or_mirrored(tmp_path):
+    config = parse_config({"watch": [{"path": "in"}, {"path": "share", "output_root": "den"}],
+                           "output": {"suffix": ".dn.ome.tif"}}, tmp_path)
+    beside, mirrored = config.watch
+    assert config.output_for(tmp_path / "in" / "x" / "a.ome.tif", beside) == \
+        tmp_path / "in" / "x" / "a.dn.ome.tif"
+    assert config.output_for(tmp_path / "share" / "day1" / "b.tif", mirrored) == \
+        tmp_path / "den" / "day1" / "b.dn.ome.tif"
+    assert config.is_output(tmp_path / "in" / "a.dn.ome.tif")
+    assert config.is_output(tmp_path / "in" / "a.autodip.ome.tif")
+    assert config.is_output(tmp_path / "den" / "day1" / "c.tif")
+    assert not config.is_output(tmp_path / "in" / "a.ome.tif")
+    assert config.folder_for(tmp_path / "share" / "day1" / "b.tif") is mirrored
+
+
+def test_folder_patterns_are_case_insensitive(tmp_path):
+    folder = parse_config({"watch": [{"path": "in"}]}, tmp_path).watch[0]
+    assert folder.matches("A.OME.TIF") and folder.matches("b.tiff")
+    assert not folder.matches("notes.txt")
+
+
+def test_state_directory_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_state_dir() == tmp_path / "xdg" / "autodip-watch"
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "systemd"))
+    assert default_state_dir() == tmp_path / "systemd"
+    config = parse_config({"state_dir": "st"}, tmp_path)
+    assert resolve_state_dir(None, config) == tmp_path / "st"
+    assert resolve_state_dir(tmp_path / "cli", config) == tmp_path / "cli"
+
+
+def test_shipped_example_is_valid():
+    config = load_config(EXAMPLE)
+    assert [folder.observer_kind for folder in config.watch] == ["native", "polling"]
+    assert config.watch[1].microscope == "widefield"
+    check_runtime(config)  # only warnings: its folders do not exist here
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[[watch]\n"))
+
+
+def test_inference_rules_are_checked_and_passed_on(tmp_path):
+    config = parse_config({"watch": [{"path": "in", "microscope": "confocal"}], "device": "cpu",
+                           "inference": {"specimen_rules": [{"pattern": "(", "label": "actin"}]}},
+                          tmp_path)
+    with pytest.raises(ConfigError, match="inference: rule pattern"):
+        check_runtime(config)
+    config = parse_config({"watch": [{"path": "in", "microscope": "confocal"}], "device": "cpu",
+                           "inference": {"folders": [{"path": "in/mito", "specimen": "mito"}]}},
+                          tmp_path)
+    check_runtime(config)
+    settings = config.denoise_settings(config.watch[0], "cpu", None)
+    assert settings.folder_microscope == "confocal" and settings.microscope is None
+    assert settings.rules.folder_defaults[0].folder == tmp_path / "in" / "mito"
+
+
+def test_folder_labels_are_validated(tmp_path):
+    config = parse_config({"watch": [{"path": "in", "microscope": "confocl"}], "device": "cpu"},
+                          tmp_path)
+    with pytest.raises(ConfigError, match=r"watch\[0\].microscope: unknown microscope 'confocl'"):
+        check_runtime(config)

@@ -1,0 +1,219 @@
+"""The SQLite job store, against a real database file: dedupe, states, backoff, recovery."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from autodip_watch.config import RetryPolicy
+from autodip_watch.queue import JobQueue, QueueError
+
+FAST_RETRY = RetryPolicy(max_attempts=3, backoff_seconds=0.2, backoff_factor=2,
+                         max_backoff_seconds=1.0)
+
+
+@pytest.fixture
+def queue(tmp_path) -> JobQueue:
+    return JobQueue(tmp_path / "state")
+
+
+def add(queue: JobQueue, path="/data/a.tif", size=100, mtime=1, sha="aa", **kwargs):
+    return queue.enqueue(path, size, mtime, sha, folder="/data", **kwargs)
+
+
+def test_database_is_wal_in_the_state_directory(queue, tmp_path):
+    assert queue.path == tmp_path / "state" / "queue.sqlite3"
+    mode = sqlite3.connect(queue.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_same_file_version_is_queued_once(queue):
+    first = add(queue)
+    assert first is not None and first.state == "queued"
+    assert add(queue) is None  # repeated event
+    assert JobQueue(queue.state_dir).enqueue("/data/a.tif", 100, 1, "aa") is None  # restart
+    assert queue.counts()["queued"] == 1
+    assert queue.known("/data/a.tif", 100, 1)
+    assert not queue.known("/data/a.tif", 101, 1)
+
+
+def test_changed_file_is_a_new_job_and_supersedes_the_queued_one(queue):
+    old = add(queue, size=100, mtime=1, sha="aa")
+    new = add(queue, size=120, mtime=2, sha="bb")
+    assert new is not None and new.id != old.id
+    assert queue.get(old.id).state == "skipped"
+    assert "superseded" in queue.get(old.id).error
+    # A finished job is history, not superseded.
+    queue.claim("w")
+    queue.finish(new.id, "/data/a.autodip.ome.tif", {"planes": []}, 1.0, 1)
+    newest = add(queue, size=130, mtime=3, sha="cc")
+    assert queue.get(new.id).state == "done"
+    assert newest.state == "queued"
+
+
+def test_claim_runs_jobs_in_order_and_counts_attempts(queue):
+    first, second = add(queue, "/d/1.tif"), add(queue, "/d/2.tif")
+    claimed = queue.claim("cpu@1")
+    assert claimed.id == first.id and claimed.state == "running" and claimed.attempts == 1
+    assert claimed.worker == "cpu@1"
+    assert queue.claim("cpu@1").id == second.id
+    assert queue.claim("cpu@1") is None
+
+
+def test_concurrent_claims_never_hand_out_a_job_twice(queue):
+    for number in range(40):
+        add(queue, f"/d/{number}.tif")
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def claim_all():
+        own = JobQueue(queue.state_dir)
+        while (job := own.claim(threading.current_thread().name)) is not None:
+            with lock:
+                taken.append(job.id)
+
+    threads = [threading.Thread(target=claim_all) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == list(range(1, 41))
+
+
+def test_failure_backs_off_then_quarantines(queue):
+    job = add(queue)
+    queue.claim("w")
+    assert queue.fail(job.id, "boom 1", FAST_RETRY) == "failed"
+    failed = queue.get(job.id)
+    assert failed.state == "failed" and failed.error == "boom 1"
+    assert failed.not_before == pytest.approx(time.time() + 0.2, abs=0.15)
+    assert queue.claim("w") is None  # backoff not over
+    time.sleep(0.25)
+    assert queue.claim("w").attempts == 2
+    assert queue.fail(job.id, "boom 2", FAST_RETRY) == "failed"
+    assert queue.get(job.id).not_before - time.time() > 0.25  # 0.2 * 2
+    time.sleep(0.45)
+    assert queue.claim("w").attempts == 3
+    assert queue.fail(job.id, "boom 3", FAST_RETRY) == "quarantined"
+    quarantined = queue.get(job.id)
+    assert quarantined.state == "quarantined" and quarantined.error == "boom 3"
+    time.sleep(0.3)
+    assert queue.claim("w") is None
+    states = [event["state"] for event in queue.events(job.id)]
+    assert states == ["queued", "running", "failed", "running", "failed", "running", "quarantined"]
+
+
+def test_backoff_is_exponential_and_capped():
+    policy = RetryPolicy(max_attempts=9, backoff_seconds=10, backoff_factor=3,
+                         max_backoff_seconds=100)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [10, 30, 90, 100]
+
+
+def test_queued_jobs_go_before_retries(queue):
+    job = add(queue, "/d/1.tif")
+    queue.claim("w")
+    queue.fail(job.id, "boom", RetryPolicy(backoff_seconds=0))
+    fresh = add(queue, "/d/2.tif")
+    assert queue.claim("w").id == fresh.id
+    assert queue.claim("w").id == job.id
+
+
+def test_crash_recovery_requeues_running_jobs_and_counts_the_attempt(queue):
+    job = add(queue)
+    queue.claim("w")
+    # A new process after kill -9: the row still says running.
+    restarted = JobQueue(queue.state_dir)
+    recovered = restarted.recover(FAST_RETRY)
+    assert [r.id for r in recovered] == [job.id]
+    again = restarted.get(job.id)
+    assert again.state == "queued" and again.attempts == 1
+    assert restarted.claim("w").attempts == 2
+
+
+def test_a_file_that_keeps_crashing_the_daemon_is_quarantined(queue):
+    job = add(queue)
+    policy = RetryPolicy(max_attempts=2)
+    for _ in range(2):
+        assert queue.claim("w").id == job.id
+        JobQueue(queue.state_dir).recover(policy)
+    final = queue.get(job.id)
+    assert final.state == "quarantined"
+    assert "stopped uncleanly 2 time(s)" in final.error
+
+
+def test_release_returns_the_attempt(queue):
+    job = add(queue)
+    queue.claim("w")
+    queue.progress(job.id, 1, 2, 1, 1, 5, 10)
+    queue.release(job.id, "daemon stopping")
+    released = queue.get(job.id)
+    assert released.state == "queued" and released.attempts == 0 and released.iteration is None
+
+
+def test_progress_and_fraction(queue):
+    job = add(queue)
+    queue.claim("w")
+    queue.progress(job.id, 2, 4, 1, 2, 50, 100)  # plane 2 of 4, first of two tiles, half way
+    running = queue.get(job.id)
+    assert (running.plane, running.planes, running.iteration, running.iterations) == (2, 4, 50, 100)
+    assert running.fraction_done() == pytest.approx((1 + 0.25) / 4)
+
+
+def test_retry_and_forget(queue):
+    job = add(queue)
+    queue.claim("w")
+    with pytest.raises(QueueError, match="running"):
+        queue.forget([job.id])
+    with pytest.raises(QueueError, match="only failed, quarantined, skipped"):
+        queue.retry([job.id])
+    queue.fail(job.id, "bad", RetryPolicy(max_attempts=1))
+    assert queue.get(job.id).state == "quarantined"
+    assert queue.retry([job.id]) == [job.id]
+    retried = queue.get(job.id)
+    assert retried.state == "queued" and retried.attempts == 0 and retried.error is None
+    assert queue.forget([job.id]) == [job.id]
+    with pytest.raises(QueueError, match="no job"):
+        queue.get(job.id)
+    assert queue.events(job.id) == []
+    assert not queue.known("/data/a.tif", 100, 1)  # taken again at the next scan
+    with pytest.raises(QueueError, match="no job 999"):
+        queue.retry([999])
+
+
+def test_unreadable_files_enter_quarantined(queue):
+    job = add(queue, state="quarantined", error="not a TIFF")
+    assert job.state == "quarantined" and job.error == "not a TIFF" and job.attempts == 0
+    assert queue.claim("w") is None
+
+
+def test_history_and_throughput(queue):
+    for number in range(3):
+        job = add(queue, f"/d/{number}.tif")
+        queue.claim("w")
+        queue.finish(job.id, f"/d/{number}.autodip.ome.tif", None, 2.0, 4)
+    rate = queue.throughput()
+    assert rate["images_last_hour"] == 3
+    assert rate["images_per_hour"] == pytest.approx(1800.0)
+    assert rate["seconds_per_plane"] == pytest.approx(0.5)
+    assert queue.counts()["done"] == 3
+    assert [j.id for j in queue.jobs(["done"], limit=2, newest_first=True)] == [3, 2]
+
+
+def test_heartbeat_row(queue):
+    assert queue.daemon() is None
+    queue.register_daemon(host="h", version="0", devices=["cpu"], watches=[{"path": "/d"}],
+                          heartbeat_seconds=1.0, status="starting")
+    queue.heartbeat(True, "3 waiting")
+    info = queue.daemon()
+    assert info["status"] == "3 waiting" and info["devices"] == ["cpu"]
+    assert info["watches"] == [{"path": "/d"}] and info["stopped"] is None
+    queue.daemon_stopped()
+    assert queue.daemon()["stopped"] is not None
+
+
+def test_opening_without_create_needs_an_existing_database(tmp_path):
+    with pytest.raises(QueueError, match="no queue database"):
+        JobQueue(tmp_path / "nothing", create=False)
