@@ -28,8 +28,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import tifffile
@@ -39,7 +39,7 @@ from PIL import Image
 
 from . import __version__
 from .dip.fit import FitOptions, fit_tile
-from .dip.network import BASELINE, DEPTHS, SKIPS, WIDTHS, DipParams, normalise_width
+from .dip.params import BASELINE, DEPTHS, SKIPS, WIDTHS, DipParams, normalise_width
 from .dip.tiling import TILE_SIZE
 from .metrics import (LOWER_IS_BETTER, alexnet_checkpoint_path, evaluation_pair, file_sha256,
                       get_lpips, mean_gradient, quality)

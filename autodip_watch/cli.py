@@ -65,7 +65,7 @@ def denoise(
 
     Writes <stem>.autodip.ome.tif beside each input (or under --out); never modifies the input.
     """
-    from .dip.network import DipParams, normalise_width
+    from .dip.params import DipParams, normalise_width
     from .pipeline import DenoiseSettings, PipelineError, denoise_file
 
     if len(inputs) > 1 and out is not None and not out.is_dir():
@@ -309,6 +309,8 @@ def calibrate(
     seed: Optional[int] = typer.Option(None, help="Seed of every fit (default 0, as denoise)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration whose [calibrate] section sets the defaults of these options."),
     restart: bool = typer.Option(False, "--restart", help="Discard the state file and start from scratch."),
+    scheduler: Optional[str] = typer.Option(None, help="Run the fits on a Dask cluster, one fit per task, e.g. "
+                                            "tcp://gpu-server:8786 (workers started with --resources GPU=1)."),
     stop_after: Optional[int] = typer.Option(None, hidden=True, help="Stop after N new fits (testing resumption)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -336,6 +338,17 @@ def calibrate(
                 setattr(settings, name, value)
         grid = settings.grid()
         chosen_device = choose_device(settings.device)
+        executor = None
+        if scheduler is not None:
+            from .cluster import calibration_executor
+            from .config import normalise_scheduler
+
+            try:
+                address = normalise_scheduler(scheduler)
+            except ValueError as error:
+                raise ValueError(f"--scheduler: {error}") from None
+            # Workers pick their own GPU unless --device (or [calibrate] device) says otherwise.
+            executor = calibration_executor(address, device=settings.device)
     except (CalibrationError, ValueError, OSError, tomllib.TOMLDecodeError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
@@ -369,7 +382,8 @@ def calibrate(
     try:
         with progress:
             report = run(pairs, out, grid, state_path, chosen_device, settings.seed, settings.crop,
-                         settings.lpips, settings.match, stop_after, on_progress)
+                         settings.lpips, settings.match, stop_after, on_progress,
+                         **({"executor": executor} if executor is not None else {}))
     except CalibrationInterrupted as stopped:
         console.print(f"[yellow]{stopped}[/yellow]")
         raise typer.Exit(3) from None
@@ -434,15 +448,22 @@ def run(
                                                help="Folder to watch (repeatable; added to the config's)."),
     state_dir: Optional[Path] = _STATE_OPTION,
     log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error (default: the config's, info)."),
+    executor: Optional[str] = typer.Option(None, help="Where jobs run: local (this machine's devices) or dask "
+                                           "(a Dask cluster of GPU workers; default: the config's, local)."),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://gpu-server:8786 "
+                                            "(implies --executor dask)."),
+    max_in_flight: Optional[int] = typer.Option(None, help="Dask: jobs submitted at once (default: the "
+                                                "config's; 0 = the cluster's GPUs)."),
 ) -> None:
     """Run the watcher daemon: denoise every settled image dropped into the watched folders."""
-    from .config import ConfigError, resolve_state_dir, with_cli_folders
+    from .config import ConfigError, resolve_state_dir, with_cli_executor, with_cli_folders
     from .log import configure
     from .service import EXIT_CONFIG, run_daemon
 
     settings = _daemon_config(config)
     try:
         settings = with_cli_folders(settings, list(watch or []))
+        settings = with_cli_executor(settings, executor, scheduler, max_in_flight)
     except ConfigError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(EXIT_CONFIG) from None
@@ -588,7 +609,12 @@ def config_check(
         console.print(f"  watch {folder.path} ({folder.observer_kind}, settle {folder.settle_seconds:g} s"
                       f"{', ' + defaults if defaults else ''}) -> outputs {target}")
     console.print(f"  state directory: {resolve_state_dir(None, settings)}")
-    console.print(f"  devices: {', '.join(settings.devices)}")
+    cluster = settings.cluster
+    if cluster.executor == "dask":
+        in_flight = cluster.max_in_flight or "as many as the cluster has GPUs"
+        console.print(f"  executor: dask, scheduler {cluster.scheduler}, jobs in flight: {in_flight}")
+    else:
+        console.print(f"  devices: {', '.join(settings.devices)}")
 
 
 if __name__ == "__main__":

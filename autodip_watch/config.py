@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -114,6 +115,37 @@ class DaemonSettings:
     log_level: str = "info"
 
 
+#: Where jobs run: ``local`` (the daemon's own devices) or ``dask`` (a cluster).
+EXECUTORS = ("local", "dask")
+#: Dask scheduler addresses we accept: protocol://host:port (host:port means tcp).
+_SCHEDULER_ADDRESS = re.compile(r"^(?:(tcp|tls)://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The executor: the daemon's own devices, or a Dask cluster of GPU workers."""
+
+    executor: str = "local"
+    #: ``tcp://host:port`` of the Dask scheduler (executor = "dask").
+    scheduler: str | None = None
+    #: Jobs submitted at once; 0 = as many as the cluster has GPUs (at least 1).
+    max_in_flight: int = 0
+    #: How long one connection attempt to the scheduler may take.
+    connect_timeout_seconds: float = 10.0
+    #: Reconnection backoff doubles from 1 s up to this.
+    reconnect_max_seconds: float = 60.0
+
+
+def normalise_scheduler(address: str) -> str:
+    """``host:port`` -> ``tcp://host:port``; ``ValueError`` for anything else."""
+    text = address.strip()
+    match = _SCHEDULER_ADDRESS.match(text)
+    if match is None or not 0 < int(match.group(3)) <= 65535:
+        raise ValueError(f"must be a Dask scheduler address tcp://HOST:PORT (e.g. "
+                         f"\"tcp://gpu-server:8786\"), got {address!r}")
+    return text if match.group(1) else f"tcp://{text}"
+
+
 @dataclass(frozen=True)
 class Config:
     watch: tuple[WatchFolder, ...] = ()
@@ -126,6 +158,7 @@ class Config:
     dip: DipOverrides = DipOverrides()
     metrics: MetricsSettings = MetricsSettings()
     daemon: DaemonSettings = DaemonSettings()
+    cluster: ClusterSettings = ClusterSettings()
     #: The ``[inference]`` table, as metadata.InferenceRules.from_mapping reads it.
     inference: dict = field(default_factory=dict)
     source: Path | None = None
@@ -225,7 +258,8 @@ def resolve_state_dir(cli: Path | None, config: Config | None) -> Path:
 # ------------------------------------------------------------------------ loading
 
 _TOP_KEYS = {"watch", "output", "calibration_table", "device", "state_dir", "retry", "dip",
-             "metrics", "daemon", "log_level", "calibrate", "inference"}
+             "metrics", "daemon", "log_level", "calibrate", "inference", "executor",
+             "scheduler", "max_in_flight", "dask"}
 _WATCH_KEYS = {"path", "patterns", "recursive", "polling", "poll_interval_seconds",
                "settle_seconds", "corrupt_after_seconds", "microscope", "specimen",
                "output_root"}
@@ -239,6 +273,7 @@ _SECTION_KEYS = {
                   "match", "seed", "device"},
     "metrics": {"enabled", "address", "port"},
     "daemon": {"heartbeat_seconds", "stop_timeout_seconds", "stuck_seconds"},
+    "dask": {"connect_timeout_seconds", "reconnect_max_seconds"},
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -392,6 +427,8 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         stuck_seconds=reader.get(daemon, "stuck_seconds", "daemon.", "number", 900.0, 1, "900"),
         log_level=log_level)
 
+    cluster = _parse_cluster(document, sections["dask"], reader)
+
     config = Config(
         watch=tuple(folders), output_root=output_root, output_suffix=suffix,
         calibration_table=reader.get(document, "calibration_table", "", "path", None,
@@ -400,11 +437,84 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         state_dir=reader.get(document, "state_dir", "", "path", None,
                              example='"/var/lib/autodip-watch"'),
         retry=retry_policy, dip=overrides, metrics=metrics_settings, daemon=daemon_settings,
-        inference=inference, source=None)
+        cluster=cluster, inference=inference, source=None)
     reader.problems += _cross_checks(config)
     if reader.problems:
         raise ConfigError(reader.problems, source)
     return config
+
+
+def _parse_cluster(document: dict, dask: dict, reader: _Reader) -> ClusterSettings:
+    """``executor``, ``scheduler``, ``max_in_flight`` and the ``[dask]`` table."""
+    executor = reader.get(document, "executor", "", "str", None, example='"dask"')
+    scheduler = reader.get(document, "scheduler", "", "str", None,
+                           example='"tcp://gpu-server:8786"')
+    if scheduler is not None:
+        try:
+            scheduler = normalise_scheduler(scheduler)
+        except ValueError as error:
+            reader.problems.append(f"scheduler: {error}")
+            scheduler = None
+    return _cluster_settings(
+        executor, scheduler, "scheduler" in document,
+        reader.get(document, "max_in_flight", "", "int", 0, 0, "4"), reader.problems,
+        "executor", "scheduler",
+        connect_timeout_seconds=reader.get(dask, "connect_timeout_seconds", "dask.", "number",
+                                           10.0, 0.1, "10"),
+        reconnect_max_seconds=reader.get(dask, "reconnect_max_seconds", "dask.", "number",
+                                         60.0, 1, "60"))
+
+
+def _cluster_settings(executor: str | None, scheduler: str | None, scheduler_given: bool,
+                      max_in_flight: int, problems: list[str], executor_key: str,
+                      scheduler_key: str, **timeouts: float) -> ClusterSettings:
+    """Check executor and scheduler together; a scheduler alone means executor "dask"."""
+    if executor is not None:
+        executor = executor.lower()
+        if executor not in EXECUTORS:
+            problems.append(f"{executor_key}: must be one of {', '.join(EXECUTORS)}, "
+                            f"got {executor!r}")
+            executor = None
+    if executor is None:
+        executor = "dask" if scheduler is not None else "local"
+    if executor == "dask" and scheduler is None and not scheduler_given:
+        problems.append(f"{scheduler_key}: missing; {executor_key} \"dask\" needs the address "
+                        f"of the Dask scheduler (e.g. scheduler = \"tcp://gpu-server:8786\")")
+    if executor == "local" and scheduler is not None:
+        problems.append(f"{scheduler_key}: set, but {executor_key} is \"local\"; use "
+                        f"executor = \"dask\" to send jobs to the cluster, or drop the scheduler")
+    return ClusterSettings(executor=executor, scheduler=scheduler, max_in_flight=max_in_flight,
+                           **timeouts)
+
+
+def with_cli_executor(config: Config, executor: str | None, scheduler: str | None,
+                      max_in_flight: int | None) -> Config:
+    """Apply ``--executor``, ``--scheduler`` and ``--max-in-flight`` over the config's."""
+    if executor is None and scheduler is None and max_in_flight is None:
+        return config
+    problems: list[str] = []
+    current = config.cluster
+    if scheduler is not None:
+        try:
+            scheduler = normalise_scheduler(scheduler)
+        except ValueError as error:
+            problems.append(f"--scheduler: {error}")
+            scheduler = None
+    if max_in_flight is not None and max_in_flight < 0:
+        problems.append(f"--max-in-flight: must be at least 0, got {max_in_flight}")
+        max_in_flight = None
+    if executor is None:
+        executor = "dask" if scheduler is not None else current.executor
+    if scheduler is None and executor == "dask":
+        scheduler = current.scheduler
+    cluster = _cluster_settings(
+        executor, scheduler if executor == "dask" else None, False,
+        current.max_in_flight if max_in_flight is None else max_in_flight, problems,
+        "--executor", "--scheduler", connect_timeout_seconds=current.connect_timeout_seconds,
+        reconnect_max_seconds=current.reconnect_max_seconds)
+    if problems:
+        raise ConfigError(problems, "command line")
+    return replace(config, cluster=cluster)
 
 
 def _parse_watch(entries: Any, reader: _Reader) -> list[WatchFolder]:
@@ -521,7 +631,7 @@ def check_runtime(config: Config) -> list[str]:
     mounted at boot is waited for, not fatal). Raises :class:`ConfigError` on errors.
     """
     from .dip.device import choose_device
-    from .dip.network import DipParams
+    from .dip.params import DipParams
     from .transfer import CalibrationTable, TableError
 
     problems: list[str] = []
@@ -557,7 +667,15 @@ def check_runtime(config: Config) -> list[str]:
             InferenceRules.from_mapping(config.inference)
         except (ValueError, TypeError) as error:
             problems.append(f"inference: {error}")
+    if config.cluster.executor == "dask":
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            problems.append("executor: \"dask\" needs Dask distributed on this machine: "
+                            "pip install 'autodip-watch[dask]'")
     for number, device in enumerate(config.devices):
+        if config.cluster.executor == "dask":
+            break  # jobs run on the cluster's workers; each picks its own GPU
         try:
             choose_device(device)
         except (ValueError, RuntimeError) as error:

@@ -11,6 +11,7 @@ written and the inputs are confirmed unchanged since they were hashed.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -124,9 +125,12 @@ class FileReport:
     format: str = ""
     sources: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    host: str = ""  # the machine that ran the fit
+    worker: str = ""  # the executor that ran it, when not this process (a Dask worker)
 
     def as_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "device": self.device,
+                "host": self.host, "worker": self.worker,
                 "seconds": round(self.seconds, 3), "started": self.started,
                 "finished": self.finished, "format": self.format, "sources": self.sources,
                 "warnings": self.warnings,
@@ -199,9 +203,12 @@ def inspect_file(path: str | Path, settings: DenoiseSettings) -> list[dict]:
 
 def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                  out: str | Path | None = None,
-                 progress: FileProgress | None = None) -> FileReport:
+                 progress: FileProgress | None = None, *,
+                 worker: str | None = None) -> FileReport:
     """Denoise every plane of ``input_path`` and write the OME-TIFF; never touches the input.
 
+    ``worker`` names the executor running this call when it is not the local process
+    (the Dask worker address); it goes into the provenance beside this machine's name.
     Non-fluorescence channels (policy ``copy``) are written unchanged. Raises
     ``ImageReadError`` for unreadable input, ``PipelineError`` for everything else that
     stops the file; in both cases no output appears.
@@ -228,6 +235,7 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                                 f"({'; '.join(image.warnings[-3:]) or 'metadata only'})")
         device = choose_device(settings.device)
         device_name = describe_device(device)
+        host = socket.gethostname()
         sources = describe_sources(image.source_files)
         plans = {info.index: plan_series(image, info.index, settings) for info in pixel_series}
         records = {info.index: [ChannelRecord(
@@ -252,14 +260,15 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                     software="autodip-watch", version=__version__, torch_version=torch.__version__,
                     device=device_name, sources=sources, started=started, finished=finished,
                     image_name=info.name, channels=records[info.index],
-                    settings=_settings_record(settings))
+                    settings=_settings_record(settings), host=host, worker=worker)
                 for info in pixel_series}
             writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
                           description=PROVENANCE_DESCRIPTION)
         return FileReport(str(input_path), str(output), device_name,
                           time.perf_counter() - started_clock, reports, started=started,
                           finished=finished, format=image.kind,
-                          sources=[s.as_dict() for s in sources], warnings=list(image.warnings))
+                          sources=[s.as_dict() for s in sources], warnings=list(image.warnings),
+                          host=host, worker=worker or "")
 
 
 class _Counter:
@@ -295,7 +304,8 @@ def _denoised_pages(image: ImageFile, info: SeriesInfo, plans: list[ChannelPlan]
             result = denoise_plane(plane, transfer.params, device, settings.fit_options(),
                                    progress=callback)
             outputs.append(result.output)
-            records[key.channel].add_plane(transfer.params.as_dict(), result.seconds)
+            records[key.channel].add_plane(transfer.params.as_dict(), result.seconds,
+                                           level=transfer.level, group=transfer.group)
             reports.append(_plane_report(key, plan, transfer, result.seconds, result.tiles,
                                          "constant plane copied" if result.constant else ""))
         yield info.join_page(outputs)

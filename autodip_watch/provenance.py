@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,11 +85,18 @@ class ChannelRecord:
     seconds: float = 0.0
     planes: int = 0
 
-    def add_plane(self, params: dict | None, seconds: float) -> None:
+    def add_plane(self, params: dict | None, seconds: float, level: str | None = None,
+                  group: str | None = None) -> None:
+        """Record one plane; ``level``/``group`` when a plane's transfer differs from the
+        channel's (nearest-image transfer picks per plane)."""
         self.planes += 1
         self.seconds += seconds
         for key, value in (params or {}).items():
             self.params.setdefault(key, set()).add(str(value))
+        if level is not None:
+            self.params.setdefault("level", set()).add(level)
+        if group is not None:
+            self.params.setdefault("group", set()).add(group)
 
     def param(self, key: str) -> str:
         values = self.params.get(key)
@@ -98,11 +106,21 @@ class ChannelRecord:
 def provenance_entries(*, software: str, version: str, torch_version: str, device: str,
                        sources: Sequence[SourceFile], started: str, finished: str,
                        image_name: str | None, channels: Sequence[ChannelRecord],
-                       settings: dict[str, object]) -> list[tuple[str, str]]:
-    """The flat key/value list of one image's MapAnnotation, in a stable order."""
+                       settings: dict[str, object], host: str | None = None,
+                       worker: str | None = None) -> list[tuple[str, str]]:
+    """The flat key/value list of one image's MapAnnotation, in a stable order.
+
+    ``host`` is the machine that ran the fit (default: this one); ``worker`` the
+    executor that ran it when that is not the local process (a Dask worker address).
+    """
     entries: list[tuple[str, str]] = [
         ("software", software), ("software.version", version),
         ("torch.version", torch_version), ("device", device),
+        ("worker_host", host or socket.gethostname()),
+    ]
+    if worker:
+        entries.append(("worker", worker))
+    entries += [
         ("method", "AUTO-DIP: Deep Image Prior with parameters transferred from the "
                    "calibration group of each channel"),
     ]
@@ -124,8 +142,9 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
             (f"{prefix}.name", channel.name or ""), (f"{prefix}.microscope", channel.microscope),
             (f"{prefix}.specimen", channel.specimen),
             (f"{prefix}.evidence", " | ".join(channel.evidence)),
-            (f"{prefix}.policy", channel.policy), (f"{prefix}.level", channel.level),
-            (f"{prefix}.group", channel.group or ""),
+            (f"{prefix}.policy", channel.policy),
+            (f"{prefix}.level", channel.param("level") or channel.level),
+            (f"{prefix}.group", channel.param("group") or channel.group or ""),
             (f"{prefix}.depth", channel.param("depth")), (f"{prefix}.width", channel.param("width")),
             (f"{prefix}.skip", channel.param("skip")),
             (f"{prefix}.iterations", channel.param("iterations")),

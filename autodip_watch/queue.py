@@ -288,6 +288,25 @@ class JobQueue:
             "iterations = ?, progress_at = ? WHERE id = ? AND state = 'running'",
             (plane, planes, tile, tiles, iteration, iterations, time.time(), job_id))
 
+    def placed(self, job_id: int, worker: str) -> bool:
+        """A running job started on (or moved to) ``worker``, e.g. a Dask worker.
+
+        Restarts the job's clock and progress: time spent waiting for a free GPU, or on a
+        worker that died, is not this run's. Returns whether anything changed.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT worker FROM jobs WHERE id = ? AND state = 'running'",
+                             (job_id,)).fetchone()
+            if row is None or row["worker"] == worker:
+                return False
+            db.execute("UPDATE jobs SET worker = ?, started = ?, updated = ?, plane = NULL, "
+                       "planes = NULL, tile = NULL, tiles = NULL, iteration = NULL, "
+                       "iterations = NULL, progress_at = NULL WHERE id = ?",
+                       (worker, now, now, job_id))
+            self._event(db, job_id, "running", f"running on {worker}", now)
+        return True
+
     def finish(self, job_id: int, output: str, report: dict | None, seconds: float,
                planes: int | None, message: str = "done") -> None:
         now = time.time()
@@ -451,6 +470,20 @@ class JobQueue:
         with self._transaction() as db:
             db.execute("UPDATE daemon SET stopped = ?, status = 'stopped' WHERE id = 1 AND pid = ?",
                        (time.time(), os.getpid()))
+
+    def set_info(self, key: str, value: dict | None) -> None:
+        """Store (or with None, drop) a JSON document under ``key``, e.g. the cluster view."""
+        with self._transaction() as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (f"info.{key}",))
+            else:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           (f"info.{key}", json.dumps(value)))
+
+    def info(self, key: str) -> dict | None:
+        row = self._connect().execute("SELECT value FROM meta WHERE key = ?",
+                                      (f"info.{key}",)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def daemon(self) -> dict | None:
         row = self._connect().execute("SELECT * FROM daemon WHERE id = 1").fetchone()

@@ -50,6 +50,7 @@ class Daemon:
         self.queue: JobQueue | None = None
         self.watcher: Watcher | None = None
         self.workers: list[Worker] = []
+        self.dispatcher = None  # the Dask executor (cluster.py), instead of local workers
         self.metrics = None
         self._lock_handle = None
 
@@ -88,8 +89,12 @@ class Daemon:
             remove_temporary_outputs(self.config.output_for(Path(job.path), folder))
             log.warning("job.recovered", job_id=job.id, path=job.path, attempt=job.attempts,
                         note="was running when the daemon stopped uncleanly")
-        devices = [describe_device(choose_device(None if d == "auto" else d))
-                   for d in self.config.devices]
+        dask = self.config.cluster.executor == "dask"
+        if dask:  # the cluster's workers pick their GPUs; `status` shows them
+            devices = [f"dask {self.config.cluster.scheduler}"]
+        else:
+            devices = [describe_device(choose_device(None if d == "auto" else d))
+                       for d in self.config.devices]
         if self.config.metrics.enabled:
             from .exporter import Metrics
 
@@ -107,12 +112,20 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         self.watcher.start()
-        for device in self.config.devices:
+        self.queue.set_info("cluster", None)  # the dispatcher publishes its own view
+        if dask:
+            from .cluster import DaskDispatcher
+
+            self.dispatcher = DaskDispatcher(self.config, self.queue, table, self.stop,
+                                             self.wake, self.metrics)
+            self.dispatcher.start()
+        for device in ([] if dask else self.config.devices):
             worker = Worker(self.config, self.queue, device, table, self.stop, self.wake,
                             self.metrics)
             worker.start()
             self.workers.append(worker)
         log.info("daemon.ready", pid=os.getpid(), version=__version__, devices=devices,
+                 executor=self.config.cluster.executor, scheduler=self.config.cluster.scheduler,
                  state_dir=str(self.state_dir), folders=[str(f.path) for f in self.config.watch],
                  metrics=(f"http://{self.config.metrics.address}:{self.config.metrics.port}/metrics"
                           if self.metrics else None))
@@ -156,7 +169,7 @@ class Daemon:
         problems: list[str] = []
         ok, watcher_problems = self.watcher.healthy()
         problems += watcher_problems
-        for worker in self.workers:
+        for worker in self.workers + ([self.dispatcher] if self.dispatcher else []):
             ok, problem = worker.healthy()
             if not ok:
                 problems.append(problem)
@@ -171,6 +184,8 @@ class Daemon:
             job = worker.current
             if job is not None:
                 parts.append(f"{worker.device}: {Path(job.path).name}")
+        if self.dispatcher is not None:
+            parts.append(self.dispatcher.summary())
         unavailable = [s for s in self.watcher.folders if s.checked and not s.available]
         if unavailable:
             parts.append(f"{len(unavailable)} folder(s) unavailable")
@@ -209,13 +224,13 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop(timeout=max(0.1, deadline - time.monotonic()))
         stuck = []
-        for worker in self.workers:
+        for worker in self.workers + ([self.dispatcher] if self.dispatcher else []):
             worker.thread.join(max(0.0, deadline - time.monotonic()))
             if worker.thread.is_alive():
                 stuck.append(worker)
         for worker in stuck:
-            job = worker.current
-            if job is not None:
+            jobs = worker.jobs() if worker is self.dispatcher else [worker.current]
+            for job in [job for job in jobs if job is not None]:
                 try:
                     self.queue.release(job.id, "daemon stopped before the fit could abort; the "
                                                "job goes back to the queue")

@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 import torch
 
-from .dip.network import DipParams
+from .dip.params import DipParams
 from .dip.plane import normalise
 from .metrics import file_sha256, lpips_distance, mae, mean_gradient, mse, psnr, ssim
 from .transfer import (UNKNOWN, CalibrationTable, TableError, Transfer, apply_overrides,

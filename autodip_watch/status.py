@@ -82,6 +82,8 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20) -> dic
         "version": __version__,
         "database": str(queue.path),
         "daemon": daemon,
+        # What the Dask dispatcher last saw (None with the local executor, or when down).
+        "cluster": queue.info("cluster") if daemon["up"] else None,
         "watches": info["watches"] if info else [],
         "counts": queue.counts(),
         "current": current,
@@ -105,6 +107,34 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+def render_cluster(cluster: dict, console, now: float) -> None:
+    """The Dask cluster as the daemon last saw it: scheduler, workers, GPUs, busy or idle."""
+    if not cluster["connected"]:
+        retry = ""
+        if cluster.get("retry_at"):
+            retry = f"; next try in {_age(cluster['retry_at'] - now)}"
+        console.print(f"[red]cluster unreachable[/red]: Dask scheduler {cluster['scheduler']} "
+                      f"since {_age(now - cluster['since'])} ago ({cluster.get('error')}){retry}; "
+                      f"files are still watched and queued")
+        return
+    workers = cluster["workers"]
+    busy = sum(1 for worker in workers if worker["state"] == "busy")
+    console.print(f"cluster: Dask scheduler {cluster['scheduler']}, {len(workers)} worker(s), "
+                  f"{cluster['gpus']:g} GPU(s), {busy} busy; {cluster['in_flight']} of "
+                  f"{cluster['max_in_flight']} job(s) in flight")
+    if not workers:
+        console.print("  [yellow]no workers: jobs wait until a GPU worker joins[/yellow]")
+    elif not cluster["gpus"]:
+        console.print("  [yellow]no worker offers the GPU resource: start workers with "
+                      "--resources GPU=1[/yellow]")
+    for worker in workers:
+        jobs = f": job {', '.join(f'#{job}' for job in worker['jobs'])}" if worker["jobs"] else ""
+        others = worker["tasks"] - len(worker["jobs"])
+        other = f" (+{others} task(s) of other clients)" if others > 0 else ""
+        console.print(f"  {worker['address']} on {worker['host']} ({worker['name']}): "
+                      f"{worker['gpus']:g} GPU, {worker['state']}{jobs}{other}")
+
+
 def render_status(status: dict, console) -> None:
     """Print ``status`` for a person: the daemon line first, then what needs attention."""
     from rich.table import Table
@@ -121,6 +151,8 @@ def render_status(status: dict, console) -> None:
                 f"{daemon['pid']})" if "pid" in daemon else "")
         console.print(f"[red]daemon down[/red]: {daemon['reason']}{last}")
     console.print(f"database: {status['database']}")
+    if status.get("cluster"):
+        render_cluster(status["cluster"], console, now)
     for watch in status["watches"]:
         where = {True: "[green]ok[/green]", False: "[red]unavailable[/red]",
                  None: "starting"}[watch["available"]]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .dip.network import DipParams
+from .dip.params import DipParams
 
 MICROSCOPES = ("confocal", "widefield", "two-photon")
 SPECIMENS = ("actin", "mito", "nucleus")

@@ -117,26 +117,7 @@ class Worker:
         output = self.config.output_for(path, folder)
         bound = log.bind(job_id=job.id, path=job.path, device=self.device)
         bound.info("job.started", attempt=job.attempts, output=str(output))
-        files = [path, *(Path(p) for p in job.member_paths())]
-        current = _version(files)
-        if current is None:
-            self.queue.skip(job.id, "the raw file (or a file of its set) disappeared before it "
-                                    "was processed")
-            bound.warning("job.skipped", reason="input vanished")
-            return
-        if current != (job.size, job.mtime_ns):
-            self.queue.skip(job.id, "the raw file changed after it was queued; the new version "
-                                    "is queued as its own job")
-            bound.warning("job.skipped", reason="input changed since queued")
-            return
-        for leftover in remove_temporary_outputs(output):
-            bound.info("job.temp_removed", temp=str(leftover))
-        if output.exists() and output.stat().st_mtime_ns >= job.mtime_ns:
-            # E.g. killed between the rename and the database update: never redo, never
-            # overwrite a finished output of this raw file.
-            self.queue.finish(job.id, str(output), None, 0.0, None,
-                              "output already present and newer than the raw file; kept")
-            bound.info("job.done", output=str(output), note="output already present")
+        if not ready_to_run(job, output, self.queue, bound):
             return
         settings = self.config.denoise_settings(folder, self.device, self.table)
         started = time.monotonic()
@@ -186,6 +167,44 @@ class Worker:
                 self.queue.progress(job.id, plane, planes, tile, tiles, iteration, iterations)
 
         return progress
+
+
+def ready_to_run(job: Job, output: Path, queue: JobQueue, bound) -> bool:
+    """The checks before a claimed job runs, here or on a cluster; False when settled here.
+
+    A raw file that vanished or changed is skipped; leftover temporary outputs are
+    removed; an output already newer than the raw file is kept and the job marked done.
+    """
+    files = [Path(job.path), *(Path(p) for p in job.member_paths())]
+    current = _version(files)
+    if current is None:
+        queue.skip(job.id, "the raw file (or a file of its set) disappeared before it "
+                           "was processed")
+        bound.warning("job.skipped", reason="input vanished")
+        return False
+    if current != (job.size, job.mtime_ns):
+        queue.skip(job.id, "the raw file changed after it was queued; the new version "
+                           "is queued as its own job")
+        bound.warning("job.skipped", reason="input changed since queued")
+        return False
+    for leftover in remove_temporary_outputs(output):
+        bound.info("job.temp_removed", temp=str(leftover))
+    if output_is_current(output, job.mtime_ns):
+        # E.g. killed between the rename and the database update: never redo, never
+        # overwrite a finished output of this raw file.
+        queue.finish(job.id, str(output), None, 0.0, None,
+                     "output already present and newer than the raw file; kept")
+        bound.info("job.done", output=str(output), note="output already present")
+        return False
+    return True
+
+
+def output_is_current(output: Path, raw_mtime_ns: int) -> bool:
+    """Whether ``output`` exists and is at least as new as the raw file it was made from."""
+    try:
+        return output.stat().st_mtime_ns >= raw_mtime_ns
+    except OSError:
+        return False
 
 
 def _version(files: list[Path]) -> tuple[int, int] | None:

@@ -93,13 +93,18 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the pairs CSV, table and state go (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "calibration-results.md")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-write the report from --workdir's recorded run (run.json and "
+                             "the state) without fitting anything")
     args = parser.parse_args()
     if not FMD.is_dir():
         sys.exit(f"FMD pairs not found at {FMD} (../shared/data/pairs/fmd beside the checkout)")
 
+    if args.render_only and args.workdir is None:
+        sys.exit("--render-only needs the --workdir of a recorded run")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="autodip-calibration-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    pairs_csv = write_pairs_csv(workdir)
+    pairs_csv = workdir / "pairs.csv" if args.render_only else write_pairs_csv(workdir)
     table_path = workdir / "fmd-bench.toml"
     options = ["--depths", args.depths, "--widths", args.widths, "--skips", args.skips,
                "--max-iterations", str(args.max_iterations), "--every", str(args.every),
@@ -108,15 +113,23 @@ def main() -> None:
                "--out", str(table_path), *options, "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
            "MKL_NUM_THREADS": str(args.threads)}
-    load_before = os.getloadavg()
-    started_at = datetime.datetime.now(datetime.timezone.utc)
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    load_after = os.getloadavg()
-    if result.returncode != 0:
-        sys.exit(f"calibrate failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    report = json.loads(result.stdout)
+    facts_path = workdir / "run.json"
+    if args.render_only:
+        facts = json.loads(facts_path.read_text())
+    else:
+        load_before = os.getloadavg()
+        started_at = datetime.datetime.now(datetime.timezone.utc)
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        load_after = os.getloadavg()
+        if result.returncode != 0:
+            sys.exit(f"calibrate failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        facts = {"wall": wall, "load_before": load_before[0], "load_after": load_after[0],
+                 "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
+                 "report": json.loads(result.stdout)}
+        facts_path.write_text(json.dumps(facts, indent=2))
+    report, wall = facts["report"], facts["wall"]
     table = CalibrationTable.load(table_path)
     shipped = CalibrationTable.load()
     document = tomllib.loads(table_path.read_text())
@@ -138,7 +151,36 @@ def main() -> None:
         rows.append((name, f"{microscope}/{specimen}", noisy_psnr, ours.params.label(),
                      best["psnr"], shipped_rows))
 
-    date = started_at.strftime("%Y-%m-%d %H:%M UTC")
+    date = facts["date"]
+    iterations = list(range(args.every, args.max_iterations + 1, args.every))
+    with sqlite3.connect(state) as connection:
+        snapshot_rows = connection.execute(
+            "SELECT f.image_name, s.config, s.iteration, s.psnr, s.ssim FROM snapshots s JOIN "
+            "fits f ON s.image_key = f.image_key AND s.config = f.config AND "
+            "s.settings = f.settings ORDER BY f.image_name, s.config, s.iteration").fetchall()
+    cells: dict[tuple[str, str], dict[int, str]] = {}
+    for image_name, config, iteration, value_psnr, value_ssim in snapshot_rows:
+        cells.setdefault((image_name, config), {})[iteration] = f"{value_psnr:.2f} / {value_ssim:.3f}"
+    peak_notes = []
+    for name, *_ in PAIRS:
+        peaks = {}
+        for image_name, config, iteration, value_psnr, _ in snapshot_rows:
+            if image_name == name and value_psnr > peaks.get(config, (0, -1e9))[1]:
+                peaks[config] = (iteration, value_psnr)
+        stops = {stop for stop, _ in peaks.values()}
+        if stops == {iterations[0]}:
+            peak_notes.append(f"- {name}: every configuration has its best PSNR at the first "
+                              f"snapshot ({iterations[0]} iterations) and then fits the noise; "
+                              f"the optimum may be earlier still.")
+        elif stops == {iterations[-1]}:
+            peak_notes.append(f"- {name}: PSNR still rises at the last snapshot "
+                              f"({iterations[-1]} iterations) for every configuration; longer "
+                              f"runs would find a later optimum.")
+        else:
+            peak_notes.append(f"- {name}: best PSNR at " + ", ".join(
+                f"{config} {stop} it" for config, (stop, _) in sorted(peaks.items())) + ".")
+    candidate_rows = [f"| {name} | {config} | " + " | ".join(row.get(i, "-") for i in iterations)
+                      + " |" for (name, config), row in sorted(cells.items())]
     shown = ["autodip-watch", "calibrate", "<workdir>/pairs.csv", "--out",
              "<workdir>/fmd-bench.toml", *options]
     lines = [
@@ -178,8 +220,8 @@ def main() -> None:
         "## Machine and time",
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} cores visible, torch threads {args.threads}; "
-        f"shared with other jobs (load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after)",
+        f"shared with other jobs (load average {facts['load_before']:.1f} before, "
+        f"{facts['load_after']:.1f} after)",
         f"- Python {platform.python_version()}, {platform.system()} {platform.release()}",
         f"- Wall time of the command: **{wall / 60:.1f} min** ({wall:.0f} s), of which "
         f"{report['fit_seconds']:.0f} s fitting and scoring ({report['fits_run']} fits run, "
@@ -202,6 +244,18 @@ def main() -> None:
         lines.append(f"| {name} | {group} | {noisy_psnr:.2f} dB | {choice} | {best_psnr:.2f} dB | "
                      + " | ".join(cells) + " |")
     lines += [
+        "",
+        "## Every candidate (PSNR dB / SSIM, from the state file)",
+        "",
+        "| pair | configuration | " + " | ".join(f"{i} it" for i in iterations) + " |",
+        "|---|---|" + "---|" * len(iterations),
+        *candidate_rows,
+        "",
+        *peak_notes,
+        "",
+        "A crop is not a full plane: stopping points found on 256 px crops need not be those "
+        "of 512 px planes (not measured here); calibrate on full planes (the default) for a "
+        "table to use.",
         "",
         f"Caveats: one image per group and a {report['fits_total'] // len(PAIRS)}-configuration "
         f"grid is a smoke test of the tool on real data, not a re-calibration; the shipped "

@@ -192,6 +192,12 @@ def test_denoise_cli_uses_the_nearest_image(tmp_path):
     assert '"level": "nearest-mse+override"' in result.output
     assert '"group": "wf-actin"' in result.output
     assert '"depth": 5' in result.output
+    # the provenance in the output says which transfer was really used
+    from autodip_watch.provenance import read_provenance
+    entries = read_provenance(tmp_path / "x.autodip.ome.tif")[0]["entries"]
+    assert entries["channel.0.level"] == "nearest-mse+override"
+    assert entries["channel.0.group"] == "wf-actin"
+    assert entries["channel.0.depth"] == "5"
 
 
 def test_inspect_shows_the_nearest_images(tmp_path):

@@ -1,0 +1,418 @@
+"""The Dask executor on a real cluster on loopback: a `dask scheduler` and two `dask worker`
+processes (CPU, one thread, ``--resources GPU=1``), the daemon as a real subprocess.
+
+One cluster and one daemon serve the tests of the main flow (module fixtures, tests in
+file order): a burst, a worker killed mid-job, the scheduler killed and restarted, SIGTERM
+with a job in flight. Then ``calibrate --scheduler`` against a local run. Every process is
+killed in the fixtures' ``finally``, also when a test fails. Long jobs are many-plane
+stacks of tiny planes with 2-iteration fits, so that a job lasts seconds while the
+burst files stay quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from autodip_watch.config import ConfigError, Config, parse_config, with_cli_executor  # noqa: E402
+from autodip_watch.provenance import read_provenance  # noqa: E402
+from autodip_watch.queue import JobQueue  # noqa: E402
+from test_daemon_e2e import (TINY_FIT, DaemonProcess, Raw, _env, cli, free_port,  # noqa: E402
+                             output_of, temp_files, wait_for, write_config)
+
+HOST = "127.0.0.1"
+#: Planes of a "long" job: a few seconds of 2-iteration fits on one CPU thread.
+LONG_PLANES = 60
+
+
+# --------------------------------------------------------------------------- configuration
+
+def test_executor_keys_are_validated_with_their_names():
+    config = parse_config({"executor": "dask", "scheduler": "gpu-server:8786",
+                           "max_in_flight": 3}, Path("."))
+    assert (config.cluster.executor, config.cluster.scheduler, config.cluster.max_in_flight) == \
+        ("dask", "tcp://gpu-server:8786", 3)
+    assert parse_config({"scheduler": "tcp://10.0.0.5:8786"}, Path(".")).cluster.executor == "dask"
+    assert parse_config({}, Path(".")).cluster.executor == "local"
+    cases = {
+        "executor: must be one of local, dask": {"executor": "gpu"},
+        "scheduler: missing; executor \"dask\"": {"executor": "dask"},
+        "scheduler: must be a Dask scheduler address": {"scheduler": "http://x"},
+        "scheduler: set, but executor is \"local\"": {"executor": "local", "scheduler": "h:1"},
+        "max_in_flight: must be at least 0": {"max_in_flight": -1},
+        "dask.reconnect_max_seconds: must be at least 1": {"dask": {"reconnect_max_seconds": 0}},
+        "dask.timeout: unknown key": {"dask": {"timeout": 3}},
+    }
+    for expected, document in cases.items():
+        with pytest.raises(ConfigError) as error:
+            parse_config(document, Path("."))
+        assert expected in str(error.value), str(error.value)
+
+
+def test_command_line_executor_options():
+    assert with_cli_executor(Config(), None, None, None) == Config()
+    dask = with_cli_executor(Config(), None, "127.0.0.1:8786", 2).cluster
+    assert (dask.executor, dask.scheduler, dask.max_in_flight) == ("dask", "tcp://127.0.0.1:8786", 2)
+    configured = parse_config({"scheduler": "tcp://a:1"}, Path("."))
+    assert with_cli_executor(configured, "local", None, None).cluster.executor == "local"
+    with pytest.raises(ConfigError, match="--scheduler: missing"):
+        with_cli_executor(Config(), "dask", None, None)
+    with pytest.raises(ConfigError, match="--scheduler: must be"):
+        with_cli_executor(Config(), None, "nonsense", None)
+
+
+# --------------------------------------------------------------------------- the cluster
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+class LoopbackCluster:
+    """A real scheduler and real workers as subprocesses, on 127.0.0.1 only."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.address = f"tcp://{HOST}:{self.port}"
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.worker_ports = {name: free_port() for name in ("w0", "w1")}
+        self.env = {**_env(), "CUDA_VISIBLE_DEVICES": ""}
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        with open(self.root / log_name, "ab") as handle:
+            return subprocess.Popen([sys.executable, "-m", *args], stdout=handle,
+                                    stderr=subprocess.STDOUT, env=self.env)
+
+    def start_scheduler(self) -> None:
+        self.scheduler = self._spawn(["distributed.cli.dask_scheduler", "--host", HOST, "--port",
+                                      str(self.port), "--no-dashboard"], "scheduler.log")
+        wait_for(lambda: _port_open(self.port), 60, "the scheduler to listen")
+
+    def kill_scheduler(self) -> None:
+        self.scheduler.kill()
+        self.scheduler.wait(30)
+
+    def start_worker(self, name: str) -> None:
+        self.workers[name] = self._spawn(
+            ["distributed.cli.dask_worker", self.address, "--nthreads", "1", "--resources",
+             "GPU=1", "--no-dashboard", "--no-nanny", "--host", HOST, "--worker-port",
+             str(self.worker_ports[name]), "--name", name, "--preload", "autodip_watch.cluster"],
+            f"{name}.log")
+
+    def worker_address(self, name: str) -> str:
+        return f"tcp://{HOST}:{self.worker_ports[name]}"
+
+    def worker_running(self, where: str | None) -> str | None:
+        """The name of the worker a job's ``worker`` column points at."""
+        for name in self.workers:
+            if where and where.startswith(self.worker_address(name) + " "):
+                return name
+        return None
+
+    def kill_worker(self, name: str) -> None:
+        process = self.workers.pop(name)
+        process.kill()
+        process.wait(30)
+
+    def wait_workers_gone(self, timeout: float = 60) -> None:
+        """Workers close when their scheduler is gone (Dask has no worker reconnection)."""
+        def gone():
+            return all(process.poll() is not None for process in self.workers.values())
+        wait_for(gone, timeout, "the workers to exit after losing their scheduler")
+        self.workers.clear()
+
+    def client(self):
+        from distributed import Client
+
+        return Client(self.address, timeout=20, set_as_default=False)
+
+    def wait_workers(self, count: int, timeout: float = 120) -> None:
+        with self.client() as client:
+            client.wait_for_workers(count, timeout=timeout)
+
+    def executing(self) -> dict[str, list[str]]:
+        """Tasks executing on each worker right now."""
+        with self.client() as client:
+            return client.run(lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing])
+
+    def stop(self) -> None:
+        for process in [*self.workers.values(), self.scheduler]:
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace")
+                                                          .splitlines()[-15:])
+                         for path in sorted(self.root.glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = LoopbackCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start_scheduler()
+        for name in cluster.worker_ports:
+            cluster.start_worker(name)
+        cluster.wait_workers(2)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class Site:
+    """A microscope daemon sending its jobs to the loopback cluster."""
+
+    def __init__(self, root: Path, cluster: LoopbackCluster) -> None:
+        self.root = root
+        self.cluster = cluster
+        self.folder = root / "in"
+        self.folder.mkdir()
+        self.state = root / "state"
+        self.config = write_config(
+            root / "config.toml", self.state,
+            f'[[watch]]\npath = "{self.folder}"\nsettle_seconds = 0.5\n',
+            TINY_FIT + "[dask]\nconnect_timeout_seconds = 2\nreconnect_max_seconds = 2\n")
+        # Top-level keys go before the tables.
+        self.config.write_text(f'executor = "dask"\nscheduler = "{cluster.address}"\n'
+                               + self.config.read_text())
+        self.raw = Raw()
+        self.log = root / "daemon.log"
+        self.daemon: DaemonProcess | None = None
+
+    @property
+    def queue(self) -> JobQueue:
+        return JobQueue(self.state, create=False)
+
+    def jobs(self, paths) -> list:
+        wanted = {str(p) for p in paths}
+        return [job for job in self.queue.jobs() if job.path in wanted]
+
+    def wait_done(self, paths, timeout: float = 180) -> None:
+        def done():
+            jobs = self.jobs(paths)
+            return len(jobs) == len(list(paths)) and all(job.state == "done" for job in jobs)
+        try:
+            wait_for(done, timeout, f"{len(list(paths))} job(s) done", self.daemon)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{[(j.id, j.state, j.error) for j in self.queue.jobs()]}"
+                                 f"\n{self.cluster.logs()}") from None
+
+    def running_with_progress(self, timeout: float = 120):
+        """A running job placed on a worker, a few planes in."""
+        def check():
+            for job in self.queue.jobs(["running"]):
+                if self.cluster.worker_running(job.worker) and (job.plane or 0) >= 2:
+                    return job
+            return None
+        return wait_for(check, timeout, "a job running on a worker with progress", self.daemon)
+
+    def status(self) -> dict:
+        return json.loads(cli("status", "--json", "--config", str(self.config)).stdout)
+
+    def events(self, name: str) -> list[dict]:
+        return [event for event in self.daemon.events() if event.get("event") == name]
+
+    def check_exactly_once(self, raws) -> None:
+        """One output per raw file, no temporary files, one `done` per job."""
+        for raw in raws:
+            siblings = sorted(p.name for p in raw.parent.iterdir()
+                              if p.name.startswith(raw.name.split(".")[0] + "."))
+            assert siblings == sorted([raw.name, output_of(raw).name]), siblings
+        assert temp_files(self.folder) == []
+        queue = self.queue
+        for job in self.jobs(raws):
+            done = [event for event in queue.events(job.id) if event["state"] == "done"]
+            assert len(done) == 1, queue.events(job.id)
+        assert len({job.path for job in queue.jobs()}) == len(queue.jobs())
+
+
+@pytest.fixture(scope="module")
+def site(cluster, tmp_path_factory):
+    site = Site(tmp_path_factory.mktemp("site"), cluster)
+    site.daemon = DaemonProcess(site.config, site.log)
+    try:
+        site.daemon.wait_ready()
+        yield site
+    finally:
+        site.daemon.kill()
+
+
+# --------------------------------------------------------------------------- the daemon on the cluster
+
+@pytest.mark.slow
+def test_a_burst_is_processed_on_both_workers(site, cluster):
+    raws = [site.raw.write(site.folder / f"burst{n:02d}.ome.tif", seed=n) for n in range(12)]
+    site.wait_done(raws)
+    site.check_exactly_once(raws)
+    addresses = {cluster.worker_address(name) for name in cluster.worker_ports}
+    used = set()
+    for job in site.jobs(raws):
+        assert job.attempts == 1
+        where = cluster.worker_running(job.worker)
+        assert where is not None, job.worker
+        used.add(where)
+        entries = read_provenance(job.output)[0]["entries"]
+        assert entries["worker_host"] == socket.gethostname()
+        assert entries["worker"] in addresses and entries["device"] == "cpu"
+        report = json.loads(cli("queue", "list", "--history", str(job.id), "--config",
+                                str(site.config)).stdout)["report"]
+        assert report["worker"] == entries["worker"] and report["host"] == socket.gethostname()
+    assert used == {"w0", "w1"}
+
+    status = site.status()
+    assert status["daemon"]["up"] and status["daemon"]["devices"] == [f"dask {cluster.address}"]
+    view = status["cluster"]
+    assert view["connected"] and view["scheduler"] == cluster.address
+    assert sorted(worker["address"] for worker in view["workers"]) == sorted(addresses)
+    assert view["gpus"] == 2 and view["max_in_flight"] == 2
+    assert {worker["state"] for worker in view["workers"]} <= {"busy", "idle"}
+    text = cli("status", "--config", str(site.config)).stdout
+    assert f"cluster: Dask scheduler {cluster.address}, 2 worker(s), 2 GPU(s)" in text
+    site.raw.check_unchanged()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_still_gives_every_output_once(site, cluster):
+    raws = [site.raw.write(site.folder / f"stack{n}.ome.tif", (LONG_PLANES, 32, 32), seed=50 + n,
+                           axes="ZYX") for n in range(3)]
+    job = site.running_with_progress()
+    victim = cluster.worker_running(job.worker)
+    status = site.status()
+    current = next(item for item in status["current"] if item["id"] == job.id)
+    assert current["worker"].startswith(cluster.worker_address(victim))
+    assert current["planes"] == LONG_PLANES and current["elapsed_seconds"] >= 0
+    cluster.kill_worker(victim)
+
+    site.wait_done(raws)
+    site.check_exactly_once(raws)
+    survivor = next(name for name in cluster.worker_ports if name != victim)
+    finished = site.queue.get(job.id)
+    # Dask moved the task to the surviving worker; the queue did not count a failure.
+    assert finished.attempts == 1
+    assert cluster.worker_running(finished.worker) == survivor
+    moves = [event["message"] for event in site.queue.events(job.id) if event["state"] == "running"]
+    assert any(cluster.worker_address(victim) in message for message in moves)
+    assert any(cluster.worker_address(survivor) in message for message in moves)
+    entries = read_provenance(finished.output)[0]["entries"]
+    assert entries["worker"] == cluster.worker_address(survivor)
+    assert entries["worker_host"] == socket.gethostname()
+    site.raw.check_unchanged()
+
+    cluster.start_worker(victim)  # as systemd would
+    cluster.wait_workers(2)
+
+
+@pytest.mark.slow
+def test_the_scheduler_killed_and_restarted_loses_nothing(site, cluster):
+    raws = [site.raw.write(site.folder / f"during{n}.ome.tif", (LONG_PLANES, 32, 32),
+                           seed=70 + n, axes="ZYX") for n in range(2)]
+    site.running_with_progress()
+    cluster.kill_scheduler()
+
+    # The daemon notices, puts the jobs in flight back in the queue, and says so.
+    def unreachable():
+        view = site.status()["cluster"]
+        return view if view and not view["connected"] else None
+    view = wait_for(unreachable, 30, "status to show the scheduler unreachable", site.daemon)
+    assert view["scheduler"] == cluster.address and view["error"]
+    text = cli("status", "--config", str(site.config)).stdout
+    assert "cluster unreachable" in text and "files are still watched and queued" in text
+    wait_for(lambda: not site.queue.jobs(["running"]), 30, "jobs in flight released", site.daemon)
+    assert site.events("cluster.lost")
+
+    # Files dropped meanwhile are still taken and queued.
+    later = [site.raw.write(site.folder / f"while-down{n}.ome.tif", seed=90 + n) for n in range(3)]
+    wait_for(lambda: len(site.jobs(later)) == 3, 30, "files queued while the scheduler is down",
+             site.daemon)
+    assert all(job.state == "queued" for job in site.jobs(raws + later))
+    wait_for(lambda: site.events("cluster.unreachable"), 30, "a failed reconnection logged",
+             site.daemon)
+    assert site.status()["daemon"]["healthy"]
+
+    # Dask workers close without their scheduler; systemd (here: the test) restarts both.
+    cluster.wait_workers_gone()
+    cluster.start_scheduler()
+    for name in cluster.worker_ports:
+        cluster.start_worker(name)
+    site.wait_done(raws + later)
+    site.check_exactly_once(raws + later)
+    for job in site.jobs(raws + later):
+        assert job.attempts == 1, (job.path, job.attempts)  # released, never counted
+    assert len(site.events("cluster.connected")) >= 2
+    wait_for(lambda: (site.status()["cluster"] or {}).get("connected"), 30,
+             "status to show the cluster again", site.daemon)
+    site.raw.check_unchanged()
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_jobs_in_flight_and_requeues_them(site, cluster):
+    cluster.wait_workers(2)
+    huge = site.raw.write(site.folder / "huge.ome.tif", (3000, 32, 32), seed=99, axes="ZYX")
+    job = site.running_with_progress()
+    assert job.path == str(huge)
+    code, seconds = site.daemon.stop()
+    assert code == 0 and seconds < 15
+    requeued = site.queue.get(job.id)
+    assert requeued.state == "queued" and requeued.attempts == 0
+    assert site.events("daemon.stopped")[-1]["clean"] is True
+    # The task stops at its next iteration on the worker (3000 planes would take minutes)
+    # and removes its temporary file.
+    wait_for(lambda: not any(cluster.executing().values()), 30, "the task to stop on its worker")
+    wait_for(lambda: temp_files(site.folder) == [], 30, "the temporary output to be removed")
+    assert not output_of(huge).exists()
+    assert not site.status()["daemon"]["up"]
+    site.raw.check_unchanged()
+
+
+# --------------------------------------------------------------------------- calibrate
+
+@pytest.mark.slow
+def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
+    from autodip_watch import calibrate as cal
+    from test_calibrate import make_pairs
+
+    cluster.wait_workers(2)
+    pairs = make_pairs(tmp_path / "pairs")
+    grid = cal.CalibrationGrid(depths=(4,), widths=("16",), skips=(0, 4), max_iterations=4,
+                               every=2)
+    local = cal.calibrate(pairs, tmp_path / "local.toml", grid, device="cpu", with_lpips=False)
+    command = [sys.executable, "-m", "autodip_watch.cli", "calibrate", str(pairs), "--out",
+               str(tmp_path / "dask.toml"), "--depths", "4", "--widths", "16", "--skips", "0,4",
+               "--max-iterations", "4", "--every", "2", "--no-lpips", "--device", "cpu",
+               "--scheduler", cluster.address, "--json"]
+    result = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + cluster.logs()
+    report = json.loads(result.stdout)
+    assert report["fits_total"] == local.fits_total == 8
+
+    def tables(path: Path) -> dict:
+        document = tomllib.loads(path.read_text())
+        return {"metrics": document["metrics"], "images": document["images"]}
+
+    assert tables(tmp_path / "dask.toml") == tables(tmp_path / "local.toml")
+    # Each fit recorded where it ran, as it arrived.
+    with cal.CalibrationState(tmp_path / "dask.calibration.sqlite") as state:
+        devices = {row[0] for row in state.connection.execute("SELECT device FROM fits")}
+    addresses = {cluster.worker_address(name) for name in cluster.worker_ports}
+    assert devices and all(any(a in device for a in addresses) for device in devices), devices
+
+    unreachable = subprocess.run(
+        [*command[:-3], "--scheduler", f"tcp://{HOST}:{free_port()}", "--restart"],
+        env=_env(), capture_output=True, text=True, timeout=120)
+    assert unreachable.returncode == 2 and "--scheduler" in unreachable.stderr
