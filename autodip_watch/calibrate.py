@@ -912,7 +912,8 @@ def calibrate(pairs_source: str | Path, out: str | Path, grid: CalibrationGrid =
                       f"sha256 {lpips_sha}" if with_lpips else "not computed (--no-lpips): no lpips or lpips_psnr "
                                          "tables; default metric psnr"),
             "seed": seed,
-            "device": _describe(device),
+            # An executor elsewhere (a Dask cluster) names itself; the state has each fit's device.
+            "device": getattr(executor, "description", None) or _describe(device),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "search": grid.as_dict(),
             "versions": versions(),
@@ -935,7 +936,8 @@ def calibrate(pairs_source: str | Path, out: str | Path, grid: CalibrationGrid =
     _atomic_write_bytes(out, write)
     return CalibrationReport(out, sidecar, state_path, len(pairs), len(tasks), new_fits,
                              len(tasks) - len(pending), fit_seconds,
-                             time.perf_counter() - started, _describe(device), metrics)
+                             time.perf_counter() - started,
+                             getattr(executor, "description", None) or _describe(device), metrics)
 
 
 def _loads(text: str) -> dict:

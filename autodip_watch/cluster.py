@@ -144,7 +144,7 @@ def denoise_task(input_path: str, output_path: str, settings: dict,
         raise WorkerStorageError(
             f"{input_path} does not exist on worker {address or 'here'} (host {host}): the "
             f"microscope storage must be mounted under the same path on every worker")
-    where = {"job": job_id, "key": task_key, "host": host}
+    where = {"job": job_id, "key": task_key, "worker": address, "host": host}
     if raw_mtime_ns is not None and output_is_current(output, raw_mtime_ns):
         # A rerun after the worker died between writing the output and reporting it.
         return {"status": "kept", "output": output_path, "worker": address, "host": host,
@@ -526,7 +526,7 @@ class DaskDispatcher:
             folder = self.config.folder_for(path)
             output = self.config.output_for(path, folder)
             bound = log.bind(job_id=job.id, path=job.path, executor="dask")
-            bound.info("job.started", attempt=job.attempts, output=str(output),
+            bound.info("job.submitted", attempt=job.attempts, output=str(output),
                        scheduler=self.scheduler)
             try:
                 if not ready_to_run(job, output, self.queue, bound):
@@ -662,7 +662,7 @@ def calibration_executor(address: str, device: str | None = None, max_in_flight:
         try:
             gpus = sum(worker["gpus"] for worker in cluster_workers(client))
             limit = max_in_flight or max(2, int(2 * gpus))
-            stream = as_completed()
+            stream = as_completed(loop=client.loop)  # not the default client: there is none
 
             def submit_next() -> None:
                 if pending:

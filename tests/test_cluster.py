@@ -12,12 +12,9 @@ burst files stay quick.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -406,6 +403,8 @@ def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
         return {"metrics": document["metrics"], "images": document["images"]}
 
     assert tables(tmp_path / "dask.toml") == tables(tmp_path / "local.toml")
+    provenance = tomllib.loads((tmp_path / "dask.toml").read_text())["provenance"]
+    assert provenance["device"] == report["device"] == f"Dask cluster {cluster.address}"
     # Each fit recorded where it ran, as it arrived.
     with cal.CalibrationState(tmp_path / "dask.calibration.sqlite") as state:
         devices = {row[0] for row in state.connection.execute("SELECT device FROM fits")}
