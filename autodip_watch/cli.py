@@ -479,9 +479,24 @@ def status(
     recent: int = typer.Option(10, min=0, help="How many completed jobs to show."),
 ) -> None:
     """What the daemon is doing: up or down, folders, queue, current job, failures, throughput."""
+    from .config import resolve_state_dir
+    from .queue import STATES, JobQueue, QueueError
     from .status import collect_status, render_status
 
-    report = collect_status(_open_queue(config, state_dir), recent=recent)
+    directory = resolve_state_dir(state_dir, _daemon_config(config))
+    try:
+        jobs = JobQueue(directory, create=False)
+    except QueueError as error:
+        # Never started with this state directory: say so, not an error.
+        report = {"version": __version__, "database": None, "state_dir": str(directory),
+                  "daemon": {"up": False, "reason": str(error)},
+                  "counts": {name: 0 for name in STATES}}
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            Console().print(f"daemon down: {error}")
+        return
+    report = collect_status(jobs, recent=recent)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:

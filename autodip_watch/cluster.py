@@ -223,13 +223,9 @@ def dask_setup(worker) -> None:
 
 
 def _free_device_memory() -> None:
-    try:
-        import torch
+    from .dip.device import free_device_memory  # torch only where a job really ran
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
+    free_device_memory()
 
 
 # =========================================================================== client side

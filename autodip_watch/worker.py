@@ -224,10 +224,6 @@ def _report_dict(report) -> dict | None:
 
 
 def _free_device_memory() -> None:
-    try:
-        import torch
+    from .dip.device import free_device_memory  # torch only where a job really ran
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
+    free_device_memory()

@@ -17,16 +17,10 @@ from pathlib import Path
 import tomli_w
 import yaml
 
+from autodip_watch.calibrate import METRIC_MEANING
+
 METRIC_NAMES = {"l1_gt": "mae", "mse_gt": "mse", "psnr_gt": "psnr", "ssim_gt": "ssim",
                 "lpips_gt": "lpips", "lpips_psnr_gt": "lpips_psnr"}
-METRIC_MEANING = {
-    "mae": "lowest mean absolute error to the ground truth",
-    "mse": "lowest mean squared error to the ground truth",
-    "psnr": "highest PSNR to the ground truth",
-    "ssim": "highest SSIM to the ground truth",
-    "lpips": "lowest LPIPS (AlexNet) to the ground truth",
-    "lpips_psnr": "lowest sum of LPIPS rank and PSNR rank (the paper's choice)",
-}
 MICROSCOPES = {"confocal": "confocal", "twophoton": "two-photon", "widefield": "widefield"}
 SPECIMENS = {"actin": "actin", "mito": "mito", "nucleus": "nucleus"}
 

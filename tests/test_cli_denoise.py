@@ -152,3 +152,13 @@ def test_console_script_runs(tmp_path):
     assert json.loads(completed.stdout)["output"].endswith("s.autodip.ome.tif")
     out = tifffile.imread(tmp_path / "s.autodip.ome.tif")
     assert out.dtype == np.float32
+
+
+def test_status_before_the_daemon_ever_ran(tmp_path, runner):
+    result = runner.invoke(app, ["status", "--state-dir", str(tmp_path / "state"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["daemon"]["up"] is False and "no queue database" in report["daemon"]["reason"]
+    assert report["counts"]["done"] == 0
+    text = runner.invoke(app, ["status", "--state-dir", str(tmp_path / "state")])
+    assert text.exit_code == 0 and "daemon down" in text.stdout

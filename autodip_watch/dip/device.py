@@ -45,3 +45,13 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return device.type
+
+
+def free_device_memory() -> None:
+    """Return cached GPU memory between jobs, so the next job (maybe another process's)
+    finds it free; harmless where there is no GPU."""
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # a broken driver must not fail the job that just succeeded
+        pass
