@@ -29,6 +29,7 @@ from autodip_watch import __version__  # noqa: E402
 from autodip_watch.dip.device import choose_device, describe_device  # noqa: E402
 from autodip_watch.dip.fit import make_input  # noqa: E402
 from autodip_watch.dip.network import BASELINE, DipParams, SkipNet  # noqa: E402
+from autodip_watch.dip.tiling import runnable_shape  # noqa: E402
 from autodip_watch.transfer import CalibrationTable  # noqa: E402
 
 
@@ -99,12 +100,13 @@ def main() -> None:
     rows = []
     for groups, params in configurations(table):
         for size in (int(s) for s in args.sizes.split(",")):
-            shape = (size, size)
+            # A plane is padded to a size the depth runs on (d8 needs >= 512 px).
+            shape = runnable_shape((size, size), params.depth)
             macs = forward_macs(SkipNet(params.depth, params.width, params.skip), shape)
             times = time_iterations(params, shape, device, args.iterations, args.warmup)
             median = statistics.median(times)
             rows.append({"groups": groups, "depth": params.depth, "width": params.width,
-                         "skip": params.skip, "size": size, "gmac_forward": macs / 1e9,
+                         "skip": params.skip, "size": size, "padded": list(shape), "gmac_forward": macs / 1e9,
                          "median_s_per_iteration": median, "times": times,
                          "group_iterations": params.iterations,
                          "gflops_achieved": 3 * 2 * macs / median / 1e9})
@@ -124,10 +126,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwritten {out}\n")
-    print("| configuration | used by | size | GMAC fwd | median s/iter | achieved GFLOP/s | s per plane (group iterations) |")
+    print("| configuration | used by | plane (padded) | GMAC fwd | median s/iter | achieved GFLOP/s | s per plane (group iterations) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| d{row['depth']}/w{row['width']}/s{row['skip']} | {row['groups']} | {row['size']} | "
+        print(f"| d{row['depth']}/w{row['width']}/s{row['skip']} | {row['groups']} | {row['size']} ({row['padded'][0]}) | "
               f"{row['gmac_forward']:.1f} | {row['median_s_per_iteration']:.3f} | "
               f"{row['gflops_achieved']:.0f} | {row['median_s_per_iteration'] * row['group_iterations']:.0f} |")
 

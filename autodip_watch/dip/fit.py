@@ -8,6 +8,8 @@ default as in AUTO-DIP.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +34,11 @@ class FitOptions:
     learning_rate: float = 0.01
     reg_noise_std: float = 0.0
     ema_weight: float | None = None  # e.g. 0.99 in the original DIP; None = off
+    # Speed settings (bench/speed.py measures them); the defaults are the plain path.
+    channels_last: bool = False  # NHWC memory layout for the convolutions
+    tf32: bool | None = None  # CUDA TF32 convs/matmuls: None = torch's default, True/False force
+    bf16: bool = False  # bfloat16 autocast of the forward pass (loss and Adam stay fp32)
+    compile: bool = False  # torch.compile the network
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -111,9 +118,9 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     if len(options) != count or count == 0:
         raise ValueError("need one FitOptions per tile, and at least one tile")
     shared = options[0]
-    if any((o.learning_rate, o.reg_noise_std, o.ema_weight) !=
-           (shared.learning_rate, shared.reg_noise_std, shared.ema_weight) for o in options):
-        raise ValueError("batched tiles must share learning rate, reg_noise_std and ema_weight")
+    if any(dataclasses.replace(o, seed=0) != dataclasses.replace(shared, seed=0) for o in options):
+        raise ValueError("batched tiles must share every option but the seed (learning rate, "
+                         "reg_noise_std, ema_weight, speed settings)")
     padded_tiles, originals = zip(*(pad_for_depth(np.asarray(t, dtype=np.float32), params.depth)
                                     for t in tiles))
     if len({p.shape for p in padded_tiles}) != 1:
@@ -128,6 +135,10 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     net = net.to(device=device, dtype=dtype)
     net.train()  # BatchNorm uses the statistics of this one image, always
     z = torch.cat(inputs, dim=1).to(device=device, dtype=dtype)
+    if shared.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        z = z.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(net) if shared.compile else net
     target = torch.from_numpy(np.stack(padded_tiles))[None].to(device=device, dtype=dtype)
     optimiser = torch.optim.Adam(net.parameters(), lr=shared.learning_rate)
     losses = torch.zeros(params.iterations, count, device=device, dtype=dtype)
@@ -136,33 +147,61 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     noise_generator = (torch.Generator(device=device).manual_seed(shared.seed + 1)
                        if noise is not None else None)
     output = None
-    for iteration in range(1, params.iterations + 1):
-        optimiser.zero_grad(set_to_none=True)
-        net_input = z
-        if noise is not None:
-            noise.normal_(generator=noise_generator)
-            net_input = z + noise * shared.reg_noise_std
-        output = net(net_input)
-        per_network = ((output - target) ** 2).mean(dim=(0, 2, 3))
-        per_network.sum().backward()
-        optimiser.step()
-        # Losses stay on the device: a .item() per iteration would sync the GPU.
-        losses[iteration - 1] = per_network.detach()
-        current = output.detach()
-        if shared.ema_weight is not None:
-            weight = shared.ema_weight
-            ema = current if ema is None else ema * weight + current * (1 - weight)
-            current = ema
-        if snapshot is not None and snapshot_every and iteration % snapshot_every == 0:
-            snapshot(iteration, _crop_each(current[0], originals))
-        if progress is not None:
-            progress(iteration, params.iterations)
+    with _precision(device, shared):
+        for iteration in range(1, params.iterations + 1):
+            output = _step(forward, optimiser, z, target, losses, iteration, noise,
+                           noise_generator, shared, device)
+            current = output.detach()
+            if shared.ema_weight is not None:
+                weight = shared.ema_weight
+                ema = current if ema is None else ema * weight + current * (1 - weight)
+                current = ema
+            if snapshot is not None and snapshot_every and iteration % snapshot_every == 0:
+                snapshot(iteration, _crop_each(current[0], originals))
+            if progress is not None:
+                progress(iteration, params.iterations)
     final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
     seconds = time.perf_counter() - started
     all_losses = losses.cpu().numpy()
     return [FitResult(output=np.clip(crop_padded(final[k], originals[k]), 0.0, 1.0),
                       losses=all_losses[:, k], seconds=seconds, padded_shape=shape)
             for k in range(count)]
+
+
+def _step(forward, optimiser, z, target, losses, iteration, noise, noise_generator,
+          options: FitOptions, device: torch.device) -> torch.Tensor:
+    """One optimisation step; returns this iteration's output (before the update)."""
+    optimiser.zero_grad(set_to_none=True)
+    net_input = z
+    if noise is not None:
+        noise.normal_(generator=noise_generator)
+        net_input = z + noise * options.reg_noise_std
+    if options.bf16:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            output = forward(net_input)
+        output = output.float()
+    else:
+        output = forward(net_input)
+    per_network = ((output - target) ** 2).mean(dim=(0, 2, 3))
+    per_network.sum().backward()
+    optimiser.step()
+    # Losses stay on the device: a .item() per iteration would sync the GPU.
+    losses[iteration - 1] = per_network.detach()
+    return output
+
+
+@contextlib.contextmanager
+def _precision(device: torch.device, options: FitOptions):
+    """Apply the TF32 setting for this fit only (torch keeps it process-wide)."""
+    if device.type != "cuda" or options.tf32 is None:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = options.tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _crop_each(outputs: torch.Tensor, originals) -> torch.Tensor:
