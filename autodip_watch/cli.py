@@ -92,7 +92,9 @@ def denoise(
                 report = denoise_file(path, settings, out, progress=progress_bar)
             except (PipelineError, ValueError, OSError, RuntimeError) as error:
                 failed += 1
-                console.print(f"[red]error:[/red] {path}: {error}")
+                message = str(error)
+                # reader errors already start with the path
+                console.print(f"[red]error:[/red] {message if message.startswith(str(path)) else f'{path}: {message}'}")
                 summaries.append({"input": str(path), "error": str(error)})
                 continue
         summaries.append(report.as_dict())

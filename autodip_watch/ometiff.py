@@ -760,12 +760,13 @@ class ImageFile:
     def _open_generic_tiff(self, tif: tifffile.TiffFile) -> None:
         self.kind = ("micromanager" if tif.is_micromanager else
                      "imagej" if tif.is_imagej else "tiff")
-        for tiff_series in tif.series:
-            self._add_generic_series(tiff_series, tif)
+        for number, tiff_series in enumerate(tif.series):
+            self._add_generic_series(tiff_series, tif, number)
         if not self.series:
             raise NotAnImageError(self.path, "TIFF holds no image series")
 
-    def _add_generic_series(self, tiff_series, tif: tifffile.TiffFile) -> None:
+    def _add_generic_series(self, tiff_series, tif: tifffile.TiffFile, number: int) -> None:
+        """Add TIFF series ``number`` (its position in the file)."""
         axes, shape = tiff_series.axes, tuple(tiff_series.shape)
         page_axes = ""
         for letter in reversed(axes):
@@ -790,7 +791,7 @@ class ImageFile:
         planar = page_axes == "SYX"
         present = "".join(a for a in reversed(renamed) if a in "TZC")
         order = "XY" + present + "".join(a for a in "ZCT" if a not in present)
-        _check_plane_limits(self.path, sizes, f"series {tiff_series.index}")
+        _check_plane_limits(self.path, sizes, f"series {number}")
         n_pages = int(np.prod(leading_shape)) if leading_shape else 1
         pages = list(tiff_series.pages)
         reader_pages, array = None, None
@@ -803,7 +804,7 @@ class ImageFile:
         elif tiff_series.size * dtype.itemsize <= MAX_WHOLE_SERIES_BYTES:
             array = tiff_series.asarray()
         else:
-            raise UnsupportedImageError(self.path, f"series {tiff_series.index} is stored neither "
+            raise UnsupportedImageError(self.path, f"series {number} is stored neither "
                                                    f"one page per plane nor contiguously, and is "
                                                    f"too large to read whole")
         if array is not None:
@@ -827,7 +828,7 @@ class ImageFile:
             source = _SeriesPages(self.path, renamed, tuple(leading_shape), info,
                                   pages=reader_pages, array=array)
             if reader_pages is not None:
-                _check_page(reader_pages[0], info, f"series {tiff_series.index}", self.path)
+                _check_page(reader_pages[0], info, f"series {number}", self.path)
             self.series.append(info)
             self._sources.append(source)
 
