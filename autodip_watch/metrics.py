@@ -12,7 +12,6 @@ offline microscope workstation.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import warnings
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
+
+from .provenance import sha256_file
 
 #: Quality measures a calibration records, and whether lower values are better.
 LOWER_IS_BETTER = {"mse": True, "mae": True, "psnr": False, "ssim": False, "lpips": True}
@@ -149,12 +150,8 @@ def missing_backbone_message(path: Path) -> str:
             f"LPIPS use `autodip-watch calibrate --no-lpips`.")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+#: SHA-256 of a file (one implementation for provenance, calibration and the sidecar check).
+file_sha256 = sha256_file
 
 
 class Lpips:
