@@ -554,19 +554,24 @@ def queue_retry(
     state_dir: Optional[Path] = _STATE_OPTION,
 ) -> None:
     """Queue failed, quarantined or skipped jobs again, with a fresh retry budget."""
-    from .queue import QueueError
-
     jobs = _open_queue(config, state_dir)
     chosen = list(ids or []) + ([job.id for job in jobs.jobs(["quarantined"])] if all_quarantined else [])
     if not chosen:
         console.print("[red]error:[/red] give job ids (see `autodip-watch queue list`) or --all-quarantined")
         raise typer.Exit(2)
+    done = _queue_action(jobs.retry, chosen)
+    console.print(f"queued again: {', '.join(map(str, done))}")
+
+
+def _queue_action(action, ids: list[int]) -> list:
+    """Run a queue change on ``ids``; a refused change is a clear error and exit 1."""
+    from .queue import QueueError
+
     try:
-        done = jobs.retry(chosen)
+        return action(ids)
     except QueueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
-    console.print(f"queued again: {', '.join(map(str, done))}")
 
 
 @queue_app.command("forget")
@@ -577,8 +582,6 @@ def queue_forget(
     state_dir: Optional[Path] = _STATE_OPTION,
 ) -> None:
     """Delete jobs and their history. A forgotten file still present is taken again at the next start."""
-    from .queue import QueueError
-
     jobs = _open_queue(config, state_dir)
     chosen = list(ids or [])
     if state is not None:
@@ -589,11 +592,7 @@ def queue_forget(
     if not chosen:
         console.print("[red]error:[/red] give job ids (see `autodip-watch queue list`) or --state")
         raise typer.Exit(2)
-    try:
-        done = jobs.forget(chosen)
-    except QueueError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    done = _queue_action(jobs.forget, chosen)
     console.print(f"forgotten: {len(done)} job(s)")
 
 

@@ -500,12 +500,18 @@ def infer_channel(context: ChannelContext, rules: InferenceRules | None = None,
     rules = rules or DEFAULT_RULES
     evidence: list[str] = []
     notes: list[str] = []
-    def folder_default(label: str) -> tuple[str | None, str]:
-        chosen = folder if folder is not None else rules.defaults_for(context.path, label)
-        if chosen is None or getattr(chosen, label) is None:
-            return None, ""
-        return getattr(chosen, label), "folder default" + (
-            f" for {chosen.folder}" if chosen.folder else "")
+    def lower_sources(kind: str, kind_rules: Iterable[LabelRule]) -> tuple[str, str] | None:
+        """The sources below the file's structured metadata, in precedence order: rules
+        over the metadata's text, the folder default, rules over the path."""
+        found = _match_rules(kind_rules, context, _METADATA_FIELDS, kind, notes)
+        if found:
+            return found
+        chosen = folder if folder is not None else rules.defaults_for(context.path, kind)
+        if chosen is not None and getattr(chosen, kind) is not None:
+            value = getattr(chosen, kind)
+            return value, f"{kind}={value}: folder default" + (
+                f" for {chosen.folder}" if chosen.folder else "")
+        return _match_rules(kind_rules, context, ("path",), kind, notes)
 
     # ---- microscope
     label: str | None = None
@@ -539,16 +545,7 @@ def infer_channel(context: ChannelContext, rules: InferenceRules | None = None,
             label = hint[0]
             evidence.append(hint[1])
     if label is None:
-        found = _match_rules(rules.microscope_rules, context, _METADATA_FIELDS, "microscope", notes)
-        if found:
-            label = found[0]
-            evidence.append(found[1])
-    if label is None:
-        label, why = folder_default("microscope")
-        if label is not None:
-            evidence.append(f"microscope={label}: {why}")
-    if label is None:
-        found = _match_rules(rules.microscope_rules, context, ("path",), "microscope", notes)
+        found = lower_sources("microscope", rules.microscope_rules)
         if found:
             label = found[0]
             evidence.append(found[1])
@@ -563,16 +560,7 @@ def infer_channel(context: ChannelContext, rules: InferenceRules | None = None,
         kind = validate_specimen(specimen)
         evidence.append(f"specimen={kind}: explicit override")
     if kind is None:
-        found = _match_rules(rules.specimen_rules, context, _METADATA_FIELDS, "specimen", notes)
-        if found:
-            kind = found[0]
-            evidence.append(found[1])
-    if kind is None:
-        kind, why = folder_default("specimen")
-        if kind is not None:
-            evidence.append(f"specimen={kind}: {why}")
-    if kind is None:
-        found = _match_rules(rules.specimen_rules, context, ("path",), "specimen", notes)
+        found = lower_sources("specimen", rules.specimen_rules)
         if found:
             kind = found[0]
             evidence.append(found[1])

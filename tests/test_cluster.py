@@ -30,7 +30,9 @@ from test_daemon_e2e import (TINY_FIT, DaemonProcess, Raw, _env, cli, free_port,
 
 HOST = "127.0.0.1"
 #: Planes of a "long" job: a few seconds of 2-iteration fits on one CPU thread.
-LONG_PLANES = 60
+# Long enough that a job is still running after the `status` subprocess has started
+# (a few seconds on a loaded 2-core machine).
+LONG_PLANES = 240
 
 
 # --------------------------------------------------------------------------- configuration
