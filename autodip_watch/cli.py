@@ -59,6 +59,10 @@ def denoise(
     transfer: str = typer.Option("group", help="Parameter transfer: group, or nearest-mae, nearest-mse, nearest-psnr, "
                                  "nearest-ssim, nearest-lpips, nearest-gradient (needs a table from `calibrate`)."),
     within_group: bool = typer.Option(False, "--within-group", help="nearest-*: compare only with calibration images of the plane's group."),
+    batching: str = typer.Option("auto", help="Fit planes of one configuration together: auto (on CUDA only), on, off."),
+    max_batch: int = typer.Option(32, min=1, help="Most planes (tiles) fitted together in one batch."),
+    speed: str = typer.Option("", help="Speed settings, comma-separated: channels_last, tf32, bf16, compile, cuda_graphs "
+                              "(default: none, the plain fp32 path; see bench/README.md for what each gains)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Denoise files with the AUTO-DIP configuration of each channel's group.
@@ -76,12 +80,16 @@ def denoise(
             width = normalise_width(width)
         if skip is not None and skip not in (0, 4):
             raise ValueError("skip must be 0 or 4")
+        if batching not in ("auto", "on", "off"):
+            raise ValueError(f"--batching must be auto, on or off, not {batching!r}")
+        DenoiseSettings(speed=speed, table=None).speed_settings()
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     settings = DenoiseSettings(microscope=microscope, specimen=specimen, depth=depth, width=width,
                                skip=skip, iterations=iterations, metric=metric, device=device,
-                               seed=seed, table=_load_table(table))
+                               seed=seed, table=_load_table(table), batching=batching,
+                               max_batch=max_batch, speed=speed)
     settings.transfer, settings.within_group = transfer, within_group
     _check_transfer(settings)
     summaries = []

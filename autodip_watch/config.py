@@ -96,6 +96,41 @@ class DipOverrides:
     #: (similarity.py; needs a table from `autodip-watch calibrate`).
     transfer: str = "group"
     within_group: bool = False
+    #: Speed settings of the fit (dip.params.SPEED_SETTINGS), comma-separated.
+    speed: str = ""
+
+
+#: Batching modes (dip/batching.py): auto batches on CUDA only.
+BATCHING_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """Fitting planes of one configuration together, within files and across files."""
+
+    mode: str = "auto"
+    #: Most networks fitted in one batch.
+    max_batch: int = 32
+    #: Device memory a batch may use, in MiB; 0 = 80 % of the memory free when it starts.
+    memory_budget_mb: int = 0
+    #: Files a worker runs side by side so their planes can share batches; 0 = auto
+    #: (4 where batching is on, else 1).
+    jobs_together: int = 0
+    #: How long a batch waits for the planes of other files still being read.
+    linger_seconds: float = 2.0
+
+    def active_on(self, device_type: str) -> bool:
+        return self.mode == "on" or (self.mode == "auto" and device_type == "cuda")
+
+    def jobs_for(self, device_type: str) -> int:
+        """Files run together on a device of ``device_type``."""
+        if not self.active_on(device_type) or self.max_batch == 1:
+            return 1
+        return self.jobs_together or 4
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return self.memory_budget_mb << 20 if self.memory_budget_mb else None
 
 
 @dataclass(frozen=True)
@@ -159,6 +194,7 @@ class Config:
     metrics: MetricsSettings = MetricsSettings()
     daemon: DaemonSettings = DaemonSettings()
     cluster: ClusterSettings = ClusterSettings()
+    batching: BatchingSettings = BatchingSettings()
     #: The ``[inference]`` table, as metadata.InferenceRules.from_mapping reads it.
     inference: dict = field(default_factory=dict)
     source: Path | None = None
@@ -203,7 +239,10 @@ class Config:
                                    device=None if device == "auto" else device, seed=dip.seed,
                                    reg_noise_std=dip.reg_noise_std, ema_weight=dip.ema_weight,
                                    table=table, transfer=dip.transfer,
-                                   within_group=dip.within_group)
+                                   within_group=dip.within_group,
+                                   speed=dip.speed, batching=self.batching.mode,
+                                   max_batch=self.batching.max_batch,
+                                   memory_budget=self.batching.memory_budget_bytes)
         names = {f.name for f in dataclasses.fields(DenoiseSettings)}
         if self.inference and "rules" in names:
             from .metadata import InferenceRules
@@ -259,7 +298,7 @@ def resolve_state_dir(cli: Path | None, config: Config | None) -> Path:
 
 _TOP_KEYS = {"watch", "output", "calibration_table", "device", "state_dir", "retry", "dip",
              "metrics", "daemon", "log_level", "calibrate", "inference", "executor",
-             "scheduler", "max_in_flight", "dask"}
+             "scheduler", "max_in_flight", "dask", "batching"}
 _WATCH_KEYS = {"path", "patterns", "recursive", "polling", "poll_interval_seconds",
                "settle_seconds", "corrupt_after_seconds", "microscope", "specimen",
                "output_root"}
@@ -267,13 +306,14 @@ _SECTION_KEYS = {
     "output": {"root", "suffix"},
     "retry": {"max_attempts", "backoff_seconds", "backoff_factor", "max_backoff_seconds"},
     "dip": {"depth", "width", "skip", "iterations", "metric", "seed", "reg_noise_std",
-            "ema_weight", "transfer", "within_group"},
+            "ema_weight", "transfer", "within_group", "speed"},
     # `autodip-watch calibrate --config FILE` reads and checks the values (calibrate.py).
     "calibrate": {"depths", "widths", "skips", "max_iterations", "every", "crop", "lpips",
                   "match", "seed", "device"},
     "metrics": {"enabled", "address", "port"},
     "daemon": {"heartbeat_seconds", "stop_timeout_seconds", "stuck_seconds"},
     "dask": {"connect_timeout_seconds", "reconnect_max_seconds"},
+    "batching": {"mode", "max_batch", "memory_budget_mb", "jobs_together", "linger_seconds"},
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -391,7 +431,8 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         reg_noise_std=reader.get(dip, "reg_noise_std", "dip.", "number", 0.0, 0, "0.0"),
         ema_weight=reader.get(dip, "ema_weight", "dip.", "number", None, 0, "0.99"),
         transfer=reader.get(dip, "transfer", "dip.", "str", "group", example='"nearest-lpips"'),
-        within_group=reader.get(dip, "within_group", "dip.", "bool", False, example="true"))
+        within_group=reader.get(dip, "within_group", "dip.", "bool", False, example="true"),
+        speed=_speed_list(dip.get("speed", []), reader))
 
     inference = document.get("inference", {})
     if not isinstance(inference, dict):
@@ -429,6 +470,21 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
 
     cluster = _parse_cluster(document, sections["dask"], reader)
 
+    batching = sections["batching"]
+    mode = reader.get(batching, "mode", "batching.", "str", "auto", example='"auto"').lower()
+    if mode not in BATCHING_MODES:
+        reader.problems.append(f"batching.mode: must be one of {', '.join(BATCHING_MODES)}, "
+                               f"got {mode!r}")
+        mode = "auto"
+    batching_settings = BatchingSettings(
+        mode=mode,
+        max_batch=reader.get(batching, "max_batch", "batching.", "int", 32, 1, "32"),
+        memory_budget_mb=reader.get(batching, "memory_budget_mb", "batching.", "int", 0, 0,
+                                    "40000"),
+        jobs_together=reader.get(batching, "jobs_together", "batching.", "int", 0, 0, "4"),
+        linger_seconds=reader.get(batching, "linger_seconds", "batching.", "number", 2.0, 0,
+                                  "2"))
+
     config = Config(
         watch=tuple(folders), output_root=output_root, output_suffix=suffix,
         calibration_table=reader.get(document, "calibration_table", "", "path", None,
@@ -437,11 +493,30 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         state_dir=reader.get(document, "state_dir", "", "path", None,
                              example='"/var/lib/autodip-watch"'),
         retry=retry_policy, dip=overrides, metrics=metrics_settings, daemon=daemon_settings,
-        cluster=cluster, inference=inference, source=None)
+        cluster=cluster, batching=batching_settings, inference=inference, source=None)
     reader.problems += _cross_checks(config)
     if reader.problems:
         raise ConfigError(reader.problems, source)
     return config
+
+
+def _speed_list(value: Any, reader: _Reader) -> str:
+    """``[dip] speed = ["channels_last", "bf16"]`` -> "channels_last,bf16"."""
+    from .dip.params import SPEED_SETTINGS
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        reader.problems.append(f"dip.speed: must be a list of names, e.g. speed = "
+                               f"[\"channels_last\", \"tf32\"], got {value!r}")
+        return ""
+    unknown = [v for v in value if v not in SPEED_SETTINGS]
+    if unknown:
+        reader.problems.append(f"dip.speed: unknown setting(s) {', '.join(unknown)}; choose "
+                               f"from {', '.join(SPEED_SETTINGS)}")
+        return ""
+    if {"compile", "cuda_graphs"} <= set(value):
+        reader.problems.append("dip.speed: compile and cuda_graphs do not combine")
+        return ""
+    return ",".join(value)
 
 
 def _parse_cluster(document: dict, dask: dict, reader: _Reader) -> ClusterSettings:

@@ -4,8 +4,11 @@ The pipeline is a function of (input file, settings, calibration table); the CLI
 ``denoise`` and ``inspect`` and the daemon's worker all go through this module, so what
 ``inspect`` shows is what ``denoise`` does.
 
-Planes stream from the reader through the denoiser into the writer one page at a time;
-nothing holds a whole stack. The output appears (atomically) only once every plane is
+Planes stream from the reader through the denoiser into the writer; nothing holds a
+whole stack. With single fits (the CPU default) one page is in flight at a time; with
+a batching fitter (the CUDA default) a window of pages is gathered so that planes of
+one configuration are fitted together (``dip/batching.py``), bounded by the batch
+size and by :data:`WINDOW_BYTES` of buffered pixels. The output appears (atomically) only once every plane is
 written and the inputs are confirmed unchanged since they were hashed.
 """
 
@@ -22,8 +25,11 @@ import torch
 
 from . import __version__
 from .dip.device import choose_device, describe_device
+from .dip.batching import DEFAULT_MAX_BATCH, TileFitter, make_fitter
 from .dip.fit import FitOptions
-from .dip.plane import denoise_plane
+from .dip.params import CUDA_ONLY_SPEED, SPEED_SETTINGS
+from .dip.plane import PlaneJob, PlaneResult, denoise_planes
+from .dip.tiling import plane_tiles
 from .metadata import (POLICY_COPY, ChannelGroup, FolderDefaults, InferenceRules, infer_image,
                        validate_microscope, validate_specimen)
 from .ometiff import ImageFile, OmeTiffWriter, PlaneKey, SeriesInfo
@@ -34,6 +40,9 @@ from .transfer import CalibrationTable, Transfer, apply_overrides
 OUTPUT_SUFFIX = ".autodip.ome.tif"
 _INPUT_SUFFIXES = (".companion.ome", ".ome.tiff", ".ome.tif", ".ome.xml", ".tiff", ".tif",
                    ".png", ".ome")
+
+#: Most pixel bytes (as float32) gathered for one batching window of pages.
+WINDOW_BYTES = 512 << 20
 
 #: progress(plane, planes, tile, tiles, iteration, iterations), planes counted from 1.
 FileProgress = Callable[[int, int, int, int, int, int], None]
@@ -72,10 +81,35 @@ class DenoiseSettings:
     rules: InferenceRules | None = None
     folder_microscope: str | None = None
     folder_specimen: str | None = None
+    # Batched fits of planes with one configuration (dip/batching.py): "auto" batches
+    # on CUDA only; memory_budget (bytes) None = a share of the device's free memory.
+    batching: str = "auto"
+    max_batch: int = DEFAULT_MAX_BATCH
+    memory_budget: int | None = None
+    # Comma-separated SPEED_SETTINGS, e.g. "channels_last,bf16"; "" = the plain fp32 path.
+    speed: str = ""
 
-    def fit_options(self) -> FitOptions:
+    def speed_settings(self, device: torch.device | None = None) -> list[str]:
+        """The requested speed settings (``ValueError`` for unknown ones), limited to
+        those that apply on ``device`` when given."""
+        names = [name.strip() for name in self.speed.split(",") if name.strip()]
+        unknown = [name for name in names if name not in SPEED_SETTINGS]
+        if unknown:
+            raise ValueError(f"unknown speed setting(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(SPEED_SETTINGS)}")
+        if "compile" in names and "cuda_graphs" in names:
+            raise ValueError("speed settings compile and cuda_graphs do not combine")
+        if device is not None and device.type != "cuda":
+            names = [name for name in names if name not in CUDA_ONLY_SPEED]
+        return names
+
+    def fit_options(self, device: torch.device | None = None) -> FitOptions:
+        speed = self.speed_settings(device)
         return FitOptions(seed=self.seed, reg_noise_std=self.reg_noise_std,
-                          ema_weight=self.ema_weight)
+                          ema_weight=self.ema_weight,
+                          channels_last="channels_last" in speed,
+                          tf32=True if "tf32" in speed else None, bf16="bf16" in speed,
+                          compile="compile" in speed, cuda_graphs="cuda_graphs" in speed)
 
     def folder_defaults(self) -> FolderDefaults | None:
         if self.folder_microscope is None and self.folder_specimen is None:
@@ -90,6 +124,7 @@ class DenoiseSettings:
         for value in (self.specimen, self.folder_specimen):
             if value is not None:
                 validate_specimen(value)
+        self.speed_settings()
 
 
 @dataclass
@@ -204,11 +239,13 @@ def inspect_file(path: str | Path, settings: DenoiseSettings) -> list[dict]:
 def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                  out: str | Path | None = None,
                  progress: FileProgress | None = None, *,
-                 worker: str | None = None) -> FileReport:
+                 worker: str | None = None, fitter: TileFitter | None = None) -> FileReport:
     """Denoise every plane of ``input_path`` and write the OME-TIFF; never touches the input.
 
     ``worker`` names the executor running this call when it is not the local process
     (the Dask worker address); it goes into the provenance beside this machine's name.
+    ``fitter`` fits the tiles; by default the one ``settings.batching`` asks for (a
+    daemon running several jobs at once passes a shared one).
     Non-fluorescence channels (policy ``copy``) are written unchanged. Raises
     ``ImageReadError`` for unreadable input, ``PipelineError`` for everything else that
     stops the file; in both cases no output appears.
@@ -233,8 +270,11 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         if without:  # never drop an image silently
             raise PipelineError(f"{input_path}: image(s) {without} have no readable pixel data "
                                 f"({'; '.join(image.warnings[-3:]) or 'metadata only'})")
-        device = choose_device(settings.device)
+        device = choose_device(settings.device) if fitter is None else fitter.device
         device_name = describe_device(device)
+        if fitter is None:
+            fitter = make_fitter(device, settings.batching, settings.max_batch,
+                                 settings.memory_budget)
         host = socket.gethostname()
         sources = describe_sources(image.source_files)
         plans = {info.index: plan_series(image, info.index, settings) for info in pixel_series}
@@ -249,7 +289,7 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         with OmeTiffWriter(output, image, software=f"autodip-watch {__version__}") as writer:
             for info in pixel_series:
                 pages = _denoised_pages(image, info, plans[info.index], records[info.index],
-                                        settings, device, progress, reports, counter)
+                                        settings, fitter, progress, reports, counter)
                 writer.write_series(info.index, pages)
             finished = utc_now()
             if not unchanged(sources):
@@ -260,7 +300,7 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                     software="autodip-watch", version=__version__, torch_version=torch.__version__,
                     device=device_name, sources=sources, started=started, finished=finished,
                     image_name=info.name, channels=records[info.index],
-                    settings=_settings_record(settings), host=host, worker=worker)
+                    settings=_settings_record(settings, fitter), host=host, worker=worker)
                 for info in pixel_series}
             writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
                           description=PROVENANCE_DESCRIPTION)
@@ -278,36 +318,78 @@ class _Counter:
 
 def _denoised_pages(image: ImageFile, info: SeriesInfo, plans: list[ChannelPlan],
                     records: list[ChannelRecord], settings: DenoiseSettings,
-                    device: torch.device, progress: FileProgress | None,
+                    fitter: TileFitter, progress: FileProgress | None,
                     reports: list[PlaneReport], counter: _Counter) -> Iterator[np.ndarray]:
-    """Pages of ``info`` with every plane denoised (or copied), as the writer consumes them."""
+    """Pages of ``info`` with every plane denoised (or copied), as the writer consumes them.
+
+    Pages are gathered into windows of about ``fitter.window`` tiles to denoise, so a
+    batching fitter sees many planes at once; the single fitter's window is one page.
+    """
+    window: list[tuple[list[PlaneKey], list[np.ndarray]]] = []
+    tiles = buffered = 0
     for keys, page in image.pages(info.index):
-        outputs = []
-        for key, plane in zip(keys, info.split_page(page)):
+        planes = info.split_page(page)
+        window.append((keys, planes))
+        for key, plane in zip(keys, planes):
+            if plans[key.channel].transfer is not None:
+                tiles += len(plane_tiles(plane.shape))
+                buffered += plane.size * 4
+        if tiles >= fitter.window or buffered >= WINDOW_BYTES:
+            yield from _denoise_window(window, info, plans, records, settings, fitter,
+                                       progress, reports, counter)
+            window, tiles, buffered = [], 0, 0
+    if window:
+        yield from _denoise_window(window, info, plans, records, settings, fitter, progress,
+                                   reports, counter)
+
+
+def _denoise_window(window, info: SeriesInfo, plans: list[ChannelPlan],
+                    records: list[ChannelRecord], settings: DenoiseSettings,
+                    fitter: TileFitter, progress: FileProgress | None,
+                    reports: list[PlaneReport], counter: _Counter) -> Iterator[np.ndarray]:
+    """Denoise the planes of a window of pages in one fitter call; yield the pages."""
+    jobs: list[PlaneJob] = []
+    entries = []  # (key, plan, transfer, job index or None)
+    for keys, planes in window:
+        for key, plane in zip(keys, planes):
             counter.done += 1
             plan = plans[key.channel]
             if plan.transfer is None:
-                outputs.append(plane)
-                records[key.channel].add_plane(None, 0.0)
-                reports.append(_plane_report(key, plan, None, 0.0, 0, "copied: not fluorescence"))
+                entries.append((key, plan, None, None))
                 if progress is not None:
                     progress(counter.done, counter.total, 1, 1, 1, 1)
                 continue
             transfer = plan.transfer
             if settings.transfer != "group":  # per plane: the nearest calibration image
                 from .similarity import nearest_transfer
-                transfer = nearest_transfer(plane, plan.group, settings, device)
+                transfer = nearest_transfer(plane, plan.group, settings, fitter.device)
             callback = None
             if progress is not None:
                 def callback(tile, tiles, iteration, iterations, _done=counter.done):
                     progress(_done, counter.total, tile, tiles, iteration, iterations)
-            result = denoise_plane(plane, transfer.params, device, settings.fit_options(),
-                                   progress=callback)
+            entries.append((key, plan, transfer, len(jobs)))
+            jobs.append(PlaneJob(plane, transfer.params, settings.fit_options(fitter.device),
+                                 callback))
+    results = denoise_planes(jobs, fitter)
+    position = 0
+    for keys, planes in window:
+        outputs = []
+        for plane in planes:
+            key, plan, transfer, job = entries[position]
+            position += 1
+            if job is None:
+                outputs.append(plane)
+                records[key.channel].add_plane(None, 0.0)
+                reports.append(_plane_report(key, plan, None, 0.0, 0, "copied: not fluorescence"))
+                continue
+            result: PlaneResult = results[job]
             outputs.append(result.output)
             records[key.channel].add_plane(transfer.params.as_dict(), result.seconds,
-                                           level=transfer.level, group=transfer.group)
-            reports.append(_plane_report(key, plan, transfer, result.seconds, result.tiles,
-                                         "constant plane copied" if result.constant else ""))
+                                           level=transfer.level, group=transfer.group,
+                                           batch=result.batch)
+            note = "constant plane copied" if result.constant else (
+                f"fitted in a batch of {result.batch}" if result.batch > 1 else "")
+            reports.append(_plane_report(key, plan, transfer, result.seconds, result.tiles, note))
         yield info.join_page(outputs)
 
 
@@ -330,9 +412,13 @@ def _plane_report(key: PlaneKey, plan: ChannelPlan, transfer: Transfer | None, s
                        evidence=list(group.evidence))
 
 
-def _settings_record(settings: DenoiseSettings) -> dict[str, object]:
+def _settings_record(settings: DenoiseSettings, fitter: TileFitter) -> dict[str, object]:
     """The settings that shaped the result, for the provenance record."""
     table = settings.table
+    described = fitter.describe()
+    fitter_record = {"batching": described["batching"],
+                     "max_batch": described.get("max_batch", 1),
+                     "speed": ",".join(settings.speed_settings(fitter.device)) or "none"}
     return {"calibration_table": table.path.name if table.path else "",
             "calibration_source": table.provenance.get("source", ""),
             "metric": settings.metric or table.default_metric, "transfer": settings.transfer,
@@ -342,7 +428,7 @@ def _settings_record(settings: DenoiseSettings) -> dict[str, object]:
             "depth_override": settings.depth, "width_override": settings.width,
             "skip_override": settings.skip, "iterations_override": settings.iterations,
             "seed": settings.seed, "reg_noise_std": settings.reg_noise_std,
-            "ema_weight": settings.ema_weight}
+            "ema_weight": settings.ema_weight, **fitter_record}
 
 
 def torch_version() -> str:

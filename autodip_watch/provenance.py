@@ -84,13 +84,17 @@ class ChannelRecord:
     seed: int = 0
     seconds: float = 0.0
     planes: int = 0
+    largest_batch: int = 0  # most tiles fitted together with one of this channel's tiles
 
     def add_plane(self, params: dict | None, seconds: float, level: str | None = None,
-                  group: str | None = None) -> None:
+                  group: str | None = None, batch: int = 1) -> None:
         """Record one plane; ``level``/``group`` when a plane's transfer differs from the
-        channel's (nearest-image transfer picks per plane)."""
+        channel's (nearest-image transfer picks per plane); ``batch`` the size of the
+        batched fit it was part of (1: fitted alone)."""
         self.planes += 1
         self.seconds += seconds
+        if params is not None:
+            self.largest_batch = max(self.largest_batch, batch)
         for key, value in (params or {}).items():
             self.params.setdefault(key, set()).add(str(value))
         if level is not None:
@@ -150,6 +154,7 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
             (f"{prefix}.iterations", channel.param("iterations")),
             (f"{prefix}.seed", str(channel.seed)), (f"{prefix}.seconds", f"{channel.seconds:.3f}"),
             (f"{prefix}.planes", str(channel.planes)),
+            (f"{prefix}.largest_batch", str(channel.largest_batch)),
         ]
     return entries
 

@@ -181,8 +181,7 @@ class Daemon:
         if counts["quarantined"]:
             parts.append(f"{counts['quarantined']} quarantined")
         for worker in self.workers:
-            job = worker.current
-            if job is not None:
+            for job in worker.jobs():
                 parts.append(f"{worker.device}: {Path(job.path).name}")
         if self.dispatcher is not None:
             parts.append(self.dispatcher.summary())
@@ -229,8 +228,7 @@ class Daemon:
             if worker.thread.is_alive():
                 stuck.append(worker)
         for worker in stuck:
-            jobs = worker.jobs() if worker is self.dispatcher else [worker.current]
-            for job in [job for job in jobs if job is not None]:
+            for job in worker.jobs():
                 try:
                     self.queue.release(job.id, "daemon stopped before the fit could abort; the "
                                                "job goes back to the queue")

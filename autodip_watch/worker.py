@@ -1,4 +1,9 @@
-"""Run queued jobs, one at a time per device, through the same pipeline as ``denoise``.
+"""Run queued jobs on one device through the same pipeline as ``denoise``.
+
+Without batching a worker runs one job at a time. Where batching is on (CUDA by
+default) it runs up to ``batching.jobs_together`` jobs side by side, each in its own
+thread, all handing their tiles to one shared batching fitter, so that planes of the
+same configuration from different files are fitted together (``dip/batching.py``).
 
 A stop request (SIGTERM) is honoured inside the fit: the progress callback raises
 :class:`JobCancelled` at the next iteration, the job goes back to the queue without
@@ -55,7 +60,7 @@ def remove_temporary_outputs(output: Path) -> list[Path]:
 
 
 class Worker:
-    """One device's job loop; runs in its own thread."""
+    """One device's job loop; runs in its own thread (plus one per job when batching)."""
 
     def __init__(self, config: Config, queue: JobQueue, device: str, table,
                  stop: threading.Event, wake: threading.Event, metrics=None) -> None:
@@ -67,12 +72,17 @@ class Worker:
         self.wake = wake
         self.metrics = metrics
         self.name = f"{device}@{os.getpid()}"
-        self.current: Job | None = None
+        self.running: dict[int, Job] = {}  # job id -> job, while it runs
         self.last_beat = time.monotonic()
-        self._last_write = 0.0
         self.thread = threading.Thread(target=self.run, name=f"worker-{device}", daemon=True)
+        self._jobs_lock = threading.Lock()
+        self._shared = None  # the SharedFitter of jobs run together
 
     # ---------------------------------------------------------------- loop
+
+    def jobs(self) -> list[Job]:
+        with self._jobs_lock:
+            return list(self.running.values())
 
     def start(self) -> None:
         self.thread.start()
@@ -86,30 +96,89 @@ class Worker:
         return True, ""
 
     def run(self) -> None:
+        slots = self._slots()
+        threads: list[threading.Thread] = []
         while not self.stop.is_set():
-            self.last_beat = time.monotonic()
+            threads = [thread for thread in threads if thread.is_alive()]
+            if len(threads) >= slots:
+                self.stop.wait(0.2)  # the running jobs' progress keeps the heartbeat
+                continue
+            if not threads:
+                self.last_beat = time.monotonic()
+            claimed = self._claim(slots - len(threads))
+            if not claimed:
+                self.wake.wait(1.0)  # queue retry/forget from the CLI is seen within a second
+                self.wake.clear()
+                continue
+            if slots == 1:
+                self._guarded(claimed[0], None)
+                continue
+            # Every claimed job is a member of the shared fitter before any starts, so
+            # the first to submit waits for the others' planes instead of running alone.
+            for job in claimed:
+                thread = threading.Thread(target=self._guarded,
+                                          args=(job, self._shared.enter()),
+                                          daemon=True, name=f"job-{job.id}")
+                thread.start()
+                threads.append(thread)
+        for thread in threads:  # each aborts at its next iteration (JobCancelled)
+            thread.join()
+
+    def _claim(self, count: int) -> list[Job]:
+        """Up to ``count`` queued jobs (fewer when the queue has fewer)."""
+        claimed: list[Job] = []
+        while len(claimed) < count:
             try:
                 job = self.queue.claim(self.name)
             except Exception:
                 log.exception("worker.claim_failed", device=self.device)
                 self.stop.wait(5)
-                continue
+                break
             if job is None:
-                self.wake.wait(1.0)  # queue retry/forget from the CLI is seen within a second
-                self.wake.clear()
-                continue
-            self.current = job
-            try:
-                self.process(job)
-            except Exception:
-                # A bug in our bookkeeping must not kill the worker; record and go on.
-                log.exception("worker.error", job_id=job.id, path=job.path)
-            finally:
-                self.current = None
+                break
+            claimed.append(job)
+        return claimed
+
+    def _slots(self) -> int:
+        """How many jobs run side by side; creates the shared fitter when more than one."""
+        from .dip.device import choose_device  # torch only once the worker runs
+
+        settings = self.config.batching
+        try:
+            device = choose_device(None if self.device == "auto" else self.device)
+        except ValueError:
+            return 1  # the first job fails with the device error and says so
+        slots = settings.jobs_for(device.type)
+        if slots > 1:
+            from .dip.batching import BatchedFitter, SharedFitter
+
+            self._shared = SharedFitter(
+                BatchedFitter(device, settings.memory_budget_bytes, settings.max_batch),
+                linger=settings.linger_seconds)
+            log.info("worker.batching", device=self.device, jobs_together=slots,
+                     max_batch=settings.max_batch,
+                     memory_budget_mb=settings.memory_budget_mb or "80% of free")
+        return slots
+
+    def _guarded(self, job: Job, fitter) -> None:
+        """Run ``job``; ``fitter`` is its membership of the shared fitter (left at the end)."""
+        with self._jobs_lock:
+            self.running[job.id] = job
+        try:
+            self.process(job, fitter)
+        except Exception:
+            # A bug in our bookkeeping must not kill the worker; record and go on.
+            log.exception("worker.error", job_id=job.id, path=job.path)
+        finally:
+            if fitter is not None:
+                self._shared.leave()
+            with self._jobs_lock:
+                self.running.pop(job.id, None)
 
     # ---------------------------------------------------------------- one job
 
-    def process(self, job: Job) -> None:
+    def process(self, job: Job, fitter=None) -> None:
+        """Run one claimed job; ``fitter`` is the shared batching fitter, if any."""
         from .pipeline import denoise_file
 
         path = Path(job.path)
@@ -123,7 +192,8 @@ class Worker:
         started = time.monotonic()
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            report = denoise_file(path, settings, out=output, progress=self._progress_for(job))
+            report = denoise_file(path, settings, out=output, progress=self._progress_for(job),
+                                  fitter=fitter)
         except JobCancelled:
             remove_temporary_outputs(output)
             self.queue.release(job.id, "daemon stopping; the job goes back to the queue")
@@ -153,17 +223,18 @@ class Worker:
 
     def _progress_for(self, job: Job):
         """The pipeline's progress callback: heartbeat, cancellation, throttled DB writes."""
-        self._last_write = 0.0
+        last_write = 0.0
 
         def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
                      iterations: int) -> None:
+            nonlocal last_write
             now = time.monotonic()
             self.last_beat = now
             if self.stop.is_set():
                 raise JobCancelled()
             last = plane == planes and tile == tiles and iteration == iterations
-            if now - self._last_write >= PROGRESS_WRITE_SECONDS or last:
-                self._last_write = now
+            if now - last_write >= PROGRESS_WRITE_SECONDS or last:
+                last_write = now
                 self.queue.progress(job.id, plane, planes, tile, tiles, iteration, iterations)
 
         return progress

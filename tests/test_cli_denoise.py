@@ -162,3 +162,16 @@ def test_status_before_the_daemon_ever_ran(tmp_path, runner):
     assert report["counts"]["done"] == 0
     text = runner.invoke(app, ["status", "--state-dir", str(tmp_path / "state")])
     assert text.exit_code == 0 and "daemon down" in text.stdout
+
+
+def test_denoise_batching_on_fits_planes_together(tmp_path, runner):
+    source = tmp_path / "stack.ome.tif"
+    data = structured((5, 40, 36), np.uint16)
+    tifffile.imwrite(source, data, ome=True, metadata={"axes": "ZYX"})
+    result = runner.invoke(app, ["denoise", str(source), *FAST, "--batching", "on",
+                                 "--max-batch", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    notes = [plane["note"] for plane in json.loads(result.stdout)["planes"]]
+    assert notes == ["fitted in a batch of 3"] * 3 + ["fitted in a batch of 2"] * 2
+    bad = runner.invoke(app, ["denoise", str(source), *FAST, "--batching", "sometimes"])
+    assert bad.exit_code == 2 and "auto, on or off" in bad.output

@@ -154,3 +154,36 @@ def test_folder_labels_are_validated(tmp_path):
                           tmp_path)
     with pytest.raises(ConfigError, match=r"watch\[0\].microscope: unknown microscope 'confocl'"):
         check_runtime(config)
+
+
+def test_batching_settings_reach_the_pipeline(tmp_path):
+    (tmp_path / "in").mkdir()
+    default = load_config(write(tmp_path, '[[watch]]\npath = "in"\n'))
+    assert default.batching.mode == "auto"
+    assert default.batching.jobs_for("cpu") == 1 and default.batching.jobs_for("cuda") == 4
+    config = load_config(write(tmp_path, '[[watch]]\npath = "in"\n[batching]\nmode = "on"\n'
+                                         'max_batch = 6\nmemory_budget_mb = 512\njobs_together = 2\n'))
+    assert config.batching.jobs_for("cpu") == 2
+    settings = config.denoise_settings(config.watch[0], "cpu", table=None)
+    assert (settings.batching, settings.max_batch, settings.memory_budget) == ("on", 6, 512 << 20)
+    off = parse_config({"watch": [{"path": str(tmp_path / "in")}],
+                        "batching": {"mode": "off", "jobs_together": 5}}, tmp_path)
+    assert off.batching.jobs_for("cuda") == 1  # side by side only helps when batching
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"watch": [{"path": str(tmp_path / "in")}],
+                      "batching": {"mode": "maybe", "max_batch": 0, "size": 3}}, tmp_path)
+    text = str(caught.value)
+    assert "batching.mode: must be one of auto, on, off" in text
+    assert "batching.max_batch: must be at least 1" in text
+    assert "batching.size: unknown key" in text
+
+
+def test_speed_settings_are_checked(tmp_path):
+    (tmp_path / "in").mkdir()
+    config = load_config(write(tmp_path, '[[watch]]\npath = "in"\n[dip]\n'
+                                         'speed = ["channels_last", "bf16"]\n'))
+    assert config.denoise_settings(None, "cpu", table=None).speed == "channels_last,bf16"
+    for bad, message in (('"bf16"', "must be a list"), ('["warp"]', "unknown setting"),
+                         ('["compile", "cuda_graphs"]', "do not combine")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, f'[[watch]]\npath = "in"\n[dip]\nspeed = {bad}\n'))

@@ -477,3 +477,60 @@ def test_sigterm_and_kill_during_a_job(tmp_path):
     assert output_of(image).is_file()
     assert temp_files(folder) == []
     raw.check_unchanged()
+
+
+# --------------------------------------------------------------------------- batching
+
+def test_queued_files_of_one_group_share_batches(tmp_path):
+    """Three files waiting in the queue are run together and fitted in one batch; a
+    SIGTERM while jobs share a batch requeues each of them."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    state = tmp_path / "state"
+    watches = f'[[watch]]\npath = "{folder}"\nsettle_seconds = 0.5\n'
+    batching = "[batching]\nmode = \"on\"\njobs_together = 3\nmax_batch = 8\nlinger_seconds = 30\n"
+    raw = Raw()
+    images = [raw.write(folder / f"cell{i}.ome.tif", (48, 40), seed=i) for i in range(3)]
+
+    def enqueue(paths):
+        # As a previous daemon run left them: queued, not yet started.
+        queue = JobQueue(state)
+        for path in paths:
+            info = path.stat()
+            queue.enqueue(str(path), info.st_size, info.st_mtime_ns, sha256(path), str(folder))
+        queue.close()
+
+    # 1. SIGTERM while three jobs share one endless batch: all three go back unharmed.
+    enqueue(images)
+    endless = write_config(tmp_path / "endless.toml", state, watches, ENDLESS_FIT + batching)
+    daemon = DaemonProcess(endless, tmp_path / "daemon.log")
+    try:
+        def all_fitting():
+            jobs = JobQueue(state, create=False).jobs(["running"])
+            return len(jobs) == 3 and all(job.iteration for job in jobs)
+        wait_for(all_fitting, 90, "three jobs fitting together", daemon)
+        code, seconds = daemon.stop()
+    finally:
+        daemon.kill()
+    assert code == 0 and seconds < 10
+    queue = JobQueue(state, create=False)
+    assert sorted((job.state, job.attempts) for job in queue.jobs()) == [("queued", 0)] * 3
+    assert not any(output_of(image).exists() for image in images)
+
+    # 2. A fresh daemon runs them together to the end: one batch of three networks.
+    tiny = write_config(tmp_path / "tiny.toml", state, watches, TINY_FIT + batching)
+    daemon = DaemonProcess(tiny, tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: all(j.state == "done" for j in JobQueue(state, create=False).jobs()),
+                 90, "three jobs done", daemon)
+        daemon.stop()
+    finally:
+        daemon.kill()
+    from autodip_watch.provenance import read_provenance
+    for image in images:
+        entries = read_provenance(output_of(image))[0]["entries"]
+        assert entries["settings.batching"] == "on"
+        assert entries["channel.0.largest_batch"] == "3"
+    started = [e for e in daemon.events() if e.get("event") == "worker.batching"]
+    assert started and started[-1]["jobs_together"] == 3
+    raw.check_unchanged()

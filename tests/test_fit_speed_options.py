@@ -1,16 +1,19 @@
 """The speed settings of the fit (issue: speed on the GPU) run and keep the result.
 
 On CPU this checks that each path computes the same fit; their speed is measured by
-``bench/speed.py``, never here.
+``bench/speed.py``, never here. CUDA graphs exist only on a GPU: their tests are skipped
+without one.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from autodip_watch.dip.fit import FitOptions, fit_tile
+from autodip_watch.dip.fit import GRAPH_WARMUP_ITERATIONS, FitOptions, fit_tile, fit_tiles
 from autodip_watch.dip.network import DipParams
 
 from test_fit import noisy_blobs
@@ -58,3 +61,108 @@ def test_compiled_network_is_the_same_fit():
     plain = fit_tile(tile, SMALL, "cpu", FitOptions(seed=2))
     compiled = fit_tile(tile, SMALL, "cpu", FitOptions(seed=2, compile=True))
     np.testing.assert_allclose(compiled.losses, plain.losses, rtol=1e-3)
+
+
+def test_cuda_graphs_are_refused_off_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        fit_tile(noisy_blobs(), SMALL, "cpu", FitOptions(cuda_graphs=True))
+
+
+def test_cuda_graphs_do_not_combine_with_compile():
+    with pytest.raises(ValueError, match="compile"):
+        FitOptions(cuda_graphs=True, compile=True)
+
+
+# The graphed fit runs GRAPH_WARMUP_ITERATIONS eager steps, captures, then replays: 10
+# iterations replay the graph 7 times.
+GRAPHED = DipParams(4, "16", 4, GRAPH_WARMUP_ITERATIONS + 7)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def float64_default():
+    """Exact comparisons need float64 throughout: a graphed fit's Adam is ``capturable``
+    and computes its bias corrections from a step tensor of torch's default dtype, where
+    the eager Adam uses Python floats. In float32 that 1e-7 difference grows to percents
+    within 10 iterations (DIP's first steps amplify any rounding: measured on CPU, also
+    between batched and single fits), so float32 paths are compared as fits, not digits."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+def _eager_and_graphed(tiles, options: FitOptions, dtype=torch.float32):
+    seeded = [dataclasses.replace(options, seed=k) for k in range(len(tiles))]
+    graphed = [dataclasses.replace(o, cuda_graphs=True) for o in seeded]
+    return (fit_tiles(tiles, GRAPHED, "cuda", seeded, dtype=dtype),
+            fit_tiles(tiles, GRAPHED, "cuda", graphed, dtype=dtype))
+
+
+def _assert_same_digits(eager, graphed):
+    for alone, replayed in zip(eager, graphed):
+        np.testing.assert_allclose(replayed.losses, alone.losses, rtol=1e-6)
+        np.testing.assert_allclose(replayed.output, alone.output, atol=1e-6)
+
+
+def _assert_as_good_a_fit(eager, graphed):
+    for alone, replayed in zip(eager, graphed):
+        assert np.all(np.isfinite(replayed.losses))
+        assert replayed.losses[0] == pytest.approx(alone.losses[0], rel=1e-4)  # no update yet
+        assert replayed.losses[-1] < 0.6 * replayed.losses[0]  # the replays do optimise
+        assert replayed.losses[-1] == pytest.approx(alone.losses[-1], rel=0.25)
+        assert np.abs(replayed.output - alone.output).mean() < 0.05
+
+
+@needs_cuda
+@pytest.mark.parametrize("options",
+                         [FitOptions(), FitOptions(ema_weight=0.9, reg_noise_std=1 / 30)],
+                         ids=["plain", "ema-and-input-noise"])
+@pytest.mark.parametrize("count", [1, 3])
+def test_graphed_fit_equals_eager_fit_in_float64(float64_default, options, count):
+    """Every iteration's loss and the output, K=1 and K=3 stacked. The input noise is
+    drawn inside the graph from the fit's registered generator, so it follows the eager
+    draws; the EMA reads the graph's output tensor after each replay."""
+    tiles = [noisy_blobs(seed=s) for s in range(count)]
+    eager, graphed = _eager_and_graphed(tiles, options, dtype=torch.float64)
+    _assert_same_digits(eager, graphed)
+    if count > 1:
+        assert not np.allclose(graphed[0].output, graphed[1].output)
+
+
+@needs_cuda
+@pytest.mark.parametrize("count", [1, 3])
+def test_graphed_fit_in_strict_fp32_is_as_good_as_eager(count):
+    tiles = [noisy_blobs(seed=s) for s in range(count)]
+    _assert_as_good_a_fit(*_eager_and_graphed(tiles, FitOptions(tf32=False)))
+
+
+@needs_cuda
+def test_graphed_fit_with_bf16_and_channels_last():
+    tiles = [noisy_blobs(seed=s) for s in range(2)]
+    eager, graphed = _eager_and_graphed(tiles, FitOptions(bf16=True, channels_last=True))
+    _assert_as_good_a_fit(eager, graphed)
+
+
+@needs_cuda
+def test_graphed_fit_calls_back_every_iteration_with_that_iterations_output(float64_default):
+    """Snapshots must be copies: the next replay overwrites the graph's output tensor.
+    Tiles of different shapes get a list of crops (views, no stacking copy)."""
+    tiles = [noisy_blobs((32, 32)), noisy_blobs((30, 28), seed=1)]
+    options = [FitOptions(seed=k) for k in range(2)]
+    eager_seen, seen, calls = [], [], []
+    fit_tiles(tiles, GRAPHED, "cuda", options, dtype=torch.float64,
+              snapshot=lambda i, out: eager_seen.append(out), snapshot_every=1)
+    fit_tiles(tiles, GRAPHED, "cuda", [dataclasses.replace(o, cuda_graphs=True) for o in options],
+              dtype=torch.float64, progress=lambda i, total: calls.append((i, total)),
+              snapshot=lambda i, out: seen.append((i, out)), snapshot_every=1)
+    total = GRAPHED.iterations
+    assert calls == [(i, total) for i in range(1, total + 1)]
+    assert [i for i, _ in seen] == list(range(1, total + 1))
+    for (_, crops), expected in zip(seen, eager_seen):
+        assert [tuple(c.shape) for c in crops] == [(32, 32), (30, 28)]
+        for crop, eager_crop in zip(crops, expected):
+            torch.testing.assert_close(crop, eager_crop, rtol=0, atol=1e-6)
+    assert (seen[-1][1][1] - seen[-2][1][1]).abs().max().item() > 1e-4  # not one aliased tensor

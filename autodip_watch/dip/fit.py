@@ -25,6 +25,11 @@ ProgressCallback = Callable[[int, int], None]
 #: snapshot(iteration, output) with the (cropped, 2-D, [0,1]) output tensor of that iteration.
 SnapshotCallback = Callable[[int, torch.Tensor], None]
 
+#: Eager iterations before a CUDA graph of the step is captured. They create what must
+#: not be allocated during capture (Adam's state, cuDNN workspaces, autograd buffers);
+#: they are real iterations of the fit. Three, as in PyTorch's whole-network example.
+GRAPH_WARMUP_ITERATIONS = 3
+
 
 @dataclass(frozen=True)
 class FitOptions:
@@ -39,6 +44,9 @@ class FitOptions:
     tf32: bool | None = None  # CUDA TF32 convs/matmuls: None = torch's default, True/False force
     bf16: bool = False  # bfloat16 autocast of the forward pass (loss and Adam stay fp32)
     compile: bool = False  # torch.compile the network
+    # Replay one captured CUDA graph per iteration instead of launching each kernel from
+    # Python (CUDA only): the small widefield networks are bound by launch overhead.
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -47,6 +55,9 @@ class FitOptions:
             raise ValueError("reg_noise_std must be >= 0")
         if self.ema_weight is not None and not 0.0 <= self.ema_weight < 1.0:
             raise ValueError("ema_weight must be in [0, 1)")
+        if self.cuda_graphs and self.compile:
+            raise ValueError("cuda_graphs and compile do not combine: capture the eager step, "
+                             "or let torch.compile graph it (mode='reduce-overhead')")
 
 
 @dataclass
@@ -110,6 +121,14 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     float64 is for reference checks: in float32, Adam amplifies rounding in the
     near-zero gradients of conv biases before BatchNorm, so batched and single
     trajectories drift apart by a few percent while staying equally good.
+
+    With ``cuda_graphs`` the first ``GRAPH_WARMUP_ITERATIONS`` run eagerly and the step
+    is then captured once and replayed. The fit is the same up to rounding: the graph
+    needs Adam's ``capturable`` form, which computes its bias corrections in tensors of
+    torch's default dtype instead of Python floats (in float32 that grows, like any
+    rounding difference here, to percents within the first iterations; the fits stay
+    equally good). ``reg_noise_std`` noise is drawn inside the graph from the fit's own
+    seeded generator, registered with the graph, so the draws follow the eager sequence.
     """
     device = torch.device(device)
     started = time.perf_counter()
@@ -121,6 +140,8 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     if any(dataclasses.replace(o, seed=0) != dataclasses.replace(shared, seed=0) for o in options):
         raise ValueError("batched tiles must share every option but the seed (learning rate, "
                          "reg_noise_std, ema_weight, speed settings)")
+    if shared.cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs needs a CUDA device, not {device.type!r}")
     padded_tiles, originals = zip(*(pad_for_depth(np.asarray(t, dtype=np.float32), params.depth)
                                     for t in tiles))
     if len({p.shape for p in padded_tiles}) != 1:
@@ -140,37 +161,50 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
         z = z.contiguous(memory_format=torch.channels_last)
     forward = torch.compile(net) if shared.compile else net
     target = torch.from_numpy(np.stack(padded_tiles))[None].to(device=device, dtype=dtype)
-    optimiser = torch.optim.Adam(net.parameters(), lr=shared.learning_rate)
+    # capturable: Adam's step counts live on the GPU, so that a graph replay advances them.
+    optimiser = torch.optim.Adam(net.parameters(), lr=shared.learning_rate,
+                                 capturable=shared.cuda_graphs)
     losses = torch.zeros(params.iterations, count, device=device, dtype=dtype)
     ema: torch.Tensor | None = None
     noise = torch.empty_like(z) if shared.reg_noise_std > 0 else None
     noise_generator = (torch.Generator(device=device).manual_seed(shared.seed + 1)
                        if noise is not None else None)
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        return training_step(forward, optimiser, z, target, noise, noise_generator, shared,
+                             device)
+
+    run_step = _GraphedStep(step, optimiser, noise_generator) if shared.cuda_graphs else step
     output = None
-    with _precision(device, shared):
+    with _precision(device, shared), _side_stream(device, shared.cuda_graphs):
         for iteration in range(1, params.iterations + 1):
-            output = _step(forward, optimiser, z, target, losses, iteration, noise,
-                           noise_generator, shared, device)
+            output, per_network = run_step()
+            # Losses stay on the device: a .item() per iteration would sync the GPU.
+            losses[iteration - 1] = per_network
             current = output.detach()
             if shared.ema_weight is not None:
                 weight = shared.ema_weight
-                ema = current if ema is None else ema * weight + current * (1 - weight)
+                # clone: a graphed step's output is overwritten by the next replay.
+                ema = current.clone() if ema is None else ema * weight + current * (1 - weight)
                 current = ema
             if snapshot is not None and snapshot_every and iteration % snapshot_every == 0:
-                snapshot(iteration, _crop_each(current[0], originals))
+                frame = current[0].clone() if shared.cuda_graphs else current[0]
+                snapshot(iteration, _crop_each(frame, originals))
             if progress is not None:
                 progress(iteration, params.iterations)
-    final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
+        final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
+        all_losses = losses.cpu().numpy()
     seconds = time.perf_counter() - started
-    all_losses = losses.cpu().numpy()
     return [FitResult(output=np.clip(crop_padded(final[k], originals[k]), 0.0, 1.0),
                       losses=all_losses[:, k], seconds=seconds, padded_shape=shape)
             for k in range(count)]
 
 
-def _step(forward, optimiser, z, target, losses, iteration, noise, noise_generator,
-          options: FitOptions, device: torch.device) -> torch.Tensor:
-    """One optimisation step; returns this iteration's output (before the update)."""
+def training_step(forward, optimiser, z, target, noise, noise_generator,
+                  options: FitOptions, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: this iteration's output (before the update) and the MSE of
+    each network. Pure device work, no host sync, so that it can be captured in a graph."""
     optimiser.zero_grad(set_to_none=True)
     net_input = z
     if noise is not None:
@@ -185,9 +219,62 @@ def _step(forward, optimiser, z, target, losses, iteration, noise, noise_generat
     per_network = ((output - target) ** 2).mean(dim=(0, 2, 3))
     per_network.sum().backward()
     optimiser.step()
-    # Losses stay on the device: a .item() per iteration would sync the GPU.
-    losses[iteration - 1] = per_network.detach()
-    return output
+    return output, per_network.detach()
+
+
+class _GraphedStep:
+    """The training step, run eagerly for the warm-up iterations, then captured once into a
+    CUDA graph and replayed; returns the graph's static output and losses after a replay.
+
+    Capture records kernels without running them, so the capturing call replays at once:
+    every call is exactly one optimisation step, as in the eager loop.
+    """
+
+    def __init__(self, step: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                 optimiser: torch.optim.Optimizer,
+                 noise_generator: torch.Generator | None) -> None:
+        self.step = step
+        self.optimiser = optimiser
+        self.noise_generator = noise_generator
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        if self.calls <= GRAPH_WARMUP_ITERATIONS:
+            return self.step()
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            if self.noise_generator is not None:
+                # A generator other than the default must be registered to be graph-safe:
+                # each replay then advances its offset as an eager draw would.
+                self.graph.register_generator_state(self.noise_generator)
+            # No gradients at capture: backward then allocates them in the graph's own
+            # memory, where every replay writes them again.
+            self.optimiser.zero_grad(set_to_none=True)
+            with torch.cuda.graph(self.graph):
+                self.static = self.step()
+        self.graph.replay()
+        return self.static
+
+
+@contextlib.contextmanager
+def _side_stream(device: torch.device, enabled: bool):
+    """Run a graphed fit on a side stream: warm-up before capture must not run on the
+    default stream, and one stream for the whole loop keeps every read of the graph's
+    outputs ordered after its replay."""
+    if not enabled:
+        yield
+        return
+    outer = torch.cuda.current_stream(device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(outer)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        outer.wait_stream(stream)
 
 
 @contextlib.contextmanager

@@ -74,3 +74,11 @@ def level_channels(depth: int, width: int | str) -> list[int]:
 
 #: The original DIP configuration (Ulyanov et al.), the baseline to beat.
 BASELINE = DipParams(depth=5, width="128", skip=4, iterations=1800)
+
+
+#: Speed settings of the fit (FitOptions), off unless asked for: each changes the
+#: arithmetic or the execution, and bench/README.md records what each gains and costs.
+SPEED_SETTINGS = ("channels_last", "tf32", "bf16", "compile", "cuda_graphs")
+#: Speed settings that exist only on CUDA; elsewhere they are left out (and the
+#: provenance lists the settings that were applied).
+CUDA_ONLY_SPEED = ("tf32", "cuda_graphs")

@@ -1,22 +1,24 @@
-"""Denoise one 2-D plane of any supported dtype: normalise, tile, fit, map back.
+"""Denoise 2-D planes of any supported dtype: normalise, tile, fit, map back.
 
 Each plane is min-max rescaled to [0, 1] with its own noisy minimum and maximum (the
-paper's preprocessing), denoised tile by tile, and mapped back to the input's range
-and dtype, rounding integers and clipping to the dtype's range.
+paper's preprocessing), cut into tiles, fitted, and mapped back to the input's range
+and dtype, rounding integers and clipping to the dtype's range. The tiles of many
+planes go to one :class:`~.batching.TileFitter` together, so that a batching fitter
+can fit those with the same configuration at once.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .fit import FitOptions, fit_tile
+from .batching import FitRequest, SingleFitter, TileFitter
+from .fit import FitOptions
 from .network import DipParams
-from .tiling import TILE_OVERLAP, TILE_SIZE, plane_tiles, process_tiled
+from .tiling import TILE_OVERLAP, TILE_SIZE, blend_tiles, plane_tiles, process_tiled
 
 #: Dtypes a plane may have; others are refused with a clear error.
 SUPPORTED_DTYPES = tuple(np.dtype(name) for name in
@@ -36,6 +38,17 @@ class PlaneResult:
     tiles: int
     constant: bool  # a constant plane has nothing to denoise and is copied through
     final_loss: float | None
+    batch: int = 1  # the largest batch one of its tiles was fitted in
+
+
+@dataclass
+class PlaneJob:
+    """A plane and the configuration to denoise it with."""
+
+    plane: np.ndarray
+    params: DipParams
+    options: FitOptions = FitOptions()
+    progress: PlaneProgress | None = None
 
 
 def check_dtype(dtype: np.dtype) -> np.dtype:
@@ -90,22 +103,49 @@ def denoise_plane_with(plane: np.ndarray, denoise_tile: TileDenoiser,
 def denoise_plane(plane: np.ndarray, params: DipParams, device: torch.device | str = "cpu",
                   options: FitOptions = FitOptions(),
                   progress: PlaneProgress | None = None) -> PlaneResult:
-    """Denoise one plane with DIP configuration ``params``."""
-    started = time.perf_counter()
-    losses: list[float] = []
+    """Denoise one plane with DIP configuration ``params``, tile after tile."""
+    return denoise_planes([PlaneJob(plane, params, options, progress)], SingleFitter(device))[0]
 
-    def fit_one(tile_pixels: np.ndarray, index: int, count: int) -> np.ndarray:
-        callback = None
-        if progress is not None:
-            def callback(iteration: int, total: int) -> None:
-                progress(index + 1, count, iteration, total)
-        result = fit_tile(tile_pixels, params, device, options, progress=callback)
-        losses.append(float(result.losses[-1]))
-        return result.output
 
-    output = denoise_plane_with(plane, fit_one)
-    constant = not losses
-    return PlaneResult(output=output, seconds=time.perf_counter() - started,
-                       tiles=len(plane_tiles(plane.shape)) if not constant else 0,
-                       constant=constant,
-                       final_loss=float(np.mean(losses)) if losses else None)
+def denoise_planes(jobs: list[PlaneJob], fitter: TileFitter) -> list[PlaneResult]:
+    """Denoise several planes, handing all their tiles to ``fitter`` in one call.
+
+    A plane's seconds are its tiles' shares of the batches they ran in.
+    """
+    prepared = []
+    requests: list[FitRequest] = []
+    for job in jobs:
+        if job.plane.ndim != 2:
+            raise ValueError(f"expected a 2-D plane, got shape {job.plane.shape}")
+        dtype = check_dtype(job.plane.dtype)
+        unit, low, high = normalise(job.plane)
+        windows = [] if high == low else plane_tiles(unit.shape)
+        first = len(requests)
+        for index, window in enumerate(windows):
+            tile = np.ascontiguousarray(unit[window.slices], dtype=np.float32)
+            requests.append(FitRequest(tile, job.params, job.options,
+                                       _tile_progress(job.progress, index, len(windows))))
+        prepared.append((job, dtype, unit.shape, low, high, windows, first))
+    results = fitter.fit(requests) if requests else []
+    planes = []
+    for job, dtype, shape, low, high, windows, first in prepared:
+        if not windows:  # constant: nothing to denoise
+            planes.append(PlaneResult(job.plane.copy(), 0.0, 0, True, None))
+            continue
+        mine = results[first:first + len(windows)]
+        denoised = blend_tiles(shape, windows, [r.output for r in mine])
+        planes.append(PlaneResult(
+            output=denormalise(denoised, low, high, dtype),
+            seconds=sum(r.seconds for r in mine), tiles=len(windows), constant=False,
+            final_loss=float(np.mean([r.final_loss for r in mine])),
+            batch=max(r.batch for r in mine)))
+    return planes
+
+
+def _tile_progress(progress: PlaneProgress | None, index: int, count: int):
+    if progress is None:
+        return None
+
+    def callback(iteration: int, total: int) -> None:
+        progress(index + 1, count, iteration, total)
+    return callback

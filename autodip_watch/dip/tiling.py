@@ -10,7 +10,7 @@ pixel its weight is the only one, so an identity "denoiser" returns its input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,16 +78,22 @@ def process_tiled(plane: np.ndarray, process: Callable[[np.ndarray, int, int], n
 
     Returns a float64 plane of the same shape.
     """
-    shape = plane.shape
-    tiles = plane_tiles(shape, tile, overlap)
-    if len(tiles) == 1:
-        return np.asarray(process(plane, 0, 1), dtype=np.float64)
+    windows = plane_tiles(plane.shape, tile, overlap)
+    results = [process(plane[window.slices], index, len(windows))
+               for index, window in enumerate(windows)]
+    return blend_tiles(plane.shape, windows, results, overlap)
+
+
+def blend_tiles(shape: tuple[int, int], windows: list[Tile], results: list[np.ndarray],
+                overlap: int = TILE_OVERLAP) -> np.ndarray:
+    """Reassemble processed tiles (``plane_tiles`` order) into a float64 plane of ``shape``."""
+    if len(windows) == 1:
+        return np.asarray(results[0], dtype=np.float64)
     accumulated = np.zeros(shape, dtype=np.float64)
     total_weight = np.zeros(shape, dtype=np.float64)
-    for index, window in enumerate(tiles):
-        result = np.asarray(process(plane[window.slices], index, len(tiles)), dtype=np.float64)
+    for window, result in zip(windows, results):
         weight = blend_weights(window, shape, overlap)
-        accumulated[window.slices] += weight * result
+        accumulated[window.slices] += weight * np.asarray(result, dtype=np.float64)
         total_weight[window.slices] += weight
     return accumulated / total_weight
 
@@ -124,6 +130,3 @@ def crop_padded(padded: np.ndarray, original: tuple[int, int]) -> np.ndarray:
     left = (padded.shape[-1] - width) // 2
     return padded[..., top:top + height, left:left + width]
 
-
-def iter_tiles(shape: tuple[int, int]) -> Iterator[Tile]:
-    yield from plane_tiles(shape)
