@@ -8,6 +8,7 @@ the noisy image by a least-squares affine fit (a step independent of the denoise
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,10 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 import tifffile
 
-PAIRS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs"
+#: ../shared/data/pairs beside the checkout; AUTODIP_PAIRS_DIR names another copy (the
+#: GPU machine gets only the checkout, so the pairs travel in an ignored folder of it).
+PAIRS_DIR = Path(os.environ.get("AUTODIP_PAIRS_DIR") or
+                 Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pairs")
 
 
 @dataclass(frozen=True)

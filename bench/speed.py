@@ -4,8 +4,9 @@ Times the real fit loop (forward, MSE, backward, Adam: ``fit_tiles``) of each di
 configuration of the shipped table and of the original DIP baseline, at 256x256 and
 512x512, on one device, for each speed variant asked for (all in the same run), and for
 K planes fitted together (``--batch``). Each time is set against its floor (issue 7):
-the iteration's counted FLOPs over the matrix rate measured in the same run, or its
-kernel count times the measured cost of one launch, whichever is larger.
+the iteration's counted FLOPs over the matrix rate measured in the same run, its
+kernel count times the measured cost of one launch, or its memory traffic over the
+measured memory bandwidth, whichever is largest.
 
     python bench/speed.py --device cpu --sizes 256,512 --iterations 3 --warmup 1
     python bench/speed.py --device cuda --variants strict-fp32,eager,tf32,bf16,cuda_graphs,fast
@@ -34,7 +35,8 @@ from autodip_watch import __version__  # noqa: E402
 from autodip_watch.dip.cost import (floor_seconds, forward_macs,  # noqa: E402
                                     iteration_flops, kernels_per_iteration,
                                     measure_launch_seconds, measure_matrix_rate,
-                                    meta_network)
+                                    measure_memory_bandwidth, meta_network,
+                                    traffic_per_iteration)
 from autodip_watch.dip.device import choose_device, describe_device  # noqa: E402
 from autodip_watch.dip.fit import GRAPH_WARMUP_ITERATIONS, FitOptions, fit_tiles  # noqa: E402
 from autodip_watch.dip.network import BASELINE, DipParams  # noqa: E402
@@ -77,6 +79,7 @@ def measure_rates(device: torch.device, options: list[FitOptions]) -> dict:
         "matrix_flops_per_s": {p: measure_matrix_rate(device, p) for p in precisions},
         "launch_seconds": {kind: measure_launch_seconds(device, graphed=kind == "graphed")
                            for kind in launch_kinds},
+        "memory_bytes_per_s": measure_memory_bandwidth(device),
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
@@ -129,7 +132,7 @@ def configurations(table: CalibrationTable) -> list[tuple[str, DipParams]]:
     return [(", ".join(groups), params_of[key]) for key, groups in groups_of.items()]
 
 
-def floor_fields(options: FitOptions, flops: int, kernels: int, rates: dict,
+def floor_fields(options: FitOptions, flops: int, kernels: int, traffic: int, rates: dict,
                  device: torch.device, median: float) -> dict:
     """The row's floor columns, with the rates of this run on this device.
 
@@ -139,11 +142,16 @@ def floor_fields(options: FitOptions, flops: int, kernels: int, rates: dict,
     precision = matrix_precision(options, device)
     rate = rates["matrix_flops_per_s"][precision]
     launch = rates["launch_seconds"]["graphed" if options.cuda_graphs else "eager"]
-    floor = floor_seconds(flops, rate, 0 if options.compile else kernels, launch)
+    # bf16 autocast halves the bytes of the convolutions' tensors; count fp32 traffic
+    # at half for bf16 as the optimistic bound (BatchNorm and Adam stay fp32).
+    moved = traffic / 2 if options.bf16 else traffic
+    floor = floor_seconds(flops, rate, 0 if options.compile else kernels, launch,
+                          moved, rates["memory_bytes_per_s"])
     return {"matrix_precision": precision, "matrix_flops_per_s": rate,
             "launch_seconds_per_kernel": launch,
             "compute_floor_s": floor.compute_seconds,
             "launch_floor_s": None if options.compile else floor.launch_seconds,
+            "memory_floor_s": floor.memory_seconds, "traffic_gb": moved / 1e9,
             "floor_s": floor.seconds, "bound": floor.bound,
             "measured_over_floor": median / floor.seconds}
 
@@ -179,8 +187,8 @@ def main() -> None:
     print("matrix rates (TFLOP/s): "
           + ", ".join(f"{p} {r / 1e12:.2f}" for p, r in rates["matrix_flops_per_s"].items())
           + "; launch (us): "
-          + ", ".join(f"{k} {s * 1e6:.2f}" for k, s in rates["launch_seconds"].items()),
-          flush=True)
+          + ", ".join(f"{k} {s * 1e6:.2f}" for k, s in rates["launch_seconds"].items())
+          + f"; memory {rates['memory_bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
     rows = []
     wanted = None if args.configs == "all" else set(args.configs.split(","))
     for groups, params in configurations(table):
@@ -204,6 +212,7 @@ def main() -> None:
                     median = statistics.median(times)
                     flops = iteration_flops(params, shape, planes)
                     kernels = kernels_per_iteration(params, shape, planes)
+                    traffic = traffic_per_iteration(params, shape, planes)
                     planes_per_s = planes / (median * params.iterations)
                     if planes == 1:
                         single_rate = planes_per_s
@@ -219,7 +228,8 @@ def main() -> None:
                            "planes_per_s": planes_per_s,
                            "speedup_over_k1": (planes_per_s / single_rate
                                                if single_rate else None)}
-                    row.update(floor_fields(options, flops, kernels, rates, device, median))
+                    row.update(floor_fields(options, flops, kernels, traffic, rates, device,
+                                            median))
                     rows.append(row)
                     print(f"{groups:50s} d{params.depth}/w{params.width}/s{params.skip} {size} "
                           f"{variant} K={planes}: {median:.4f} s/it, floor {row['floor_s']:.4f} s "
@@ -241,8 +251,9 @@ def main() -> None:
     print(f"\nwritten {out}\n")
     print("| configuration | used by | plane (padded) | variant | K | GMAC fwd | median s/iter "
           "| achieved GFLOP/s | s per plane (group iterations) | compute floor s "
-          "| launch floor s | bound | measured/floor | planes/s | speed-up over K=1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| launch floor s | memory floor s | bound | measured/floor | planes/s "
+          "| speed-up over K=1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         launch = "n/a" if row["launch_floor_s"] is None else f"{row['launch_floor_s']:.4f}"
         speedup = "" if row["speedup_over_k1"] is None else f"{row['speedup_over_k1']:.2f}"
@@ -251,7 +262,8 @@ def main() -> None:
               f"| {row['gmac_forward']:.1f} | {row['median_s_per_iteration']:.4f} "
               f"| {row['gflops_achieved']:.0f} "
               f"| {row['median_s_per_iteration'] * row['group_iterations'] / row['batch']:.1f} "
-              f"| {row['compute_floor_s']:.4f} | {launch} | {row['bound']} "
+              f"| {row['compute_floor_s']:.4f} | {launch} | {row['memory_floor_s']:.4f} "
+              f"| {row['bound']} "
               f"| {row['measured_over_floor']:.1f} | {row['planes_per_s']:.4f} | {speedup} |")
 
 

@@ -140,7 +140,7 @@ def test_out_of_memory_halves_the_batch_and_remembers():
         [FitRequest(r.tile, r.params, r.options) for r in requests])
     for a, b in zip(results, alone):
         np.testing.assert_allclose(a.output, b.output, atol=1e-6)
-    assert fitter.batches == [2, 1, 2, 1]  # 6 -> 3 + 3 -> (2 + 1) + (2 + 1)
+    assert list(fitter.batches) == [2, 1, 2, 1]  # 6 -> 3 + 3 -> (2 + 1) + (2 + 1)
     assert fitter.capacity(requests[0].key()) == 2  # learned for this configuration
 
 
@@ -158,7 +158,7 @@ def test_planes_of_one_configuration_share_batches():
     fitter = BatchedFitter("cpu", 1 << 40, max_batch=4, dtype=torch.float64)
     batched = denoise_planes(jobs, fitter)
     single = denoise_planes(jobs, SingleFitter("cpu", dtype=torch.float64))
-    assert fitter.batches == [4, 1]
+    assert list(fitter.batches) == [4, 1]
     for a, b in zip(batched, single):
         np.testing.assert_array_equal(a.output, b.output)
     assert batched[-1].constant and np.array_equal(batched[-1].output, planes[-1])
@@ -183,7 +183,7 @@ def test_shared_fitter_batches_requests_of_concurrent_jobs():
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert shared.fitter.batches == [6]  # nobody ran early: everyone was a member
+    assert list(shared.fitter.batches) == [6]  # nobody ran early: everyone was a member
     alone = SingleFitter("cpu", dtype=torch.float64)
     for number in range(3):
         for got, expected in zip(results[number], alone.fit(requests[number])):
@@ -247,7 +247,7 @@ def test_pipeline_batches_planes_of_a_file(tmp_path):
                            fitter=fitter)
     single = denoise_file(source, DenoiseSettings(**common), out=tmp_path / "single.ome.tif",
                           fitter=SingleFitter("cpu", dtype=torch.float64))
-    assert fitter.batches == [4, 2]
+    assert list(fitter.batches) == [4, 2]
     np.testing.assert_array_equal(tifffile.imread(batched.output), tifffile.imread(single.output))
     entries = read_provenance(batched.output)[0]["entries"]
     assert entries["settings.batching"] == "on" and entries["settings.max_batch"] == "4"
@@ -289,3 +289,36 @@ def test_speed_settings_reach_the_fit_and_the_provenance(tmp_path):
         denoise_file(source, DenoiseSettings(device="cpu", speed="warp"),
                      out=tmp_path / "never.ome.tif")
     assert not (tmp_path / "never.ome.tif").exists()
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+def test_cuda_batches_by_default_and_the_estimate_bounds_real_memory():
+    fitter = make_fitter(torch.device("cuda"))
+    assert isinstance(fitter, BatchedFitter)
+    assert fitter.budget() > 0
+    params, shape = DipParams(5, "32", 4, 3), (256, 256)
+    tiles = [np.random.default_rng(k).random(shape, dtype=np.float32) for k in range(4)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    from autodip_watch.dip.fit import fit_tiles
+    fit_tiles(tiles, params, "cuda", [FitOptions(seed=k) for k in range(4)])
+    peak = torch.cuda.max_memory_allocated() - before
+    estimate = 4 * fit_memory_bytes(params, shape) * ESTIMATE_MARGIN + BATCH_OVERHEAD_BYTES
+    assert peak < estimate
+
+
+@needs_cuda
+def test_cuda_batched_planes_are_as_good_as_single_fits():
+    planes = [structured((96, 80), np.uint16, seed=s) for s in range(4)]
+    jobs = [PlaneJob(p, DipParams(4, "16", 4, 30), FitOptions(seed=1)) for p in planes]
+    fitter = BatchedFitter("cuda", max_batch=8)
+    batched = denoise_planes(jobs, fitter)
+    single = denoise_planes(jobs, SingleFitter("cuda"))
+    assert list(fitter.batches) == [4]
+    for a, b in zip(batched, single):
+        difference = np.abs(a.output.astype(float) - b.output.astype(float)).mean()
+        assert difference < 0.05 * (planes[0].max() - planes[0].min())

@@ -166,3 +166,27 @@ def test_graphed_fit_calls_back_every_iteration_with_that_iterations_output(floa
         for crop, eager_crop in zip(crops, expected):
             torch.testing.assert_close(crop, eager_crop, rtol=0, atol=1e-6)
     assert (seen[-1][1][1] - seen[-2][1][1]).abs().max().item() > 1e-4  # not one aliased tensor
+
+
+@needs_cuda
+@pytest.mark.parametrize("options", [FitOptions(), FitOptions(cuda_graphs=True),
+                                     FitOptions(bf16=True, channels_last=True,
+                                                ema_weight=0.9)],
+                         ids=["eager", "graphed", "bf16-ema"])
+def test_fit_loop_never_waits_for_the_gpu(options):
+    """No host sync inside the loop: CUDA's sync debug mode turns any (an ``.item()``, a
+    device-to-host copy) into an error for the iterations after the graph capture
+    (capturing synchronises once, by design) up to the last."""
+    capture = GRAPH_WARMUP_ITERATIONS + 1
+    params = DipParams(4, "16", 4, capture + 4)
+
+    def strict_between_first_and_last(iteration, total):
+        torch.cuda.set_sync_debug_mode("error" if capture <= iteration < total else "default")
+
+    try:
+        results = fit_tiles([noisy_blobs(seed=s) for s in range(2)], params, "cuda",
+                            [dataclasses.replace(options, seed=s) for s in range(2)],
+                            progress=strict_between_first_and_last)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(np.all(np.isfinite(r.losses)) for r in results)

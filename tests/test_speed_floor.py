@@ -108,8 +108,29 @@ def test_floor_is_the_larger_part():
     assert launch_bound.bound == "launch"
     assert launch_bound.seconds == pytest.approx(2e-3)
     assert launch_bound.compute_seconds == pytest.approx(1e-6)
+    memory_bound = cost.floor_seconds(flops=1e6, matrix_rate=1e12, kernels=10,
+                                      launch_seconds=1e-6, traffic=3e9, bandwidth=1e12)
+    assert memory_bound.bound == "memory"
+    assert memory_bound.seconds == pytest.approx(3e-3)
     with pytest.raises(ValueError):
         cost.floor_seconds(flops=1.0, matrix_rate=0.0, kernels=1, launch_seconds=1e-6)
+
+
+def test_memory_traffic_scales_with_plane_and_stack_and_covers_saved_tensors():
+    from autodip_watch.dip.batching import fit_memory_bytes
+
+    params = DipParams(5, "32", 4, 1)
+    single = cost.traffic_per_iteration(params, (128, 128))
+    assert cost.traffic_per_iteration(params, (256, 256)) == pytest.approx(4 * single, rel=0.1)
+    assert cost.traffic_per_iteration(params, (128, 128), networks=4) == pytest.approx(
+        4 * single, rel=0.1)
+    # Every tensor saved for the backward pass is written once and read once at least.
+    assert single > fit_memory_bytes(params, (128, 128))
+
+
+def test_memory_bandwidth_is_measured():
+    bandwidth = cost.measure_memory_bandwidth("cpu", megabytes=16, repeats=3)
+    assert 1e8 < bandwidth < 1e13
 
 
 def test_cpu_matrix_rate_and_launch_cost_are_measured():

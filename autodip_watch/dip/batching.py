@@ -27,7 +27,7 @@ import functools
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,7 +123,9 @@ class BatchedFitter(TileFitter):
         self.dtype = dtype
         self.memory_fraction = memory_fraction
         self._learned_limit: dict[tuple, int] = {}  # after an out-of-memory error
-        self.batches: list[int] = []  # sizes of the batches run (for reports and tests)
+        # Sizes of the latest batches run (for reports and tests); bounded, as a daemon
+        # runs batches for months.
+        self.batches: deque[int] = deque(maxlen=1000)
 
     def describe(self) -> dict:
         return {"batching": "on", "max_batch": self.max_batch,

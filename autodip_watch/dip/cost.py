@@ -6,7 +6,12 @@ kernels over the cost of one launch (launch-bound, the tiny widefield networks).
 are taken on the ``meta`` device, which runs every op's shape logic but no arithmetic,
 so counting even the largest configuration is instant and needs no GPU.
 
-Both floors are lower bounds. FLOPs count the convolutions only (BatchNorm, activations,
+A third floor is memory traffic: the bytes every kernel must read and write (its tensor
+arguments and results, counted on the meta device) over the measured memory bandwidth.
+It binds the small networks once launches are cheap (CUDA graphs) or amortised over K
+networks (batching): their 512x512 feature maps are large and their FLOPs are few.
+
+All floors are lower bounds. FLOPs count the convolutions only (BatchNorm, activations,
 padding, upsampling and Adam are memory-bound and belong to neither floor); the op count
 is what the dispatcher sees, and one op can launch several kernels on CUDA (a cuDNN
 convolution backward, a ``_foreach`` op over more tensors than one launch takes).
@@ -141,6 +146,7 @@ class _OpCounter(TorchDispatchMode):
         super().__init__()
         self.device = device
         self.count = 0
+        self.bytes = 0  # tensor bytes read and written by the counted ops
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -149,7 +155,27 @@ class _OpCounter(TorchDispatchMode):
                 and func._schema.name not in _NO_KERNEL
                 and _touches(self.device, args, kwargs, result)):
             self.count += 1
+            self.bytes += _tensor_bytes(args, kwargs, result)
         return result
+
+
+def _tensor_bytes(*trees) -> int:
+    """Bytes of the distinct tensors in (nested) arguments and results: what an op reads
+    and writes at least once (an in-place op's tensor is counted once)."""
+    seen: set[int] = set()
+    total = 0
+    pending = list(trees)
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            if id(item) not in seen and item.numel() > 1:  # scalars stay in cache
+                seen.add(id(item))
+                total += item.numel() * item.element_size()
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return total
 
 
 def _touches(device: torch.device, *trees) -> bool:
@@ -181,6 +207,28 @@ def kernels_per_iteration(params: DipParams, shape: tuple[int, int], networks: i
     with counter:
         step()
     return counter.count
+
+
+def traffic_per_iteration(params: DipParams, shape: tuple[int, int], networks: int = 1) -> int:
+    """Bytes read and written by the ops of one training step (same count as
+    :func:`kernels_per_iteration`), in fp32: each op's tensors once, no cache reuse."""
+    step = _meta_training_step(params, shape, networks)
+    step()
+    counter = _OpCounter(torch.device("meta"))
+    with counter:
+        step()
+    return counter.bytes
+
+
+def measure_memory_bandwidth(device: torch.device | str, megabytes: int | None = None,
+                             repeats: int = 5) -> float:
+    """Measured bytes per second of a large device-to-device copy (read + write)."""
+    device = torch.device(device)
+    megabytes = megabytes or (1024 if device.type == "cuda" else 128)
+    source = torch.ones(megabytes << 18, device=device)  # float32: MiB x 2**18 values
+    target = torch.empty_like(source)
+    seconds = _median_seconds(lambda: target.copy_(source), device, repeats)
+    return 2 * source.numel() * source.element_size() / seconds
 
 
 def _synchronise(device: torch.device) -> None:
@@ -273,19 +321,24 @@ class Floor:
 
     compute_seconds: float  # FLOPs / matrix rate
     launch_seconds: float  # kernels x seconds per launch
+    memory_seconds: float = 0.0  # bytes moved / memory bandwidth
 
     @property
     def seconds(self) -> float:
-        return max(self.compute_seconds, self.launch_seconds)
+        return max(self.compute_seconds, self.launch_seconds, self.memory_seconds)
 
     @property
     def bound(self) -> str:
-        return "compute" if self.compute_seconds >= self.launch_seconds else "launch"
+        parts = {"compute": self.compute_seconds, "launch": self.launch_seconds,
+                 "memory": self.memory_seconds}
+        return max(parts, key=parts.__getitem__)
 
 
-def floor_seconds(flops: float, matrix_rate: float, kernels: int,
-                  launch_seconds: float) -> Floor:
-    """The larger of the compute-bound and the launch-bound time of one iteration."""
-    if matrix_rate <= 0 or launch_seconds < 0 or flops < 0 or kernels < 0:
+def floor_seconds(flops: float, matrix_rate: float, kernels: int, launch_seconds: float,
+                  traffic: float = 0.0, bandwidth: float | None = None) -> Floor:
+    """The largest of the compute-, launch- and memory-bound times of one iteration."""
+    if (matrix_rate <= 0 or launch_seconds < 0 or flops < 0 or kernels < 0 or traffic < 0
+            or (bandwidth is not None and bandwidth <= 0)):
         raise ValueError("rates must be positive and counts non-negative")
-    return Floor(compute_seconds=flops / matrix_rate, launch_seconds=kernels * launch_seconds)
+    return Floor(compute_seconds=flops / matrix_rate, launch_seconds=kernels * launch_seconds,
+                 memory_seconds=traffic / bandwidth if bandwidth else 0.0)
