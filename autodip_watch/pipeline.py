@@ -236,6 +236,30 @@ def inspect_file(path: str | Path, settings: DenoiseSettings) -> list[dict]:
     return images
 
 
+def fit_key(path: str | Path, settings: DenoiseSettings) -> str | None:
+    """What a batching worker groups files by: the DIP configurations and plane sizes
+    ``path`` needs, as a stable string (metadata only, no pixels read).
+
+    None when it cannot be known before the pixels are seen (nearest-image transfer
+    picks the configuration per plane) or when the file cannot be read.
+    """
+    if settings.transfer != "group":
+        return None
+    try:
+        images = inspect_file(path, settings)
+    except (ValueError, OSError):
+        return None
+    needs = set()
+    for image in images:
+        sizes = dict(zip(image["axes"], image["shape"]))
+        for channel in image["channels"]:
+            params = channel.get("params")
+            if params:
+                needs.add(f"d{params['depth']}/w{params['width']}/s{params['skip']}/"
+                          f"{params['iterations']}it@{sizes.get('Y')}x{sizes.get('X')}")
+    return ";".join(sorted(needs)) or None
+
+
 def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                  out: str | Path | None = None,
                  progress: FileProgress | None = None, *,

@@ -37,7 +37,7 @@ DATABASE_NAME = "queue.sqlite3"
 STATES = ("queued", "running", "done", "failed", "quarantined", "skipped")
 #: States a job can be retried from by hand.
 RETRYABLE = ("failed", "quarantined", "skipped")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.fit_key
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     iterations  INTEGER,
     progress_at REAL,
     report      TEXT,
+    fit_key     TEXT,
     UNIQUE (path, size, mtime_ns, sha256)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before);
@@ -130,6 +131,9 @@ class Job:
     iterations: int | None
     progress_at: float | None
     report: str | None
+    #: The DIP configurations and plane sizes the file needs (pipeline.fit_key), when
+    #: known: a worker that batches runs jobs with equal keys together.
+    fit_key: str | None = None
 
     def as_dict(self, with_report: bool = False) -> dict:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -168,9 +172,18 @@ class JobQueue:
             self._connect().executescript(
                 f"BEGIN IMMEDIATE;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta VALUES "
                 f"('schema', '{SCHEMA_VERSION}');\nCOMMIT;")
+            self._migrate()
         elif not self.path.exists():
             raise QueueError(f"no queue database at {self.path} (has the daemon run with "
                              f"this state directory?)")
+
+    def _migrate(self) -> None:
+        """Bring a database of an older version up to this schema (columns only added)."""
+        with self._transaction() as db:
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "fit_key" not in columns:  # schema 1
+                db.execute("ALTER TABLE jobs ADD COLUMN fit_key TEXT")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -227,7 +240,7 @@ class JobQueue:
 
     def enqueue(self, path: str, size: int, mtime_ns: int, sha256: str, folder: str | None = None,
                 state: str = "queued", error: str | None = None,
-                members: list[str] | None = None) -> Job | None:
+                members: list[str] | None = None, fit_key: str | None = None) -> Job | None:
         """Add a job; returns None when this exact file version already has one.
 
         Older jobs of the same path that have not started are marked skipped: only the
@@ -239,10 +252,11 @@ class JobQueue:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO jobs (path, size, mtime_ns, sha256, folder, members, state, "
-                "error, created, updated, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "error, created, updated, finished, fit_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (path, size, mtime_ns, sha256, folder, json.dumps(members) if members else None,
                  state, error, now, now,
-                 now if state == "quarantined" else None))
+                 now if state == "quarantined" else None, fit_key))
             if cursor.rowcount == 0:
                 return None
             job_id = cursor.lastrowid
@@ -263,14 +277,24 @@ class JobQueue:
 
     # ------------------------------------------------------------------ worker side
 
-    def claim(self, worker: str) -> Job | None:
-        """Take the next runnable job (queued first, then failed ones whose backoff is over)."""
+    def claim(self, worker: str, prefer_key: str | None = None) -> Job | None:
+        """Take the next runnable job (queued first, then failed ones whose backoff is over).
+
+        With ``prefer_key``, the oldest queued job of that fit key comes first, so that a
+        batching worker runs files whose planes can share batches.
+        """
         now = time.time()
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT id, attempts FROM jobs WHERE state = 'queued' "
-                "OR (state = 'failed' AND not_before <= ?) "
-                "ORDER BY state = 'failed', id LIMIT 1", (now,)).fetchone()
+            row = None
+            if prefer_key is not None:
+                row = db.execute(
+                    "SELECT id, attempts FROM jobs WHERE state = 'queued' AND fit_key = ? "
+                    "ORDER BY id LIMIT 1", (prefer_key,)).fetchone()
+            if row is None:
+                row = db.execute(
+                    "SELECT id, attempts FROM jobs WHERE state = 'queued' "
+                    "OR (state = 'failed' AND not_before <= ?) "
+                    "ORDER BY state = 'failed', id LIMIT 1", (now,)).fetchone()
             if row is None:
                 return None
             attempt = row["attempts"] + 1

@@ -104,7 +104,8 @@ class Daemon:
             except OSError as error:
                 raise DaemonError(f"metrics.port: cannot listen on {self.config.metrics.address}:"
                                   f"{self.config.metrics.port}: {error}") from error
-        self.watcher = Watcher(self.config, self.queue, on_enqueue=lambda job: self.wake.set())
+        self.watcher = Watcher(self.config, self.queue, on_enqueue=lambda job: self.wake.set(),
+                               fit_key=self._fit_key_for(table, list(self.config.devices)))
         self.queue.register_daemon(host=socket.gethostname(), version=__version__,
                                    devices=devices, watches=self.watcher.describe(),
                                    heartbeat_seconds=self._interval(),
@@ -131,6 +132,20 @@ class Daemon:
                           if self.metrics else None))
         self.notifier.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=watching "
                              f"{len(self.config.watch)} folder(s)")
+
+    def _fit_key_for(self, table, devices: list[str]):
+        """The watcher's fit-key function where a local worker batches, else None (the
+        key costs a metadata read per file, and only batching workers use it)."""
+        batching = self.config.batching
+        local = self.config.cluster.executor != "dask"
+        if not local or not any(batching.jobs_for(_device_type(d)) > 1 for d in devices):
+            return None
+        from .pipeline import fit_key
+
+        def key(path: Path) -> str | None:
+            folder = self.config.folder_for(path)
+            return fit_key(path, self.config.denoise_settings(folder, "auto", table))
+        return key
 
     def _take_lock(self) -> None:
         """One daemon per state directory: two would run every job twice."""
@@ -260,3 +275,12 @@ class Daemon:
 
 def run_daemon(config: Config, state_dir: Path) -> int:
     return Daemon(config, state_dir).run()
+
+
+def _device_type(device: str) -> str:
+    """"cuda:1" -> "cuda"; "auto" -> the type choose_device would pick."""
+    if device == "auto":
+        from .dip.device import available_devices
+
+        return available_devices()[0]
+    return device.split(":")[0]

@@ -249,10 +249,14 @@ class Watcher:
     """Observers + settle detection + rescans; enqueues settled files."""
 
     def __init__(self, config: Config, queue: JobQueue, on_enqueue=None,
-                 tick_seconds: float = 0.25, check_seconds: float = 2.0) -> None:
+                 tick_seconds: float = 0.25, check_seconds: float = 2.0,
+                 fit_key=None) -> None:
         self.config = config
         self.queue = queue
         self.on_enqueue = on_enqueue or (lambda job: None)
+        #: fit_key(path) -> str | None: what a batching worker groups jobs by (the
+        #: daemon passes pipeline.fit_key with its settings); None = not recorded.
+        self.fit_key = fit_key
         self.tick_seconds = tick_seconds
         self.check_seconds = check_seconds
         self.folders = [FolderState(folder) for folder in config.watch]
@@ -550,9 +554,15 @@ class Watcher:
         except OSError as failure:
             log.warning("watch.vanished", path=str(candidate.path), error=str(failure))
             return
+        key = None
+        if self.fit_key is not None and state == "queued":
+            try:
+                key = self.fit_key(candidate.path)
+            except Exception as failure:  # only a scheduling hint: never lose the file over it
+                log.warning("watch.fit_key_failed", path=str(candidate.path), error=str(failure))
         job = self.queue.enqueue(str(candidate.path), size, mtime_ns, digest,
                                  folder=str(candidate.folder.path), state=state, error=error,
-                                 members=[str(p) for p in candidate.members])
+                                 members=[str(p) for p in candidate.members], fit_key=key)
         if job is None:
             return
         if state == "quarantined":

@@ -125,11 +125,17 @@ class Worker:
             thread.join()
 
     def _claim(self, count: int) -> list[Job]:
-        """Up to ``count`` queued jobs (fewer when the queue has fewer)."""
+        """Up to ``count`` queued jobs (fewer when the queue has fewer).
+
+        The first is the oldest runnable job, so no group waits behind another for
+        long; the others preferably share its fit key (configurations and plane
+        sizes), so that their planes can be fitted in the same batches.
+        """
         claimed: list[Job] = []
         while len(claimed) < count:
+            prefer = next((job.fit_key for job in claimed if job.fit_key), None)
             try:
-                job = self.queue.claim(self.name)
+                job = self.queue.claim(self.name, prefer_key=prefer)
             except Exception:
                 log.exception("worker.claim_failed", device=self.device)
                 self.stop.wait(5)

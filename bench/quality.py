@@ -8,11 +8,17 @@ Usage (writes bench/results/quality-<device>-<date>.json and prints a Markdown t
 
     python bench/quality.py --pairs fmd-widefield-nucleus,w2s-005-ch0,w2s-056-ch1 \
         --methods noisy,tv,autodip --device cpu --seeds 0,1,2
+
+``--variants eager,bf16`` runs each DIP method once per speed variant of the fit
+(``FitOptions``, as in ``speed.py``) with the same seeds, so a variant is compared
+with fp32 eager on the same initialisation and input z; the paired per-seed PSNR
+differences (mean and standard error) are printed and stored under ``"paired"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -28,16 +34,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pairs import PAIRS, Scorer, load  # noqa: E402
+from speed import VARIANTS  # noqa: E402  (the fit variants, one definition for both benches)
 
 from autodip_watch import __version__  # noqa: E402
 from autodip_watch.dip.device import choose_device, describe_device  # noqa: E402
-from autodip_watch.dip.fit import FitOptions  # noqa: E402
 from autodip_watch.dip.network import BASELINE  # noqa: E402
-from autodip_watch.dip.plane import denoise_plane  # noqa: E402
+from autodip_watch.dip.fit import fit_tile  # noqa: E402
+from autodip_watch.dip.plane import denoise_plane, denormalise, normalise  # noqa: E402
+from autodip_watch.dip.tiling import plane_tiles  # noqa: E402
 from autodip_watch.transfer import CalibrationTable  # noqa: E402
 
 TV_WEIGHTS = np.geomspace(0.005, 0.5, 25)
-
 
 def machine() -> str:
     cpu = "unknown CPU"
@@ -64,6 +71,78 @@ def tuned_tv(noisy: np.ndarray, scorer: Scorer) -> tuple[float, float, float]:
     return best[0], scorer.ssim(plane), float(best[1])
 
 
+def paired_differences(rows: list[dict], variants: list[str]) -> list[dict]:
+    """PSNR/SSIM of each variant minus the first variant's, per pair, method and seed.
+
+    Only seeds run with both variants count. The standard error is the sample standard
+    deviation of the per-seed differences (ddof 1) over sqrt(n); None for one seed.
+    """
+    reference, summaries = variants[0], []
+    keyed = {(r["pair"], r["method"], r["variant"], r["seed"]): r
+             for r in rows if "variant" in r}
+    groups = sorted({(r["pair"], r["method"]) for r in rows if "variant" in r},
+                    key=lambda g: [r["pair"] for r in rows].index(g[0]))
+    for pair, method in groups:
+        for variant in variants[1:]:
+            seeds = sorted(seed for (p, m, v, seed) in keyed
+                           if (p, m, v) == (pair, method, variant)
+                           and (pair, method, reference, seed) in keyed)
+            if not seeds:
+                continue
+            base = [keyed[pair, method, reference, s] for s in seeds]
+            other = [keyed[pair, method, variant, s] for s in seeds]
+            dpsnr = np.array([o["psnr"] - b["psnr"] for b, o in zip(base, other)])
+            dssim = np.array([o["ssim"] - b["ssim"] for b, o in zip(base, other)])
+            n = len(seeds)
+            summaries.append({
+                "pair": pair, "method": method, "reference": reference, "variant": variant,
+                "seeds": seeds,
+                "psnr_reference": [b["psnr"] for b in base],
+                "psnr_variant": [o["psnr"] for o in other],
+                "psnr_difference": dpsnr.tolist(),
+                "mean_psnr_reference": float(np.mean([b["psnr"] for b in base])),
+                "mean_psnr_variant": float(np.mean([o["psnr"] for o in other])),
+                "mean_psnr_difference": float(dpsnr.mean()),
+                "std_psnr_difference": float(dpsnr.std(ddof=1)) if n > 1 else None,
+                "stderr_psnr_difference": (float(dpsnr.std(ddof=1) / np.sqrt(n))
+                                           if n > 1 else None),
+                "mean_abs_psnr_difference": float(np.abs(dpsnr).mean()),
+                "ssim_difference": dssim.tolist(),
+                "mean_ssim_difference": float(dssim.mean()),
+            })
+            if all("psnr_late_mean" in r for r in base + other):
+                dlate = np.array([o["psnr_late_mean"] - b["psnr_late_mean"]
+                                  for b, o in zip(base, other)])
+                summaries[-1].update({
+                    "late_difference": dlate.tolist(),
+                    "mean_late_difference": float(dlate.mean()),
+                    "stderr_late_difference": (float(dlate.std(ddof=1) / np.sqrt(n))
+                                               if n > 1 else None)})
+    return summaries
+
+
+def run_dip(noisy: np.ndarray, params, device, options, scorer: Scorer, late: int,
+            every: int) -> tuple[np.ndarray, int, float | None, dict[int, float]]:
+    """The pipeline's plane path; with ``late``, a single-tile plane is fitted through
+    ``fit_tile`` directly so that the same run is also scored every ``every`` iterations
+    over its last ``late`` (the same arithmetic: normalise, fit, denormalise)."""
+    if not late or len(plane_tiles(noisy.shape)) != 1:
+        result = denoise_plane(noisy, params, device, options)
+        return result.output, result.tiles, result.final_loss, {}
+    unit, low, high = normalise(noisy)
+    scores: dict[int, float] = {}
+
+    def snapshot(iteration, output) -> None:
+        if iteration > params.iterations - late:
+            plane = denormalise(output.float().cpu().numpy(), low, high, noisy.dtype)
+            scores[iteration] = scorer.psnr(plane)
+
+    result = fit_tile(unit.astype(np.float32), params, device, options, snapshot=snapshot,
+                      snapshot_every=every)
+    output = denormalise(result.output, low, high, noisy.dtype)
+    return output, 1, float(result.losses[-1]), scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default="fmd-widefield-nucleus,w2s-005-ch0,w2s-056-ch1")
@@ -71,14 +150,41 @@ def main() -> None:
                         help="comma list of noisy, tv, autodip, baseline")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--variants", default="eager",
+                        help=f"comma list of fit variants for the DIP methods ({', '.join(VARIANTS)}); "
+                             "the first is the reference of the paired differences")
+    parser.add_argument("--late", type=int, default=0,
+                        help="also score the output every --every iterations over the last "
+                             "LATE iterations and report their mean PSNR (single-tile planes): "
+                             "a lower-variance view of a fit than its last iterate alone")
+    parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--out", default=None, help="JSON results path")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or len(set(variants)) != len(variants):
+        parser.error(f"--variants: unknown or repeated {unknown or variants}; "
+                     f"choose from {', '.join(VARIANTS)}")
 
     device = choose_device(args.device)
     table = CalibrationTable.load()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     rows = []
+    date = datetime.date.today().isoformat()
+    out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results" /
+                                           f"quality-{device.type}-{date}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(complete: bool) -> None:
+        """Write every row so far (a long run leaves its partial results behind)."""
+        document = {"command": " ".join(["python", *sys.argv]), "date": date,
+                    "machine": machine(), "device": describe_device(device),
+                    "autodip_watch": __version__, "python": platform.python_version(),
+                    "variants": variants, "complete": complete, "rows": rows,
+                    "paired": paired_differences(rows, variants)}
+        out.write_text(json.dumps(document, indent=2) + "\n")
+
     for name in args.pairs.split(","):
         pair = PAIRS[name]
         noisy, truth = load(pair)
@@ -99,34 +205,59 @@ def main() -> None:
             transfer = table.lookup(pair.microscope, pair.specimen)
             configs.append(("auto-dip", transfer.params, f"{transfer.level} {transfer.group}"))
         for label, params, why in configs:
+            # Variants innermost: each seed's runs are adjacent, so a partial run is paired.
             for seed in seeds:
-                started = time.perf_counter()
-                result = denoise_plane(noisy, params, device, FitOptions(seed=seed))
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - started
-                rows.append({"pair": name, "method": label, "seed": seed,
-                             "psnr": scorer.psnr(result.output), "ssim": scorer.ssim(result.output),
-                             "params": params.as_dict(), "transfer": why, "seconds": seconds,
-                             "tiles": result.tiles})
-                print(rows[-1], flush=True)
-    date = datetime.date.today().isoformat()
-    document = {"command": " ".join(["python", *sys.argv]), "date": date, "machine": machine(),
-                "device": describe_device(device), "autodip_watch": __version__,
-                "python": platform.python_version(), "rows": rows}
-    out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results" /
-                                           f"quality-{device.type}-{date}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=2) + "\n")
+                for variant in variants:
+                    options = dataclasses.replace(VARIANTS[variant], seed=seed)
+                    started = time.perf_counter()
+                    output, tiles, final_loss, late = run_dip(noisy, params, device, options,
+                                                              scorer, args.late, args.every)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    seconds = time.perf_counter() - started
+                    rows.append({"pair": name, "method": label, "variant": variant, "seed": seed,
+                                 "psnr": scorer.psnr(output), "ssim": scorer.ssim(output),
+                                 "params": params.as_dict(), "transfer": why,
+                                 "seconds": seconds, "tiles": tiles, "final_loss": final_loss})
+                    if late:
+                        rows[-1]["psnr_late"] = late
+                        rows[-1]["psnr_late_mean"] = float(np.mean(list(late.values())))
+                    print(rows[-1], flush=True)
+                    save(complete=False)
+    save(complete=True)
     print(f"\nwritten {out}\n")
-    print("| pair | method | seed | PSNR dB | SSIM | seconds | configuration |")
-    print("|---|---|---|---|---|---|---|")
+    print("| pair | method | variant | seed | PSNR dB | SSIM | seconds | configuration |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         params = row.get("params", {})
         config = "/".join(str(v) for v in params.values())
         seconds = f"{row['seconds']:.0f}" if "seconds" in row else ""
-        print(f"| {row['pair']} | {row['method']} | {row.get('seed', '')} | {row['psnr']:.2f} | "
+        print(f"| {row['pair']} | {row['method']} | {row.get('variant', '')} | "
+              f"{row.get('seed', '')} | {row['psnr']:.2f} | "
               f"{row['ssim']:.3f} | {seconds} | {config} {row.get('transfer', '')} |")
+    paired = paired_differences(rows, variants)
+    if paired:
+        print(f"\nPaired PSNR differences ({variants[0]} is the reference; same seed = same "
+              "initialisation and input z):\n")
+        print("| pair | method | variant | seeds | per-seed difference dB | mean reference dB | "
+              "mean variant dB | mean difference dB | std | std error |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for item in paired:
+            per_seed = ", ".join(f"{d:+.2f}" for d in item["psnr_difference"])
+            std = "" if item["std_psnr_difference"] is None else f"{item['std_psnr_difference']:.2f}"
+            err = ("" if item["stderr_psnr_difference"] is None
+                   else f"{item['stderr_psnr_difference']:.2f}")
+            print(f"| {item['pair']} | {item['method']} | {item['variant']} | "
+                  f"{','.join(map(str, item['seeds']))} | {per_seed} | "
+                  f"{item['mean_psnr_reference']:.2f} | {item['mean_psnr_variant']:.2f} | "
+                  f"{item['mean_psnr_difference']:+.3f} | {std} | {err} |")
+            if "mean_late_difference" in item:
+                late_err = item["stderr_late_difference"]
+                print(f"|  | mean PSNR over the last {args.late} iterations | "
+                      f"{item['variant']} | | "
+                      + ", ".join(f"{d:+.2f}" for d in item["late_difference"])
+                      + f" | | | {item['mean_late_difference']:+.3f} | | "
+                      + ("" if late_err is None else f"{late_err:.2f}") + " |")
 
 
 if __name__ == "__main__":

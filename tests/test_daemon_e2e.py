@@ -534,3 +534,48 @@ def test_queued_files_of_one_group_share_batches(tmp_path):
     started = [e for e in daemon.events() if e.get("event") == "worker.batching"]
     assert started and started[-1]["jobs_together"] == 3
     raw.check_unchanged()
+
+
+def test_batching_worker_runs_files_of_one_fit_key_together(tmp_path):
+    """Queued a1, b1, a2, b2 (two plane sizes): two at a time, the worker takes a1 with
+    a2 and b1 with b2, so each pair shares one batch; the watcher records the key of a
+    file dropped while the daemon runs."""
+    from autodip_watch.config import load_config
+    from autodip_watch.pipeline import fit_key
+    from autodip_watch.provenance import read_provenance
+    from autodip_watch.transfer import CalibrationTable
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    state = tmp_path / "state"
+    watches = f'[[watch]]\npath = "{folder}"\nsettle_seconds = 0.5\n'
+    config_path = write_config(tmp_path / "config.toml", state, watches, TINY_FIT +
+                               "[batching]\nmode = \"on\"\njobs_together = 2\nlinger_seconds = 30\n")
+    raw = Raw()
+    shapes = {"a1": (48, 40), "b1": (64, 64), "a2": (48, 40), "b2": (64, 64)}
+    images = {name: raw.write(folder / f"{name}.ome.tif", shape, seed=i)
+              for i, (name, shape) in enumerate(shapes.items())}
+    config = load_config(config_path)
+    settings = config.denoise_settings(config.watch[0], "auto", CalibrationTable.load())
+    keys = {name: fit_key(path, settings) for name, path in images.items()}
+    assert keys["a1"] == keys["a2"] != keys["b1"] == keys["b2"]
+    queue = JobQueue(state)
+    for name, path in images.items():  # in this order, as the watcher would have
+        info = path.stat()
+        queue.enqueue(str(path), info.st_size, info.st_mtime_ns, sha256(path), str(folder),
+                      fit_key=keys[name])
+    daemon = DaemonProcess(config_path, tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: all(j.state == "done" for j in JobQueue(state, create=False).jobs()),
+                 90, "four jobs done", daemon)
+        late = raw.write(folder / "a3.ome.tif", (48, 40), seed=9)
+        wait_for(lambda: output_of(late).exists(), 90, "the late file done", daemon)
+        daemon.stop()
+    finally:
+        daemon.kill()
+    for name, image in images.items():
+        entries = read_provenance(output_of(image))[0]["entries"]
+        assert entries["channel.0.largest_batch"] == "2", name
+    late_job = next(j for j in JobQueue(state, create=False).jobs() if j.path == str(late))
+    assert late_job.fit_key == keys["a1"]
+    raw.check_unchanged()

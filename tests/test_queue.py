@@ -217,3 +217,44 @@ def test_heartbeat_row(queue):
 def test_opening_without_create_needs_an_existing_database(tmp_path):
     with pytest.raises(QueueError, match="no queue database"):
         JobQueue(tmp_path / "nothing", create=False)
+
+
+def test_claim_can_prefer_jobs_of_one_fit_key(queue):
+    a1 = add(queue, "/d/a1.tif", fit_key="d8/wasc/s4/300it@512x512")
+    b1 = add(queue, "/d/b1.tif", fit_key="d5/w128/s4/1300it@512x512")
+    a2 = add(queue, "/d/a2.tif", fit_key="d8/wasc/s4/300it@512x512")
+    unknown = add(queue, "/d/c.tif")
+    assert queue.get(a1.id).fit_key == "d8/wasc/s4/300it@512x512"
+    first = queue.claim("w")
+    assert first.id == a1.id
+    assert queue.claim("w", prefer_key=first.fit_key).id == a2.id  # jumps over b1
+    assert queue.claim("w", prefer_key=first.fit_key).id == b1.id  # none left: oldest
+    assert queue.claim("w", prefer_key="anything").id == unknown.id
+
+
+def test_a_schema_1_database_is_migrated(tmp_path):
+    """A queue written before fit keys existed opens, keeps its jobs, and takes keys."""
+    state = tmp_path / "state"
+    state.mkdir()
+    old = sqlite3.connect(state / "queue.sqlite3")
+    old.executescript("""
+        CREATE TABLE jobs (id INTEGER PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, folder TEXT, members TEXT,
+            state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            not_before REAL NOT NULL DEFAULT 0, error TEXT, created REAL NOT NULL,
+            updated REAL NOT NULL, started REAL, finished REAL, worker TEXT, output TEXT,
+            seconds REAL, planes INTEGER, plane INTEGER, tile INTEGER, tiles INTEGER,
+            iteration INTEGER, iterations INTEGER, progress_at REAL, report TEXT,
+            UNIQUE (path, size, mtime_ns, sha256));
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+        INSERT INTO meta VALUES ('schema', '1');
+        INSERT INTO jobs (path, size, mtime_ns, sha256, state, created, updated)
+            VALUES ('/d/old.tif', 1, 1, 'aa', 'queued', 0, 0);
+    """)
+    old.close()
+    queue = JobQueue(state)
+    assert [(j.path, j.fit_key) for j in queue.jobs()] == [("/d/old.tif", None)]
+    assert add(queue, "/d/new.tif", fit_key="k").fit_key == "k"
+    schema = sqlite3.connect(state / "queue.sqlite3").execute(
+        "SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+    assert schema == "2"
