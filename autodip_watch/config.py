@@ -333,6 +333,16 @@ class _Reader:
                     f"allowed keys: {', '.join(sorted(allowed))}"
                 self.problems.append(f"{where}{key}: unknown key; {hint}")
 
+    def choice(self, table: dict, key: str, where: str, choices: tuple[str, ...],
+               default: str) -> str:
+        """A string that must be one of ``choices`` (case-insensitive)."""
+        value = self.get(table, key, where, "str", default, example=f'"{default}"').lower()
+        if value not in choices:
+            self.problems.append(f"{where}{key}: must be one of {', '.join(choices)}, "
+                                 f"got {value!r}")
+            return default
+        return value
+
     def get(self, table: dict, key: str, where: str, kind: str, default: Any,
             minimum: float | None = None, example: str = "") -> Any:
         if key not in table:
@@ -455,11 +465,7 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         reader.problems.append(f"metrics.port: must be at most 65535, got {metrics_settings.port}")
 
     daemon = sections["daemon"]
-    log_level = reader.get(document, "log_level", "", "str", "info", example='"info"').lower()
-    if log_level not in _LOG_LEVELS:
-        reader.problems.append(f"log_level: must be one of {', '.join(_LOG_LEVELS)}, "
-                               f"got {log_level!r}")
-        log_level = "info"
+    log_level = reader.choice(document, "log_level", "", _LOG_LEVELS, "info")
     daemon_settings = DaemonSettings(
         heartbeat_seconds=reader.get(daemon, "heartbeat_seconds", "daemon.", "number", 5.0,
                                      0.1, "5"),
@@ -471,13 +477,8 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
     cluster = _parse_cluster(document, sections["dask"], reader)
 
     batching = sections["batching"]
-    mode = reader.get(batching, "mode", "batching.", "str", "auto", example='"auto"').lower()
-    if mode not in BATCHING_MODES:
-        reader.problems.append(f"batching.mode: must be one of {', '.join(BATCHING_MODES)}, "
-                               f"got {mode!r}")
-        mode = "auto"
     batching_settings = BatchingSettings(
-        mode=mode,
+        mode=reader.choice(batching, "mode", "batching.", BATCHING_MODES, "auto"),
         max_batch=reader.get(batching, "max_batch", "batching.", "int", 32, 1, "32"),
         memory_budget_mb=reader.get(batching, "memory_budget_mb", "batching.", "int", 0, 0,
                                     "40000"),

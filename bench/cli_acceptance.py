@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pairs import PAIRS, PAIRS_DIR, Scorer, load  # noqa: E402
+from pairs import PAIRS, PAIRS_DIR, Scorer, load, run_denoise  # noqa: E402
 
 
 def main() -> None:
@@ -33,19 +31,13 @@ def main() -> None:
     scorer = Scorer(pair, noisy, truth)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out.ome.tif"
-        command = [sys.executable, "-m", "autodip_watch.cli", "denoise", str(PAIRS_DIR / pair.noisy),
-                   "--microscope", pair.microscope, "--specimen", pair.specimen,
-                   "--out", str(out), "--json", *args.extra]
-        started = time.perf_counter()
-        completed = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if completed.returncode != 0:
-            sys.exit(f"denoise failed:\n{completed.stderr}")
-        summary = json.loads(completed.stdout)
+        arguments = [str(PAIRS_DIR / pair.noisy), "--microscope", pair.microscope,
+                     "--specimen", pair.specimen, "--out", str(out), *args.extra]
+        summary, seconds = run_denoise(arguments)
         denoised = tifffile.imread(out)
     if pair.channel is not None:
         denoised = denoised[..., pair.channel]
-    result = {"pair": pair.name, "command": "autodip-watch " + " ".join(command[3:]).replace(
+    result = {"pair": pair.name, "command": "autodip-watch denoise " + " ".join(arguments).replace(
                   str(PAIRS_DIR), "../shared/data/pairs").replace(str(out), "OUT.ome.tif"),
               "wall_seconds": round(seconds, 1), "psnr_noisy": round(scorer.psnr(noisy), 2),
               "psnr": round(scorer.psnr(denoised), 2), "ssim": round(scorer.ssim(denoised), 3),

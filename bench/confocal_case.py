@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pairs import PAIRS, PAIRS_DIR, Scorer, load  # noqa: E402
+from pairs import PAIRS, Scorer, load, run_denoise  # noqa: E402
 
 #: (channel name, fluorophore, pair supplying the pixels)
 CHANNELS = [("MitoTracker", "MitoTracker Red CMXRos", "fmd-confocal-mito"),
@@ -42,7 +41,6 @@ CHANNELS = [("MitoTracker", "MitoTracker Red CMXRos", "fmd-confocal-mito"),
 def write_case(path: Path) -> tuple[np.ndarray, list[Scorer]]:
     """Write the 3-channel OME-TIFF; return its (C, Y, X) pixels and a scorer per channel."""
     import ome_types
-    import tifffile
     from ome_types import model
 
     planes, scorers = [], []
@@ -75,16 +73,7 @@ def main() -> None:
         source = Path(folder) / "confocal-bpae.ome.tif"
         noisy, scorers = write_case(source)
         out = Path(folder) / "denoised.ome.tif"
-        command = [sys.executable, "-m", "autodip_watch.cli", "denoise", str(source),
-                   "--out", str(out), "--json", *args.extra]
-        started = time.perf_counter()
-        completed = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if completed.returncode != 0:
-            sys.exit(f"denoise failed:\n{completed.stderr}")
-        summary = json.loads(completed.stdout)
-        import tifffile
-
+        summary, seconds = run_denoise([str(source), "--out", str(out), *args.extra])
         denoised = tifffile.imread(out)
     channels = []
     for index, (name, _, pair_name) in enumerate(CHANNELS):

@@ -105,3 +105,21 @@ class Scorer:
 
     def ssim(self, plane: np.ndarray) -> float:
         return float(structural_similarity(self.truth, self.scale(plane), data_range=1.0))
+
+
+def run_denoise(arguments: list[str]) -> tuple[dict, float]:
+    """``autodip-watch denoise ARGUMENTS --json`` as a user runs it (a fresh process):
+    its JSON summary and the wall seconds of the whole command. Exits on failure."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "autodip_watch.cli", "denoise", *arguments, "--json"]
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        sys.exit(f"denoise failed:\n{completed.stderr}")
+    return json.loads(completed.stdout), seconds
+

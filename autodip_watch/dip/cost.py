@@ -201,23 +201,24 @@ def kernels_per_iteration(params: DipParams, shape: tuple[int, int], networks: i
     into one (``networks``) changes the kernels' sizes, not their number, except for a
     copy per gradient of the per-network concatenation at each skip level.
     """
-    step = _meta_training_step(params, shape, networks)
-    step()
-    counter = _OpCounter(torch.device("meta"))
-    with counter:
-        step()
-    return counter.count
+    return _count_step(params, shape, networks).count
 
 
 def traffic_per_iteration(params: DipParams, shape: tuple[int, int], networks: int = 1) -> int:
-    """Bytes read and written by the ops of one training step (same count as
+    """Bytes read and written by the ops of one training step (same ops as
     :func:`kernels_per_iteration`), in fp32: each op's tensors once, no cache reuse."""
+    return _count_step(params, shape, networks).bytes
+
+
+def _count_step(params: DipParams, shape: tuple[int, int], networks: int) -> _OpCounter:
+    """The ops of the second training step on the meta device (the first creates Adam's
+    state, which later steps do not)."""
     step = _meta_training_step(params, shape, networks)
     step()
     counter = _OpCounter(torch.device("meta"))
     with counter:
         step()
-    return counter.bytes
+    return counter
 
 
 def measure_memory_bandwidth(device: torch.device | str, megabytes: int | None = None,
