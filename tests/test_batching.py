@@ -322,3 +322,17 @@ def test_cuda_batched_planes_are_as_good_as_single_fits():
     for a, b in zip(batched, single):
         difference = np.abs(a.output.astype(float) - b.output.astype(float)).mean()
         assert difference < 0.05 * (planes[0].max() - planes[0].min())
+
+
+def test_fit_key_from_metadata_and_none_when_unknowable(tmp_path):
+    from autodip_watch.pipeline import fit_key
+
+    source = tmp_path / "stack.ome.tif"
+    zstack(source, planes=2)
+    settings = DenoiseSettings(depth=4, width="16", skip=4, iterations=3)
+    assert fit_key(source, settings) == "d4/w16/s4/3it@40x36"
+    broken = tmp_path / "broken.ome.tif"
+    broken.write_bytes(source.read_bytes()[:200])  # truncated: unreadable, not an error here
+    assert fit_key(broken, settings) is None
+    nearest = DenoiseSettings(depth=4, width="16", skip=4, iterations=3, transfer="nearest-mse")
+    assert fit_key(source, nearest) is None  # chosen per plane, from the pixels
