@@ -427,10 +427,7 @@ class DaskDispatcher:
             client.unsubscribe_topic(self.topic)
         except Exception:
             pass
-        try:
-            client.close(timeout=5)
-        except Exception:
-            pass
+        _close_quietly(client)
 
     def _shutdown(self) -> None:
         """SIGTERM: cancel what is in flight on the cluster; those jobs go back to the queue."""
@@ -696,10 +693,16 @@ def calibration_executor(address: str, device: str | None = None, max_in_flight:
                     client.cancel([future for _, future in submitted.values()])
             except Exception:
                 pass
-            try:
-                client.close(timeout=5)
-            except Exception:
-                pass
+            _close_quietly(client)
 
     execute.description = f"Dask cluster {address}"
     return execute
+
+
+def _close_quietly(client) -> None:
+    """Close a Dask client on the way out; a scheduler already gone must not turn a
+    shutdown into an error."""
+    try:
+        client.close(timeout=5)
+    except Exception:
+        pass
