@@ -462,8 +462,8 @@ def run(
                                            "(a Dask cluster of GPU workers; default: the config's, local)."),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://gpu-server:8786 "
                                             "(implies --executor dask)."),
-    max_in_flight: Optional[int] = typer.Option(None, help="Dask: jobs submitted at once (default: the "
-                                                "config's; 0 = the cluster's GPUs)."),
+    max_in_flight: Optional[int] = typer.Option(None, help="Dask: tasks submitted at once, each one "
+                                                "GPU's (default: the config's; 0 = the cluster's GPUs)."),
 ) -> None:
     """Run the watcher daemon: denoise every settled image dropped into the watched folders."""
     from .config import ConfigError, resolve_state_dir, with_cli_executor, with_cli_folders
@@ -636,7 +636,7 @@ def config_check(
     cluster = settings.cluster
     if cluster.executor == "dask":
         in_flight = cluster.max_in_flight or "as many as the cluster has GPUs"
-        console.print(f"  executor: dask, scheduler {cluster.scheduler}, jobs in flight: {in_flight}")
+        console.print(f"  executor: dask, scheduler {cluster.scheduler}, tasks in flight: {in_flight}")
     else:
         console.print(f"  devices: {', '.join(settings.devices)}")
 

@@ -26,6 +26,7 @@ Running a cluster: ``docs/cluster.md``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import threading
@@ -36,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, WatchFolder
+from .config import BatchingSettings, Config, WatchFolder
 from .log import get_logger
 from .queue import Job, JobQueue
 
@@ -122,74 +123,152 @@ def _cancelled(worker, key: str | None) -> bool:
         return False
 
 
-def denoise_task(input_path: str, output_path: str, settings: dict,
-                 raw_mtime_ns: int | None = None, job_id: int | None = None,
-                 progress_topic: str | None = None, task_key: str | None = None) -> dict:
-    """One daemon job on a Dask worker: :func:`denoise_file` from shared storage to shared storage.
+@dataclass
+class _TaskContext:
+    """Where a task runs and how it reports: shared by the jobs of one task."""
 
-    Returns a plain dict: ``status`` (``done``; ``kept`` when a current output already
-    exists; ``cancelled`` when stopped) with ``output``, ``report``, ``seconds``,
-    ``planes``, ``worker`` (address), ``host`` and ``device``. Errors of the file raise,
-    as they do locally; the temporary output is removed first.
+    worker: object
+    topic: str | None
+    key: str | None
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+
+    @property
+    def address(self) -> str:
+        return self.worker.address if self.worker is not None else ""
+
+    def cancelled(self) -> bool:
+        return _cancelled(self.worker, self.key)
+
+    def send(self, message: dict) -> None:
+        if self.worker is not None and self.topic:
+            try:
+                self.worker.log_event(self.topic, {"key": self.key, "worker": self.address,
+                                                   "host": self.host, **message})
+            except Exception:  # progress is a courtesy; the fit goes on without it
+                pass
+
+
+def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: str | None = None,
+                 task_key: str | None = None,
+                 linger: float = BatchingSettings.linger_seconds) -> list[dict]:
+    """Daemon jobs on a Dask worker: :func:`denoise_file` from shared storage to shared storage.
+
+    ``jobs`` are files of one fit key (the dispatcher groups them), each a dict of
+    ``job`` (id), ``input``, ``output``, ``mtime_ns`` and ``settings`` (a key of
+    ``payloads``, see :func:`settings_payload`). Where batching is on for this worker's
+    device, several jobs run side by side in threads that hand their tiles to one shared
+    batching fitter, so their planes are fitted in the same batches, as in the local
+    daemon; otherwise they run one after the other.
+
+    Returns one plain dict per job, in order: ``status`` (``done``; ``kept`` when a
+    current output already exists; ``cancelled`` when stopped; ``error`` with ``error``
+    and ``traceback`` when the file failed, its temporary output removed) with
+    ``output``, ``report``, ``seconds``, ``planes``, ``worker`` (address), ``host`` and
+    ``device``. A file's error is its own: the other files of the task still finish.
     """
+    context = _TaskContext(_this_worker(), progress_topic, task_key)
+    settings = {key: settings_from_payload(payload) for key, payload in payloads.items()}
+    shared = _shared_fitter([settings[job["settings"]] for job in jobs], linger)
+    if shared is None:
+        return [_run_job(job, settings[job["settings"]], context, None) for job in jobs]
+    results: list[dict | None] = [None] * len(jobs)
+    # Every job is a member before any starts, so the first to submit waits for the
+    # others' planes instead of running alone.
+    members = [shared.enter() for _ in jobs]
+
+    def run(index: int) -> None:
+        try:
+            results[index] = _run_job(jobs[index], settings[jobs[index]["settings"]], context,
+                                      members[index])
+        finally:
+            shared.leave()
+
+    threads = [threading.Thread(target=run, args=(index,), daemon=True,
+                                name=f"autodip-job-{job['job']}")
+               for index, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [result if result is not None else
+            {"status": "error", "error": "the job's thread ended without a result",
+             "output": job["output"], "worker": context.address, "host": context.host,
+             "device": ""}
+            for job, result in zip(jobs, results)]
+
+
+def _shared_fitter(settings: list, linger: float):
+    """One batching fitter for the jobs of a task, or None to run them one at a time."""
+    from .dip.batching import BatchedFitter, SharedFitter, make_fitter
+    from .dip.device import choose_device
+
+    if len(settings) < 2:
+        return None
+    first = settings[0]
+    try:
+        fitter = make_fitter(choose_device(first.device), first.batching, first.max_batch,
+                             first.memory_budget)
+    except ValueError:  # no such device here: each job fails with the device error
+        return None
+    return SharedFitter(fitter, linger=linger) if isinstance(fitter, BatchedFitter) else None
+
+
+def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict:
+    """One job of a task; errors of the file come back as a result, not an exception."""
     from .dip.device import choose_device, describe_device
     from .pipeline import denoise_file
     from .worker import JobCancelled, output_is_current, remove_temporary_outputs
 
-    worker = _this_worker()
-    address = worker.address if worker is not None else ""
-    host = socket.gethostname()
-    source, output = Path(input_path), Path(output_path)
-    if not source.exists():
-        raise WorkerStorageError(
-            f"{input_path} does not exist on worker {address or 'here'} (host {host}): the "
-            f"microscope storage must be mounted under the same path on every worker")
-    where = {"job": job_id, "key": task_key, "worker": address, "host": host}
-    if raw_mtime_ns is not None and output_is_current(output, raw_mtime_ns):
-        # A rerun after the worker died between writing the output and reporting it.
-        return {"status": "kept", "output": output_path, "worker": address, "host": host,
-                "device": ""}
-    denoise_settings = settings_from_payload(settings)
-    device = describe_device(choose_device(denoise_settings.device))
-    where["device"] = device
+    source, output = Path(job["input"]), Path(job["output"])
+    where = {"worker": context.address, "host": context.host}
 
     def send(message: dict) -> None:
-        if worker is not None and progress_topic:
-            try:
-                worker.log_event(progress_topic, {**where, **message})
-            except Exception:  # progress is a courtesy; the fit goes on without it
-                pass
+        context.send({"job": job["job"], **message})
 
-    send({"event": "started"})
-    last_sent = [0.0]
-
-    def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
-                 iterations: int) -> None:
-        if _cancelled(worker, task_key):
-            raise JobCancelled()
-        now = time.monotonic()
-        final = plane == planes and tile == tiles and iteration == iterations
-        if now - last_sent[0] >= EVENT_SECONDS or final:
-            last_sent[0] = now
-            send({"event": "progress", "plane": plane, "planes": planes, "tile": tile,
-                  "tiles": tiles, "iteration": iteration, "iterations": iterations})
-
-    remove_temporary_outputs(output)  # of an attempt on a worker that died
-    output.parent.mkdir(parents=True, exist_ok=True)
+    device = ""
     try:
+        if context.cancelled():
+            return {"status": "cancelled", "output": job["output"], **where, "device": ""}
+        if not source.exists():
+            raise WorkerStorageError(
+                f"{source} does not exist on worker {context.address or 'here'} (host "
+                f"{context.host}): the microscope storage must be mounted under the same "
+                f"path on every worker")
+        if job.get("mtime_ns") is not None and output_is_current(output, job["mtime_ns"]):
+            # A rerun after the worker died between writing the output and reporting it.
+            return {"status": "kept", "output": job["output"], **where, "device": ""}
+        device = describe_device(choose_device(denoise_settings.device))
+        send({"event": "started", "device": device})
+        last_sent = [0.0]
+
+        def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
+                     iterations: int) -> None:
+            if context.cancelled():
+                raise JobCancelled()
+            now = time.monotonic()
+            final = plane == planes and tile == tiles and iteration == iterations
+            if now - last_sent[0] >= EVENT_SECONDS or final:
+                last_sent[0] = now
+                send({"event": "progress", "device": device, "plane": plane,
+                      "planes": planes, "tile": tile, "tiles": tiles,
+                      "iteration": iteration, "iterations": iterations})
+
+        remove_temporary_outputs(output)  # of an attempt on a worker that died
+        output.parent.mkdir(parents=True, exist_ok=True)
         report = denoise_file(source, denoise_settings, out=output, progress=progress,
-                              worker=address or None)
+                              worker=context.address or None, fitter=fitter)
     except JobCancelled:
         remove_temporary_outputs(output)
-        return {"status": "cancelled", "output": output_path, "worker": address, "host": host,
-                "device": device}
-    except BaseException:
+        return {"status": "cancelled", "output": job["output"], **where, "device": device}
+    except Exception as error:
         remove_temporary_outputs(output)
         _free_device_memory()
-        raise
+        return {"status": "error", "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(limit=6), "output": job["output"], **where,
+                "device": device}
     return {"status": "done", "output": str(report.output), "report": report.as_dict(),
-            "seconds": report.seconds, "planes": len(report.planes), "worker": address,
-            "host": host, "device": report.device}
+            "seconds": report.seconds, "planes": len(report.planes), **where,
+            "device": report.device}
 
 
 def calibration_fit(task, device: str | None = None):
@@ -215,11 +294,27 @@ def dask_setup(worker) -> None:
     A worker whose environment lacks the package (or torch) then fails at start, in its
     own log, instead of failing every job sent to it.
     """
-    from .dip.device import choose_device, describe_device
+    from .dip.device import describe_device
 
-    device = describe_device(choose_device(None))
+    device = describe_device(_worker_device())
     print(f"autodip-watch worker {worker.name} on {socket.gethostname()}: device {device}",
           flush=True)
+
+
+@functools.cache
+def _worker_device():
+    from .dip.device import choose_device
+
+    return choose_device(None)
+
+
+def worker_device_type() -> str:
+    """The kind of device jobs run on in this worker (``cuda``, ``cpu``, ``mps``).
+
+    Run on the workers by the dispatcher (``client.run``), which groups files into one
+    task only where batching is on for the workers' devices.
+    """
+    return _worker_device().type
 
 
 def _free_device_memory() -> None:
@@ -243,8 +338,9 @@ def connect(address: str, timeout: float = 10.0, name: str | None = None):
                       f"{type(error).__name__}: {error}") from error
 
 
-def cluster_workers(client, ours: dict[str, int] | None = None) -> list[dict]:
-    """The scheduler's workers: address, host, name, GPUs, threads, busy or idle, our jobs."""
+def cluster_workers(client, ours: dict[str, list[int]] | None = None) -> list[dict]:
+    """The scheduler's workers: address, host, name, GPUs, threads, busy or idle, our
+    tasks and their jobs (``ours``: Dask key -> job ids)."""
     info = client.scheduler_info(n_workers=-1)
     processing = client.processing()
     ours = ours or {}
@@ -256,17 +352,30 @@ def cluster_workers(client, ours: dict[str, int] | None = None) -> list[dict]:
             "gpus": float((worker.get("resources") or {}).get(GPU_RESOURCE, 0)),
             "threads": worker.get("nthreads"), "tasks": len(keys),
             "state": "busy" if keys else "idle",
-            "jobs": sorted(ours[key] for key in keys if key in ours)})
+            "our_tasks": sum(1 for key in keys if key in ours),
+            "jobs": sorted(job for key in keys for job in ours.get(key, ()))})
     return workers
 
 
 @dataclass
 class _InFlight:
+    """One job of a task on the cluster."""
+
     job: Job
-    future: object
     output: Path
     bound: object
+
+
+@dataclass
+class _Task:
+    """One Dask task: the jobs of one fit key that run together on one GPU."""
+
+    future: object
+    members: list[_InFlight]
     submitted: float
+
+    def member(self, job_id: int | None) -> _InFlight | None:
+        return next((item for item in self.members if item.job.id == job_id), None)
 
 
 def _is_connection_error(error: BaseException) -> bool:
@@ -291,7 +400,9 @@ class DaskDispatcher:
         self.wake = wake
         self.metrics = metrics
         self.client = None
-        self.in_flight: dict[str, _InFlight] = {}
+        self.in_flight: dict[str, _Task] = {}  # Dask key -> task
+        self.worker_devices: dict[str, str] = {}  # worker address -> "cuda", "cpu", ...
+        self._alone: set[int] = set()  # jobs whose group killed its worker: run alone
         self.connected = False
         self.error: str | None = None
         self.since = time.time()  # of the current connection state
@@ -299,7 +410,7 @@ class DaskDispatcher:
         self.workers: list[dict] = []
         self.last_beat = time.monotonic()
         self._last_view = 0.0
-        self._events: dict[str, dict] = {}
+        self._events: dict[tuple, dict] = {}
         self._events_lock = threading.Lock()
         self._payloads: dict[str | None, dict] = {}
         # One topic per daemon run: events of an earlier run's tasks are not ours.
@@ -323,13 +434,23 @@ class DaskDispatcher:
         return True, ""
 
     def jobs(self) -> list[Job]:
-        return [item.job for item in list(self.in_flight.values())]
+        return [item.job for task in list(self.in_flight.values()) for item in task.members]
 
     def limit(self) -> int:
-        """Jobs in flight at once: max_in_flight, or the cluster's GPUs (at least 1)."""
+        """Tasks in flight at once: max_in_flight, or the cluster's GPUs (at least 1)."""
         if self.settings.max_in_flight:
             return self.settings.max_in_flight
         return max(1, int(sum(worker["gpus"] for worker in self.workers)))
+
+    def jobs_per_task(self) -> int:
+        """Files of one fit key sent as one task, to be fitted in shared batches.
+
+        ``batching.jobs_together`` where batching is on for the cluster's devices (with
+        ``auto``: every worker seen has CUDA), else 1.
+        """
+        kinds = set(self.worker_devices.values())
+        kind = "cuda" if kinds and kinds <= {"cuda"} else "cpu"
+        return self.config.batching.jobs_for(kind)
 
     def summary(self) -> str:
         """One line for the heartbeat/sd_notify status."""
@@ -337,7 +458,7 @@ class DaskDispatcher:
             return f"Dask scheduler {self.scheduler} unreachable (retrying; files are queued)"
         busy = sum(1 for worker in self.workers if worker["state"] == "busy")
         return (f"dask {self.scheduler}: {len(self.workers)} worker(s), {busy} busy, "
-                f"{len(self.in_flight)} job(s) in flight")
+                f"{len(self.jobs())} job(s) in flight")
 
     def view(self) -> dict:
         """What ``status`` shows of the cluster."""
@@ -345,7 +466,8 @@ class DaskDispatcher:
                 "since": self.since, "error": self.error, "retry_at": self.retry_at,
                 "workers": self.workers if self.connected else [],
                 "gpus": sum(worker["gpus"] for worker in self.workers) if self.connected else 0,
-                "in_flight": len(self.in_flight), "max_in_flight": self.limit(),
+                "in_flight": len(self.jobs()), "tasks": len(self.in_flight),
+                "max_in_flight": self.limit(), "jobs_per_task": self.jobs_per_task(),
                 "updated": time.time()}
 
     # ---------------------------------------------------------------- loop
@@ -410,7 +532,7 @@ class DaskDispatcher:
         """The scheduler is gone: jobs in flight go back to the queue, attempts kept."""
         message = f"{type(error).__name__}: {error}"
         log.warning("cluster.lost", scheduler=self.scheduler, error=message,
-                    in_flight=len(self.in_flight),
+                    in_flight=len(self.jobs()),
                     note="jobs in flight go back to the queue; reconnecting")
         self._release_all("lost the connection to the Dask scheduler; the job goes back to "
                           "the queue")
@@ -433,7 +555,7 @@ class DaskDispatcher:
         """SIGTERM: cancel what is in flight on the cluster; those jobs go back to the queue."""
         if self.in_flight and self.client is not None:
             try:
-                self.client.cancel([item.future for item in self.in_flight.values()],
+                self.client.cancel([task.future for task in self.in_flight.values()],
                                    reason="autodip-watch daemon stopping")
             except Exception as error:
                 log.warning("cluster.cancel_failed", error=str(error))
@@ -443,13 +565,14 @@ class DaskDispatcher:
         self.connected = False
 
     def _release_all(self, reason: str) -> None:
-        for key, item in list(self.in_flight.items()):
-            try:
-                self.queue.release(item.job.id, reason)
-                item.bound.info("job.requeued", reason=reason,
-                                seconds=round(time.monotonic() - item.submitted, 2))
-            except Exception:
-                log.exception("cluster.release_failed", job_id=item.job.id)
+        for key, task in list(self.in_flight.items()):
+            for item in task.members:
+                try:
+                    self.queue.release(item.job.id, reason)
+                    item.bound.info("job.requeued", reason=reason,
+                                    seconds=round(time.monotonic() - task.submitted, 2))
+                except Exception:
+                    log.exception("cluster.release_failed", job_id=item.job.id)
             self.in_flight.pop(key, None)
 
     # ---------------------------------------------------------------- view and events
@@ -458,10 +581,10 @@ class DaskDispatcher:
         """Called on the client's event loop: keep it trivial, the loop thread applies it."""
         try:
             _, message = event
-            key = message.get("key")
+            key = (message.get("key"), message.get("job"))
         except (TypeError, ValueError, AttributeError):
             return
-        if key is not None:
+        if key[0] is not None:
             with self._events_lock:
                 previous = self._events.get(key, {})
                 self._events[key] = {**previous, **message}
@@ -469,8 +592,9 @@ class DaskDispatcher:
     def _apply_events(self) -> None:
         with self._events_lock:
             events, self._events = self._events, {}
-        for key, message in events.items():
-            item = self.in_flight.get(key)
+        for (key, job_id), message in events.items():
+            task = self.in_flight.get(key)
+            item = task.member(job_id) if task is not None else None
             if item is None:
                 continue
             where = f"{message.get('worker', '?')} on {message.get('host', '?')}"
@@ -489,9 +613,30 @@ class DaskDispatcher:
         if now - self._last_view < VIEW_SECONDS:
             return
         self._last_view = now
-        ours = {key: item.job.id for key, item in self.in_flight.items()}
+        ours = {key: [item.job.id for item in task.members]
+                for key, task in self.in_flight.items()}
         self.workers = cluster_workers(self.client, ours)
+        self._learn_devices()
+        for worker in self.workers:
+            worker["device"] = self.worker_devices.get(worker["address"])
         self._publish()
+
+    def _learn_devices(self) -> None:
+        """Ask workers not seen before which device they run jobs on."""
+        addresses = {worker["address"] for worker in self.workers}
+        for gone in set(self.worker_devices) - addresses:
+            del self.worker_devices[gone]
+        new = sorted(addresses - set(self.worker_devices))
+        if not new:
+            return
+        answers = self.client.run(worker_device_type, workers=new, on_error="return")
+        for address, kind in answers.items():
+            if isinstance(kind, str):
+                self.worker_devices[address] = kind
+            else:
+                log.warning("cluster.device_unknown", worker=address,
+                            error=f"{type(kind).__name__}: {kind}",
+                            note="is autodip-watch installed on the worker?")
 
     def _publish(self) -> None:
         try:
@@ -509,31 +654,73 @@ class DaskDispatcher:
         return self._payloads[key]
 
     def _submit(self) -> None:
-        from .worker import ready_to_run
-
         while len(self.in_flight) < self.limit() and not self.stop.is_set():
-            job = self.queue.claim(self.claim_name)
-            if job is None:
+            members = self._claim_task()
+            if members is None:
                 return
-            path = Path(job.path)
-            folder = self.config.folder_for(path)
-            output = self.config.output_for(path, folder)
-            bound = log.bind(job_id=job.id, path=job.path, executor="dask")
-            bound.info("job.submitted", attempt=job.attempts, output=str(output),
-                       scheduler=self.scheduler)
+            if not members:
+                continue  # each claimed job was settled here (input gone, output current)
+            first = members[0].job
+            key = f"autodip-job-{first.id}-{first.attempts}-{uuid.uuid4().hex[:8]}"
+            payloads: dict[str, dict] = {}
+            jobs = []
+            for item in members:
+                folder = self.config.folder_for(Path(item.job.path))
+                payload_key = str(folder.path) if folder is not None else ""
+                payloads[payload_key] = self._payload(folder)
+                jobs.append({"job": item.job.id, "input": item.job.path,
+                             "output": str(item.output), "mtime_ns": item.job.mtime_ns,
+                             "settings": payload_key})
             try:
-                if not ready_to_run(job, output, self.queue, bound):
-                    continue
-                key = f"autodip-job-{job.id}-{job.attempts}-{uuid.uuid4().hex[:8]}"
                 future = self.client.submit(
-                    denoise_task, str(path), str(output), self._payload(folder), job.mtime_ns,
-                    job.id, self.topic, key, key=key, pure=False,
+                    denoise_task, jobs, payloads, self.topic, key,
+                    self.config.batching.linger_seconds, key=key, pure=False,
                     resources={GPU_RESOURCE: 1})
             except Exception:
-                self.queue.release(job.id, "could not be submitted to the Dask scheduler; the "
-                                           "job goes back to the queue")
+                for item in members:
+                    self.queue.release(item.job.id, "could not be submitted to the Dask "
+                                                    "scheduler; the job goes back to the queue")
                 raise
-            self.in_flight[key] = _InFlight(job, future, output, bound, time.monotonic())
+            for item in members:
+                item.bound.info("job.submitted", attempt=item.job.attempts,
+                                output=str(item.output), scheduler=self.scheduler, task=key,
+                                jobs_in_task=len(members))
+            self.in_flight[key] = _Task(future, members, time.monotonic())
+
+    def _claim_task(self) -> list[_InFlight] | None:
+        """The jobs of the next task, or None when nothing is runnable.
+
+        The oldest runnable job first, so no group waits behind another for long; then,
+        up to :meth:`jobs_per_task`, queued jobs of its fit key, whose planes can share
+        batches on the GPU. A job whose group killed its worker runs alone.
+        """
+        from .worker import ready_to_run
+
+        size = self.jobs_per_task()
+        members: list[_InFlight] = []
+        first: Job | None = None
+        while len(members) < size:
+            if first is None:
+                job = self.queue.claim(self.claim_name)
+            elif first.fit_key and first.id not in self._alone:
+                job = self.queue.claim(self.claim_name, prefer_key=first.fit_key,
+                                       only_key=True)
+            else:
+                break
+            if job is None:
+                break
+            first = first or job
+            output = self.config.output_for(Path(job.path), self.config.folder_for(Path(job.path)))
+            bound = log.bind(job_id=job.id, path=job.path, executor="dask")
+            try:
+                if ready_to_run(job, output, self.queue, bound):
+                    members.append(_InFlight(job, output, bound))
+            except Exception:
+                for item in [*members, _InFlight(job, output, bound)]:
+                    self.queue.release(item.job.id, "could not be prepared for the cluster; "
+                                                    "the job goes back to the queue")
+                raise
+        return None if first is None else members
 
     def _collect(self) -> None:
         """Settle the tasks that ended; otherwise wait a moment (or until woken).
@@ -541,72 +728,89 @@ class DaskDispatcher:
         Future states are pushed to the client by the scheduler, so looking at them is
         free; a short wait keeps both new files and finished tasks prompt.
         """
-        done = [key for key, item in self.in_flight.items() if item.future.done()]
+        done = [key for key, task in self.in_flight.items() if task.future.done()]
         if not done:
             self.wake.wait(COLLECT_SECONDS if self.in_flight else 1.0)
             self.wake.clear()
             return
         for key in done:
-            item = self.in_flight.pop(key, None)
-            if item is not None:
-                self._settle(item)
+            task = self.in_flight.pop(key, None)
+            if task is not None:
+                self._settle(task)
 
-    def _settle(self, item: _InFlight) -> None:
+    def _settle(self, task: _Task) -> None:
         from distributed import KilledWorker
 
-        job, future, bound = item.job, item.future, item.bound
+        future = task.future
         if future.status == "cancelled":
-            self._requeue(item, "the Dask scheduler cancelled the task (restarted, or the "
-                                "connection was lost)")
+            self._requeue(task, task.members, "the Dask scheduler cancelled the task "
+                                              "(restarted, or the connection was lost)")
             return
         if future.status == "finished":
             try:
-                result = future.result(timeout=RESULT_TIMEOUT_SECONDS)
+                results = future.result(timeout=RESULT_TIMEOUT_SECONDS)
             except Exception as error:
-                self._requeue(item, f"the result could not be fetched from the worker "
-                                    f"({type(error).__name__}: {error})")
+                self._requeue(task, task.members,
+                              f"the result could not be fetched from the worker "
+                              f"({type(error).__name__}: {error})")
                 if self.client is None or self.client.status != "running":
                     raise
                 return
-            self._finished(item, result)
+            for item, result in zip(task.members, results):
+                self._finished(task, item, result)
             return
         try:
             error = future.exception(timeout=RESULT_TIMEOUT_SECONDS)
         except Exception as fetch_error:  # cancelled meanwhile, or the scheduler went away
-            self._requeue(item, f"the task's outcome is unknown ({type(fetch_error).__name__}); "
-                                f"the job goes back to the queue")
+            self._requeue(task, task.members,
+                          f"the task's outcome is unknown ({type(fetch_error).__name__})")
             return
         if isinstance(error, KilledWorker):
             # Dask retried the task on other workers and each of them died: the usual cause
-            # is the file (out of memory on the GPU worker), so it uses an attempt.
+            # is a file (out of memory on the GPU worker), so it uses an attempt. Which
+            # file of a group it was is unknown: each is retried alone.
             message = (f"KilledWorker: the Dask worker(s) running this job died "
                        f"({error}); out of memory on the GPU server?")
+            if len(task.members) > 1:
+                message += (f" It ran together with job(s) "
+                            f"{', '.join(str(item.job.id) for item in task.members)}; each "
+                            f"is retried alone")
+                self._alone.update(item.job.id for item in task.members)
         elif _is_connection_error(error) or type(error).__name__ in ("CancelledError",
                                                                      "FutureCancelledError"):
-            self._requeue(item, f"{type(error).__name__}: {error}")
+            self._requeue(task, task.members, f"{type(error).__name__}: {error}")
             return
-        else:
+        else:  # denoise_task itself failed (a file's errors come back as results)
             message = f"{type(error).__name__}: {error}"
-        state = self.queue.fail(job.id, message, self.config.retry)
+        trace = ("".join(traceback.format_tb(future.traceback(), limit=6))
+                 if future.status == "error" else None)
+        for item in task.members:
+            self._failed(item, message, trace)
+
+    def _failed(self, item: _InFlight, message: str, trace: str | None) -> None:
+        state = self.queue.fail(item.job.id, message, self.config.retry)
         if self.metrics is not None:
             self.metrics.jobs_failed.inc()
-        bound.warning(f"job.{state}", error=message, attempt=job.attempts,
-                      max_attempts=self.config.retry.max_attempts,
-                      traceback="".join(traceback.format_tb(future.traceback(), limit=6))
-                      if future.status == "error" else None)
+        item.bound.warning(f"job.{state}", error=message, attempt=item.job.attempts,
+                           max_attempts=self.config.retry.max_attempts, traceback=trace)
 
-    def _requeue(self, item: _InFlight, reason: str) -> None:
-        self.queue.release(item.job.id, f"{reason}; the job goes back to the queue")
-        item.bound.info("job.requeued", reason=reason,
-                        seconds=round(time.monotonic() - item.submitted, 2))
+    def _requeue(self, task: _Task, items: list[_InFlight], reason: str) -> None:
+        for item in items:
+            self.queue.release(item.job.id, f"{reason}; the job goes back to the queue")
+            item.bound.info("job.requeued", reason=reason,
+                            seconds=round(time.monotonic() - task.submitted, 2))
 
-    def _finished(self, item: _InFlight, result: dict) -> None:
+    def _finished(self, task: _Task, item: _InFlight, result: dict) -> None:
         job, bound = item.job, item.bound
         status = result.get("status")
         where = f"{result.get('worker')} on {result.get('host')}"
         if status == "cancelled":
-            self._requeue(item, f"the task stopped on {where}")
+            self._requeue(task, [item], f"the task stopped on {where}")
             return
+        if status == "error":
+            self._failed(item, f"{result.get('error')} (on {where})", result.get("traceback"))
+            return
+        self._alone.discard(job.id)
         if status == "kept":
             self.queue.finish(job.id, result["output"], None, 0.0, None,
                               f"output already present and newer than the raw file; kept "
@@ -624,7 +828,8 @@ class DaskDispatcher:
                 self.metrics.plane_seconds.observe(float(plane.get("seconds", 0.0)))
         bound.info("job.done", output=result["output"], seconds=result.get("seconds"),
                    planes=result.get("planes"), worker=result.get("worker"),
-                   host=result.get("host"), device=result.get("device"))
+                   host=result.get("host"), device=result.get("device"),
+                   jobs_in_task=len(task.members))
 
 
 # =========================================================================== calibrate

@@ -163,7 +163,9 @@ class ClusterSettings:
     executor: str = "local"
     #: ``tcp://host:port`` of the Dask scheduler (executor = "dask").
     scheduler: str | None = None
-    #: Jobs submitted at once; 0 = as many as the cluster has GPUs (at least 1).
+    #: Tasks submitted at once, each holding one GPU and one file (or, where batching is
+    #: on, up to ``batching.jobs_together`` files of one fit key); 0 = as many as the
+    #: cluster has GPUs (at least 1).
     max_in_flight: int = 0
     #: How long one connection attempt to the scheduler may take.
     connect_timeout_seconds: float = 10.0

@@ -277,11 +277,13 @@ class JobQueue:
 
     # ------------------------------------------------------------------ worker side
 
-    def claim(self, worker: str, prefer_key: str | None = None) -> Job | None:
+    def claim(self, worker: str, prefer_key: str | None = None,
+              only_key: bool = False) -> Job | None:
         """Take the next runnable job (queued first, then failed ones whose backoff is over).
 
         With ``prefer_key``, the oldest queued job of that fit key comes first, so that a
-        batching worker runs files whose planes can share batches.
+        batching worker runs files whose planes can share batches; with ``only_key`` too,
+        no other job is taken (a cluster task of several files is one fit key).
         """
         now = time.time()
         with self._transaction() as db:
@@ -290,6 +292,8 @@ class JobQueue:
                 row = db.execute(
                     "SELECT id, attempts FROM jobs WHERE state = 'queued' AND fit_key = ? "
                     "ORDER BY id LIMIT 1", (prefer_key,)).fetchone()
+            if row is None and only_key:
+                return None
             if row is None:
                 row = db.execute(
                     "SELECT id, attempts FROM jobs WHERE state = 'queued' "

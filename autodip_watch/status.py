@@ -120,8 +120,10 @@ def render_cluster(cluster: dict, console, now: float) -> None:
     workers = cluster["workers"]
     busy = sum(1 for worker in workers if worker["state"] == "busy")
     console.print(f"cluster: Dask scheduler {cluster['scheduler']}, {len(workers)} worker(s), "
-                  f"{cluster['gpus']:g} GPU(s), {busy} busy; {cluster['in_flight']} of "
-                  f"{cluster['max_in_flight']} job(s) in flight")
+                  f"{cluster['gpus']:g} GPU(s), {busy} busy; {cluster.get('tasks', 0)} of "
+                  f"{cluster['max_in_flight']} task(s) in flight, {cluster['in_flight']} "
+                  f"job(s); up to {cluster.get('jobs_per_task', 1)} job(s) of one fit key "
+                  f"per task")
     if not workers:
         console.print("  [yellow]no workers: jobs wait until a GPU worker joins[/yellow]")
     elif not cluster["gpus"]:
@@ -129,10 +131,11 @@ def render_cluster(cluster: dict, console, now: float) -> None:
                       "--resources GPU=1[/yellow]")
     for worker in workers:
         jobs = f": job {', '.join(f'#{job}' for job in worker['jobs'])}" if worker["jobs"] else ""
-        others = worker["tasks"] - len(worker["jobs"])
+        others = worker["tasks"] - worker.get("our_tasks", len(worker["jobs"]))
         other = f" (+{others} task(s) of other clients)" if others > 0 else ""
+        device = f", {worker['device']}" if worker.get("device") else ""
         console.print(f"  {worker['address']} on {worker['host']} ({worker['name']}): "
-                      f"{worker['gpus']:g} GPU, {worker['state']}{jobs}{other}")
+                      f"{worker['gpus']:g} GPU{device}, {worker['state']}{jobs}{other}")
 
 
 def render_status(status: dict, console) -> None:

@@ -176,7 +176,7 @@ def cluster(tmp_path_factory):
 class Site:
     """A microscope daemon sending its jobs to the loopback cluster."""
 
-    def __init__(self, root: Path, cluster: LoopbackCluster) -> None:
+    def __init__(self, root: Path, cluster: LoopbackCluster, tables: str = "") -> None:
         self.root = root
         self.cluster = cluster
         self.folder = root / "in"
@@ -185,7 +185,7 @@ class Site:
         self.config = write_config(
             root / "config.toml", self.state,
             f'[[watch]]\npath = "{self.folder}"\nsettle_seconds = 0.5\n',
-            TINY_FIT + "[dask]\nconnect_timeout_seconds = 2\nreconnect_max_seconds = 2\n")
+            TINY_FIT + "[dask]\nconnect_timeout_seconds = 2\nreconnect_max_seconds = 2\n" + tables)
         # Top-level keys go before the tables.
         self.config.write_text(f'executor = "dask"\nscheduler = "{cluster.address}"\n'
                                + self.config.read_text())
@@ -279,6 +279,10 @@ def test_a_burst_is_processed_on_both_workers(site, cluster):
     assert view["connected"] and view["scheduler"] == cluster.address
     assert sorted(worker["address"] for worker in view["workers"]) == sorted(addresses)
     assert view["gpus"] == 2 and view["max_in_flight"] == 2
+    # Each worker told the daemon its device; batching "auto" groups on CUDA only.
+    assert [worker["device"] for worker in view["workers"]] == ["cpu", "cpu"]
+    assert view["jobs_per_task"] == 1
+    assert {event["jobs_in_task"] for event in site.events("job.submitted")} == {1}
     assert {worker["state"] for worker in view["workers"]} <= {"busy", "idle"}
     text = cli("status", "--config", str(site.config)).stdout
     assert f"cluster: Dask scheduler {cluster.address}, 2 worker(s), 2 GPU(s)" in text
@@ -375,6 +379,89 @@ def test_sigterm_cancels_jobs_in_flight_and_requeues_them(site, cluster):
     wait_for(lambda: temp_files(site.folder) == [], 30, "the temporary output to be removed")
     assert not output_of(huge).exists()
     assert not site.status()["daemon"]["up"]
+    site.raw.check_unchanged()
+
+
+# --------------------------------------------------------------------------- batching
+
+@pytest.mark.slow
+def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path):
+    """Queued a1, b1, a2, broken, a3 with batching on and 4 jobs per task: a1, a2,
+    broken and a3 go as one task, whose good files are fitted in one batch of 3 while
+    the broken one fails alone; b1 (another plane size) goes as its own task."""
+    from test_daemon_e2e import sha256
+
+    from autodip_watch.pipeline import fit_key
+
+    cluster.wait_workers(2)
+    site = Site(tmp_path, cluster, '[batching]\nmode = "on"\njobs_together = 4\n'
+                                   'linger_seconds = 30\n')
+    shapes = {"a1": (48, 40), "b1": (64, 64), "a2": (48, 40), "broken": (48, 40),
+              "a3": (48, 40)}
+    images = {name: site.raw.write(site.folder / f"{name}.ome.tif", shape, seed=i)
+              for i, (name, shape) in enumerate(shapes.items())}
+    # The broken file loses the end of its pixel data. The watcher records no fit key for
+    # a file it cannot read; here it gets the key of its plane size, so that the file
+    # fails inside a task of good files.
+    broken = images["broken"]
+    broken.chmod(0o644)
+    broken.write_bytes(broken.read_bytes()[:-200])
+    site.raw.hashes[broken] = sha256(broken)
+    from autodip_watch.config import load_config
+    from autodip_watch.transfer import CalibrationTable
+
+    config = load_config(site.config)
+    settings = config.denoise_settings(config.watch[0], "auto", CalibrationTable.load())
+    keys = {name: fit_key(path, settings) for name, path in images.items()}
+    assert keys["broken"] is None and keys["a1"] == keys["a2"] == keys["a3"] != keys["b1"]
+    keys["broken"] = keys["a1"]
+    queue = JobQueue(site.state)
+    for name, path in images.items():  # in this order, as the watcher would have
+        info = path.stat()
+        queue.enqueue(str(path), info.st_size, info.st_mtime_ns, sha256(path),
+                      str(site.folder), fit_key=keys[name])
+    queue.close()
+
+    site.daemon = DaemonProcess(site.config, site.log)
+    try:
+        site.daemon.wait_ready()
+        good = [images[name] for name in ("a1", "a2", "a3", "b1")]
+        site.wait_done(good)
+        wait_for(lambda: site.jobs([broken])[0].state == "quarantined", 60,
+                 "the broken file quarantined", site.daemon)
+        view = site.status()["cluster"]
+        text = cli("status", "--config", str(site.config)).stdout
+        site.daemon.stop()
+    finally:
+        site.daemon.kill()
+
+    site.check_exactly_once(good)
+    assert not output_of(broken).exists() and temp_files(site.folder) == []
+    failed = site.jobs([broken])[0]
+    # Its retry (max_attempts = 2) went alone: no queued file of its key was left.
+    assert "truncated" in failed.error and failed.attempts == 2, failed.error
+    submissions = [(Path(event["path"]).name, event) for event in site.events("job.submitted")]
+    assert [event["jobs_in_task"] for name, event in submissions
+            if name == "broken.ome.tif"] == [4, 1]
+    submitted = {}
+    for name, event in submissions:
+        submitted.setdefault(name, event)
+    task = submitted["a1.ome.tif"]["task"]
+    assert {name for name, event in submitted.items() if event["task"] == task} == \
+        {"a1.ome.tif", "a2.ome.tif", "broken.ome.tif", "a3.ome.tif"}
+    assert submitted["a1.ome.tif"]["jobs_in_task"] == 4
+    assert submitted["b1.ome.tif"]["task"] != task
+    assert submitted["b1.ome.tif"]["jobs_in_task"] == 1
+    workers = set()
+    for name in ("a1", "a2", "a3", "b1"):
+        entries = read_provenance(output_of(images[name]))[0]["entries"]
+        assert entries["settings.batching"] == "on"
+        assert entries["channel.0.largest_batch"] == ("1" if name == "b1" else "3"), name
+        if name != "b1":
+            workers.add(entries["worker"])
+    assert len(workers) == 1  # one task, one worker
+    assert view["jobs_per_task"] == 4
+    assert "up to 4 job(s) of one fit key per task" in text
     site.raw.check_unchanged()
 
 

@@ -232,6 +232,18 @@ def test_claim_can_prefer_jobs_of_one_fit_key(queue):
     assert queue.claim("w", prefer_key="anything").id == unknown.id
 
 
+def test_claim_of_one_fit_key_only_takes_nothing_else(queue):
+    a1 = add(queue, "/d/a1.tif", fit_key="d8/wasc/s4/300it@512x512")
+    b1 = add(queue, "/d/b1.tif", fit_key="d5/w128/s4/1300it@512x512")
+    a2 = add(queue, "/d/a2.tif", fit_key="d8/wasc/s4/300it@512x512")
+    key = queue.claim("w").fit_key
+    assert queue.claim("w", prefer_key=key, only_key=True).id == a2.id
+    assert queue.claim("w", prefer_key=key, only_key=True) is None  # b1 stays queued
+    assert queue.get(b1.id).state == "queued"
+    assert queue.claim("w").id == b1.id
+    assert a1.id < b1.id < a2.id
+
+
 def test_a_schema_1_database_is_migrated(tmp_path):
     """A queue written before fit keys existed opens, keeps its jobs, and takes keys."""
     state = tmp_path / "state"
