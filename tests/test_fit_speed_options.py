@@ -190,3 +190,43 @@ def test_fit_loop_never_waits_for_the_gpu(options):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(np.all(np.isfinite(r.losses)) for r in results)
+
+
+@needs_cuda
+def test_graph_capture_is_not_broken_by_another_thread_using_the_gpu(float64_default):
+    """In the daemon, other jobs' threads use CUDA while one thread fits (uploading
+    tiles, scoring similarity, freeing memory after an error). The capture is
+    thread-local, so their calls neither fail it nor are refused while it captures."""
+    import threading
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def other_job() -> None:
+        stream = torch.cuda.Stream()
+        size = 1 << 20
+        try:
+            while not stop.is_set():
+                with torch.cuda.stream(stream):
+                    # A fresh size each time: new device memory, not a cached block.
+                    block = torch.ones(size, device="cuda")
+                    block.mul_(2).sum()
+                del block
+                size += 4096
+        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            errors.append(error)
+
+    tiles = [noisy_blobs(seed=s) for s in range(2)]
+    options = [FitOptions(seed=s) for s in range(2)]
+    eager = fit_tiles(tiles, GRAPHED, "cuda", options, dtype=torch.float64)
+    thread = threading.Thread(target=other_job, daemon=True)
+    thread.start()
+    try:
+        graphed = fit_tiles(tiles, GRAPHED, "cuda",
+                            [dataclasses.replace(o, cuda_graphs=True) for o in options],
+                            dtype=torch.float64)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    _assert_same_digits(eager, graphed)

@@ -211,7 +211,10 @@ def training_step(forward, optimiser, z, target, noise, noise_generator,
         noise.normal_(generator=noise_generator)
         net_input = z + noise * options.reg_noise_std
     if options.bf16:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        # No cast cache under a graph (PyTorch's advice for autocast with CUDA graphs);
+        # each weight is cast once per forward here anyway, so it costs nothing.
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            cache_enabled=not options.cuda_graphs):
             output = forward(net_input)
         output = output.float()
     else:
@@ -253,7 +256,10 @@ class _GraphedStep:
             # No gradients at capture: backward then allocates them in the graph's own
             # memory, where every replay writes them again.
             self.optimiser.zero_grad(set_to_none=True)
-            with torch.cuda.graph(self.graph):
+            # thread_local: the daemon's other jobs (threads reading pages, freeing
+            # cached memory after an error) may call CUDA while this thread captures;
+            # only this thread's calls must be capture-safe.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.static = self.step()
         self.graph.replay()
         return self.static
