@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -61,6 +62,8 @@ def denoise(
     within_group: bool = typer.Option(False, "--within-group", help="nearest-*: compare only with calibration images of the plane's group."),
     batching: str = typer.Option("auto", help="Fit planes of one configuration together: auto (on CUDA only), on, off."),
     max_batch: int = typer.Option(32, min=1, help="Most planes (tiles) fitted together in one batch."),
+    jobs_together: int = typer.Option(0, min=0, help="Files denoised side by side where batching is on, so "
+                                      "that planes of different files share batches (0: 4)."),
     speed: str = typer.Option("", help="Speed settings, comma-separated: channels_last, tf32, bf16, compile, cuda_graphs "
                               "(default: none, the plain fp32 path; see bench/README.md for what each gains)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
@@ -69,6 +72,7 @@ def denoise(
 
     Writes <stem>.autodip.ome.tif beside each input (or under --out); never modifies the input.
     """
+    from .dip.batching import run_together
     from .dip.params import DipParams, normalise_width
     from .pipeline import DenoiseSettings, PipelineError, denoise_file
 
@@ -92,38 +96,66 @@ def denoise(
                                max_batch=max_batch, speed=speed)
     settings.transfer, settings.within_group = transfer, within_group
     _check_transfer(settings)
-    summaries = []
-    failed = 0
-    for path in inputs:
-        with _plane_progress(enabled=sys.stderr.isatty() or not as_json) as progress_bar:
-            try:
-                report = denoise_file(path, settings, out, progress=progress_bar)
-            except (PipelineError, ValueError, OSError, RuntimeError) as error:
-                failed += 1
-                message = str(error)
-                # reader errors already start with the path
-                console.print(f"[red]error:[/red] {message if message.startswith(str(path)) else f'{path}: {message}'}")
-                summaries.append({"input": str(path), "error": str(error)})
-                continue
-        summaries.append(report.as_dict())
+    shared, slots = _files_together(settings, len(inputs), jobs_together)
+    failed: list[Path] = []
+
+    def denoise_one(path: Path, fitter, progress_bar) -> dict:
+        try:
+            report = denoise_file(path, settings, out, progress=progress_bar.for_file(path),
+                                  fitter=fitter)
+        except (PipelineError, ValueError, OSError, RuntimeError) as error:
+            failed.append(path)
+            message = str(error)
+            # reader errors already start with the path
+            console.print(f"[red]error:[/red] {message if message.startswith(str(path)) else f'{path}: {message}'}")
+            return {"input": str(path), "error": message}
         if not as_json:
             console.print(f"{path} -> {report.output} ({report.seconds:.1f} s on {report.device})")
+        return report.as_dict()
+
+    with _plane_progress(enabled=sys.stderr.isatty() or not as_json,
+                         label_files=shared is not None) as progress_bar:
+        summaries = run_together(shared, [functools.partial(denoise_one, path, progress_bar=progress_bar)
+                                          for path in inputs], slots)
     if as_json:
         typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
     if failed:
         raise typer.Exit(1)
 
 
-class _plane_progress:
-    """A rich progress bar per plane, fed by the pipeline's progress callback."""
+def _files_together(settings, files: int, jobs_together: int):
+    """The shared batching fitter and how many files run side by side, for ``denoise``
+    of several files: as the daemon's worker, where batching is on for the device."""
+    from .config import BatchingSettings
+    from .dip.batching import make_shared_fitter
+    from .dip.device import choose_device
 
-    def __init__(self, enabled: bool) -> None:
+    if files < 2:
+        return None, 1
+    try:
+        device = choose_device(settings.device)
+    except ValueError:
+        return None, 1  # each file reports the device error
+    slots = BatchingSettings(mode=settings.batching, max_batch=settings.max_batch,
+                             jobs_together=jobs_together).jobs_for(device.type)
+    if slots < 2:
+        return None, 1
+    return make_shared_fitter(device, settings.batching, settings.max_batch,
+                              settings.memory_budget), slots
+
+
+class _plane_progress:
+    """A rich progress bar per plane, fed by the pipeline's progress callback; files
+    denoised side by side get their name in the label."""
+
+    def __init__(self, enabled: bool, label_files: bool = False) -> None:
         self.enabled = enabled
+        self.label_files = label_files
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.completed}/{task.total} it"),
                                  TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=console, disable=not enabled)
-        self.tasks: dict[tuple[int, int], int] = {}
+        self.tasks: dict[tuple, int] = {}
 
     def __enter__(self):
         self.progress.__enter__()
@@ -132,13 +164,18 @@ class _plane_progress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
-    def __call__(self, plane, planes, tile, tiles, iteration, iterations) -> None:
-        key = (plane, tile)
-        if key not in self.tasks:
-            label = f"plane {plane}/{planes}" + (f" tile {tile}/{tiles}" if tiles > 1 else "")
-            self.tasks[key] = self.progress.add_task(label, total=iterations)
-        if iteration % 10 == 0 or iteration == iterations:
-            self.progress.update(self.tasks[key], completed=iteration)
+    def for_file(self, path: Path):
+        """The pipeline's progress callback for one file."""
+        def progress(plane, planes, tile, tiles, iteration, iterations) -> None:
+            key = (str(path), plane, tile)
+            if key not in self.tasks:
+                label = f"plane {plane}/{planes}" + (f" tile {tile}/{tiles}" if tiles > 1 else "")
+                if self.label_files:
+                    label = f"{path.name} {label}"
+                self.tasks[key] = self.progress.add_task(label, total=iterations)
+            if iteration % 10 == 0 or iteration == iterations:
+                self.progress.update(self.tasks[key], completed=iteration)
+        return progress
 
 
 # --------------------------------------------------------------------------- groups

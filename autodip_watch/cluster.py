@@ -166,51 +166,29 @@ def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: st
     ``output``, ``report``, ``seconds``, ``planes``, ``worker`` (address), ``host`` and
     ``device``. A file's error is its own: the other files of the task still finish.
     """
+    from .dip.batching import run_together
+
     context = _TaskContext(_this_worker(), progress_topic, task_key)
     settings = {key: settings_from_payload(payload) for key, payload in payloads.items()}
     shared = _shared_fitter([settings[job["settings"]] for job in jobs], linger)
-    if shared is None:
-        return [_run_job(job, settings[job["settings"]], context, None) for job in jobs]
-    results: list[dict | None] = [None] * len(jobs)
-    # Every job is a member before any starts, so the first to submit waits for the
-    # others' planes instead of running alone.
-    members = [shared.enter() for _ in jobs]
-
-    def run(index: int) -> None:
-        try:
-            results[index] = _run_job(jobs[index], settings[jobs[index]["settings"]], context,
-                                      members[index])
-        finally:
-            shared.leave()
-
-    threads = [threading.Thread(target=run, args=(index,), daemon=True,
-                                name=f"autodip-job-{job['job']}")
-               for index, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [result if result is not None else
-            {"status": "error", "error": "the job's thread ended without a result",
-             "output": job["output"], "worker": context.address, "host": context.host,
-             "device": ""}
-            for job, result in zip(jobs, results)]
+    return run_together(shared, [functools.partial(_run_job, job, settings[job["settings"]],
+                                                   context) for job in jobs])
 
 
 def _shared_fitter(settings: list, linger: float):
     """One batching fitter for the jobs of a task, or None to run them one at a time."""
-    from .dip.batching import BatchedFitter, SharedFitter, make_fitter
+    from .dip.batching import make_shared_fitter
     from .dip.device import choose_device
 
     if len(settings) < 2:
         return None
     first = settings[0]
     try:
-        fitter = make_fitter(choose_device(first.device), first.batching, first.max_batch,
-                             first.memory_budget)
+        device = choose_device(first.device)
     except ValueError:  # no such device here: each job fails with the device error
         return None
-    return SharedFitter(fitter, linger=linger) if isinstance(fitter, BatchedFitter) else None
+    return make_shared_fitter(device, first.batching, first.max_batch, first.memory_budget,
+                              linger)
 
 
 def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict:

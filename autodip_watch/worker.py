@@ -156,11 +156,13 @@ class Worker:
             return 1  # the first job fails with the device error and says so
         slots = settings.jobs_for(device.type)
         if slots > 1:
-            from .dip.batching import BatchedFitter, SharedFitter
+            from .dip.batching import make_shared_fitter
 
-            self._shared = SharedFitter(
-                BatchedFitter(device, settings.memory_budget_bytes, settings.max_batch),
-                linger=settings.linger_seconds)
+            self._shared = make_shared_fitter(device, settings.mode, settings.max_batch,
+                                              settings.memory_budget_bytes,
+                                              settings.linger_seconds)
+            if self._shared is None:
+                return 1
             log.info("worker.batching", device=self.device, jobs_together=slots,
                      max_batch=settings.max_batch,
                      memory_budget_mb=settings.memory_budget_mb or "80% of free")

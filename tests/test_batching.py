@@ -19,7 +19,8 @@ import torch
 
 from autodip_watch.dip.batching import (BATCH_OVERHEAD_BYTES, ESTIMATE_MARGIN, BatchedFitter,
                                         FitRequest, SharedFitter, SingleFitter,
-                                        fit_memory_bytes, make_fitter)
+                                        fit_memory_bytes, make_fitter, make_shared_fitter,
+                                        run_together)
 from autodip_watch.dip.fit import FitOptions
 from autodip_watch.dip.params import DipParams
 from autodip_watch.dip.plane import PlaneJob, denoise_planes
@@ -229,6 +230,44 @@ def test_shared_fitter_hands_a_batch_error_to_every_job_in_it():
     for thread in threads:
         thread.join(timeout=60)
     assert len(errors) == 2
+
+
+def test_run_together_keeps_to_its_slots_and_order_and_raises_after_all_end():
+    """Five calls, two slots: never more than two run at once, the first two share a
+    batch (both members before either starts), results come back in call order, and
+    the failing call's error is raised only once the calls after it have run too."""
+    shared = make_shared_fitter(torch.device("cpu"), "on", 8, 1 << 40, linger=30.0)
+    assert isinstance(shared, SharedFitter)
+    assert make_shared_fitter(torch.device("cpu"), "auto") is None  # CPU: single fits
+    lock = threading.Lock()
+    running, most, finished = [0], [0], []
+
+    def call(number, fitter):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            if number == 2:
+                raise ValueError("file 2 is broken")
+            fitter = fitter or SingleFitter("cpu")  # given None: the caller fits alone
+            [result] = fitter.fit([FitRequest(noisy_blobs(seed=number), SMALL,
+                                              FitOptions(seed=number))])
+            return number, result.batch
+        finally:
+            with lock:
+                running[0] -= 1
+                finished.append(number)
+
+    calls = [lambda fitter, n=n: call(n, fitter) for n in range(5)]
+    with pytest.raises(ValueError, match="file 2 is broken"):
+        run_together(shared, calls, slots=2)
+    assert most[0] == 2 and sorted(finished) == [0, 1, 2, 3, 4]
+    assert list(shared.fitter.batches)[0] == 2
+    assert sum(shared.fitter.batches) == 4
+    results = run_together(shared, [c for n, c in enumerate(calls) if n != 2], slots=2)
+    assert [number for number, _ in results] == [0, 1, 3, 4]
+    assert all(1 <= batch <= 2 for _, batch in results)
+    assert run_together(None, calls[:2]) == [(0, 1), (1, 1)]  # no sharing: one by one
 
 
 def zstack(path, planes=6):

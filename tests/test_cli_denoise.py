@@ -175,3 +175,34 @@ def test_denoise_batching_on_fits_planes_together(tmp_path, runner):
     assert notes == ["fitted in a batch of 3"] * 3 + ["fitted in a batch of 2"] * 2
     bad = runner.invoke(app, ["denoise", str(source), *FAST, "--batching", "sometimes"])
     assert bad.exit_code == 2 and "auto, on or off" in bad.output
+
+
+def test_denoise_of_several_files_fits_their_planes_together(tmp_path, runner):
+    """Four files side by side with batching on: the three good ones are fitted in one
+    batch of 3, the truncated one fails alone and says so, the others are written."""
+    sources = []
+    for name in ("a", "broken", "b", "c"):
+        sources.append(tmp_path / f"{name}.ome.tif")
+        tifffile.imwrite(sources[-1], structured((40, 36), np.uint16, seed=len(sources)),
+                         ome=True)
+    broken = sources[1]
+    broken.write_bytes(broken.read_bytes()[:-300])
+    hashes = {path: sha256(path) for path in sources}
+    # Imports happen in the first file's thread otherwise; done here, no file waits on
+    # them past the shared batch's linger.
+    assert runner.invoke(app, ["denoise", str(sources[0]), *FAST, "--out",
+                               str(tmp_path / "warm.ome.tif")]).exit_code == 0
+    result = runner.invoke(app, ["denoise", *map(str, sources), *FAST, "--batching", "on",
+                                 "--jobs-together", "4", "--json"])
+    assert result.exit_code == 1, result.output
+    summaries = json.loads(result.stdout)
+    assert [Path(s["input"]).name for s in summaries] == [p.name for p in sources]
+    assert "truncated" in summaries[1]["error"]
+    for summary in (summaries[0], *summaries[2:]):
+        assert [plane["note"] for plane in summary["planes"]] == ["fitted in a batch of 3"]
+        assert Path(summary["output"]).is_file()
+    assert not (tmp_path / "broken.autodip.ome.tif").exists()
+    assert all(sha256(path) == digest for path, digest in hashes.items())
+    text = runner.invoke(app, ["denoise", *map(str, sources[2:]), *FAST, "--batching", "on",
+                               "--out", str(tmp_path / "again")], catch_exceptions=False)
+    assert text.exit_code == 2 and "--out must be an existing folder" in text.output

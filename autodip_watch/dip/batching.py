@@ -376,6 +376,66 @@ def make_fitter(device: torch.device, mode: str = "auto", max_batch: int = DEFAU
     return BatchedFitter(device, budget_bytes, max_batch, memory_fraction=memory_fraction)
 
 
+def make_shared_fitter(device: torch.device, mode: str = "auto",
+                       max_batch: int = DEFAULT_MAX_BATCH, budget_bytes: int | None = None,
+                       linger: float = DEFAULT_LINGER_SECONDS) -> SharedFitter | None:
+    """A fitter several files can share, where the batching setting batches on ``device``;
+    None where each file should be fitted on its own (``make_fitter``'s single fits)."""
+    fitter = make_fitter(device, mode, max_batch, budget_bytes)
+    return SharedFitter(fitter, linger=linger) if isinstance(fitter, BatchedFitter) else None
+
+
+def run_together(shared: SharedFitter | None,
+                 calls: list[Callable[[TileFitter | None], object]],
+                 slots: int | None = None) -> list[object]:
+    """Run ``calls`` side by side, at most ``slots`` at a time (default: all), each in a
+    thread and given a membership of ``shared`` as its fitter, so that tiles of
+    different files share batches; one after the other (given None) without a shared
+    fitter or with a single call.
+
+    The first ``slots`` calls are members before any starts, so the first to submit
+    waits for the others' tiles instead of running alone; a slot that frees takes the
+    next call. Results come back in order; an exception that escapes a call is raised
+    once every call has ended.
+    """
+    if shared is None or len(calls) < 2:
+        return [call(None) for call in calls]
+    slots = max(1, min(len(calls), slots or len(calls)))
+    results: list[object] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+    lock = threading.Lock()
+    pending = iter(range(len(calls)))
+
+    def slot(member: TileFitter | None) -> None:
+        while True:
+            with lock:
+                index = next(pending, None)
+            if index is None:
+                if member is not None:
+                    shared.leave()
+                return
+            if member is None:
+                member = shared.enter()
+            try:
+                results[index] = calls[index](member)
+            except BaseException as error:  # noqa: BLE001 - raised in the caller's thread
+                errors[index] = error
+            finally:
+                shared.leave()
+                member = None
+
+    threads = [threading.Thread(target=slot, args=(shared.enter(),), daemon=True,
+                                name=f"fit-together-{number}") for number in range(slots)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
+
+
 def _release_cached_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
