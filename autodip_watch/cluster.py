@@ -2,18 +2,20 @@
 
 The daemon's SQLite queue stays the truth; Dask only runs what the daemon hands it:
 
-- :class:`DaskDispatcher` (daemon side) claims up to ``max_in_flight`` jobs and
-  submits each as one task needing ``resources={"GPU": 1}``. What comes back settles
-  the job in the queue. A task whose worker dies is rescheduled by Dask on another
-  worker; a task Dask gives up on (it killed several workers) counts as a failed
-  attempt, like a crash of the local daemon does; a task lost with the scheduler, or
-  cancelled at shutdown, goes back to the queue without using an attempt.
+- :class:`DaskDispatcher` (daemon side) keeps up to ``max_in_flight`` tasks on the
+  cluster, each needing ``resources={"GPU": 1}``. A task is the oldest runnable job,
+  plus, where batching is on for the workers' devices, up to ``jobs_together - 1``
+  queued jobs of its fit key. What comes back settles each job in the queue. A task
+  whose worker dies is rescheduled by Dask on another worker; a task Dask gives up on
+  (it killed several workers) counts as a failed attempt of each of its jobs, like a
+  crash of the local daemon does, and each is retried alone; a task lost with the
+  scheduler, or cancelled at shutdown, goes back to the queue without using an attempt.
 - :func:`denoise_task` (worker side) runs the same :func:`~autodip_watch.pipeline.denoise_file`
   as ``denoise`` and the local worker, reading the input and writing the output (to a
   temporary file, then renamed) on storage shared under the same paths on every
-  machine. It reports where it runs and its progress as Dask worker events, and stops
-  at the next fit iteration once its task is cancelled (SIGTERM of the daemon, or the
-  daemon's client gone).
+  machine; the jobs of a task side by side, sharing batches. It reports where each job
+  runs and its progress as Dask worker events, and stops at the next fit iteration
+  once its task is cancelled (SIGTERM of the daemon, or the daemon's client gone).
 - :func:`calibration_executor` runs the (image, configuration) fits of ``calibrate``
   over the same cluster, one fit per task.
 

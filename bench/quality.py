@@ -13,6 +13,9 @@ Usage (writes bench/results/quality-<device>-<date>.json and prints a Markdown t
 (``FitOptions``, as in ``speed.py``) with the same seeds, so a variant is compared
 with fp32 eager on the same initialisation and input z; the paired per-seed PSNR
 differences (mean and standard error) are printed and stored under ``"paired"``.
+The variant ``batched`` fits all the seeds of a plane together, as K stacked networks
+(``fit_tiles``, what the daemon's batching does), each scored as its own fit: paired
+with ``eager`` it measures what batching does to quality.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from speed import VARIANTS  # noqa: E402  (the fit variants, one definition for 
 from autodip_watch import __version__  # noqa: E402
 from autodip_watch.dip.device import choose_device, describe_device  # noqa: E402
 from autodip_watch.dip.network import BASELINE  # noqa: E402
-from autodip_watch.dip.fit import fit_tile  # noqa: E402
+from autodip_watch.dip.fit import FitOptions, fit_tile, fit_tiles  # noqa: E402
 from autodip_watch.dip.plane import denoise_plane, denormalise, normalise  # noqa: E402
 from autodip_watch.dip.tiling import plane_tiles  # noqa: E402
 from autodip_watch.transfer import CalibrationTable  # noqa: E402
 
 TV_WEIGHTS = np.geomspace(0.005, 0.5, 25)
+#: The variant that fits every seed of a plane in one batched optimisation.
+BATCHED = "batched"
 
 def machine() -> str:
     cpu = "unknown CPU"
@@ -143,6 +148,28 @@ def run_dip(noisy: np.ndarray, params, device, options, scorer: Scorer, late: in
     return output, 1, float(result.losses[-1]), scores
 
 
+def run_dip_batched(noisy: np.ndarray, params, device, seeds: list[int], scorer: Scorer,
+                    late: int, every: int) -> list[tuple[np.ndarray, float, dict[int, float]]]:
+    """Every seed's fit of a single-tile plane at once, as K stacked networks; per seed
+    the output, final loss and late scores, on the same arithmetic as ``run_dip``."""
+    if len(plane_tiles(noisy.shape)) != 1:
+        raise SystemExit("the batched variant needs single-tile planes (at most 512x512)")
+    unit, low, high = normalise(noisy)
+    scores: list[dict[int, float]] = [{} for _ in seeds]
+
+    def snapshot(iteration, outputs) -> None:
+        if iteration > params.iterations - late:
+            for k, output in enumerate(outputs):
+                plane = denormalise(output.float().cpu().numpy(), low, high, noisy.dtype)
+                scores[k][iteration] = scorer.psnr(plane)
+
+    results = fit_tiles([unit.astype(np.float32)] * len(seeds), params, device,
+                        [FitOptions(seed=seed) for seed in seeds],
+                        snapshot=snapshot if late else None, snapshot_every=every)
+    return [(denormalise(result.output, low, high, noisy.dtype), float(result.losses[-1]),
+             scores[k]) for k, result in enumerate(results)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default="fmd-widefield-nucleus,w2s-005-ch0,w2s-056-ch1")
@@ -161,10 +188,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON results path")
     args = parser.parse_args()
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in VARIANTS and v != BATCHED]
     if unknown or len(set(variants)) != len(variants):
         parser.error(f"--variants: unknown or repeated {unknown or variants}; "
-                     f"choose from {', '.join(VARIANTS)}")
+                     f"choose from {', '.join([*VARIANTS, BATCHED])}")
 
     device = choose_device(args.device)
     table = CalibrationTable.load()
@@ -207,7 +234,7 @@ def main() -> None:
         for label, params, why in configs:
             # Variants innermost: each seed's runs are adjacent, so a partial run is paired.
             for seed in seeds:
-                for variant in variants:
+                for variant in (v for v in variants if v != BATCHED):
                     options = dataclasses.replace(VARIANTS[variant], seed=seed)
                     started = time.perf_counter()
                     output, tiles, final_loss, late = run_dip(noisy, params, device, options,
@@ -224,6 +251,24 @@ def main() -> None:
                         rows[-1]["psnr_late_mean"] = float(np.mean(list(late.values())))
                     print(rows[-1], flush=True)
                     save(complete=False)
+            if BATCHED in variants:
+                started = time.perf_counter()
+                fitted = run_dip_batched(noisy, params, device, seeds, scorer, args.late,
+                                         args.every)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = (time.perf_counter() - started) / len(seeds)  # per plane
+                for seed, (output, final_loss, late) in zip(seeds, fitted):
+                    rows.append({"pair": name, "method": label, "variant": BATCHED,
+                                 "seed": seed, "psnr": scorer.psnr(output),
+                                 "ssim": scorer.ssim(output), "params": params.as_dict(),
+                                 "transfer": why, "seconds": seconds, "tiles": 1,
+                                 "final_loss": final_loss, "batch": len(seeds)})
+                    if late:
+                        rows[-1]["psnr_late"] = late
+                        rows[-1]["psnr_late_mean"] = float(np.mean(list(late.values())))
+                    print(rows[-1], flush=True)
+                save(complete=False)
     save(complete=True)
     print(f"\nwritten {out}\n")
     print("| pair | method | variant | seed | PSNR dB | SSIM | seconds | configuration |")
