@@ -613,7 +613,8 @@ class DaskDispatcher:
         for address, kind in answers.items():
             if isinstance(kind, str):
                 self.worker_devices[address] = kind
-            else:
+            else:  # asked once: its jobs will fail and say why
+                self.worker_devices[address] = "unknown"
                 log.warning("cluster.device_unknown", worker=address,
                             error=f"{type(kind).__name__}: {kind}",
                             note="is autodip-watch installed on the worker?")
