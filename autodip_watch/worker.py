@@ -116,9 +116,8 @@ class Worker:
             # Every claimed job is a member of the shared fitter before any starts, so
             # the first to submit waits for the others' planes instead of running alone.
             for job in claimed:
-                thread = threading.Thread(target=self._guarded,
-                                          args=(job, self._shared.enter()),
-                                          daemon=True, name=f"job-{job.id}")
+                thread = threading.Thread(target=self._slot, args=(job, self._shared.enter()),
+                                          daemon=True, name=f"slot-job-{job.id}")
                 thread.start()
                 threads.append(thread)
         for thread in threads:  # each aborts at its next iteration (JobCancelled)
@@ -168,8 +167,26 @@ class Worker:
                      memory_budget_mb=settings.memory_budget_mb or "80% of free")
         return slots
 
+    def _slot(self, job: Job, member) -> None:
+        """Run ``job`` as a member of the shared fitter, then the oldest queued job, and so
+        on while there is one.
+
+        The next job is claimed and joins the fitter before the finished one leaves it:
+        had the finished job left first, a job sharing batches with it could find itself
+        the only member waiting and be fitted alone, before the worker's loop claimed a
+        partner for it.
+        """
+        while True:
+            self._guarded(job, member)
+            following = None if self.stop.is_set() else next(iter(self._claim(1)), None)
+            successor = self._shared.enter() if following is not None else None
+            self._shared.leave()
+            if following is None:
+                return
+            job, member = following, successor
+
     def _guarded(self, job: Job, fitter) -> None:
-        """Run ``job``; ``fitter`` is its membership of the shared fitter (left at the end)."""
+        """Run ``job``; ``fitter`` is the shared fitter's membership it runs under, if any."""
         with self._jobs_lock:
             self.running[job.id] = job
         try:
@@ -178,8 +195,6 @@ class Worker:
             # A bug in our bookkeeping must not kill the worker; record and go on.
             log.exception("worker.error", job_id=job.id, path=job.path)
         finally:
-            if fitter is not None:
-                self._shared.leave()
             with self._jobs_lock:
                 self.running.pop(job.id, None)
 

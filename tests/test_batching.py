@@ -270,6 +270,29 @@ def test_run_together_keeps_to_its_slots_and_order_and_raises_after_all_end():
     assert run_together(None, calls[:2]) == [(0, 1), (1, 1)]  # no sharing: one by one
 
 
+def test_a_slot_hands_over_before_leaving_so_the_next_pair_shares_a_batch():
+    """a1 and a2 share a batch; a2 then takes a while (writing its output, say). The
+    slot freed by a1 takes b1, and b1 must not be fitted alone when a2 leaves: a2's
+    slot takes b2 into the fitter before it leaves, so b1 and b2 share a batch too, and
+    no membership is left behind. (In-process the gap a late joiner could fall into is
+    short; the daemon's worker, whose loop polls, is where it mattered.)"""
+    import time
+
+    shared = make_shared_fitter(torch.device("cpu"), "on", 8, 1 << 40, linger=30.0)
+
+    def call(name, seed, pause, fitter):
+        [result] = fitter.fit([FitRequest(noisy_blobs(seed=seed), SMALL, FitOptions(seed=seed))])
+        time.sleep(pause)
+        return name, result.batch
+
+    calls = [lambda fitter, n=name, s=seed, p=pause: call(n, s, p, fitter)
+             for name, seed, pause in (("a1", 0, 0.0), ("a2", 1, 1.0), ("b1", 2, 0.0),
+                                       ("b2", 3, 0.0))]
+    assert run_together(shared, calls, slots=2) == [("a1", 2), ("a2", 2), ("b1", 2),
+                                                    ("b2", 2)]
+    assert shared._members == 0  # every membership was left
+
+
 def zstack(path, planes=6):
     channels = [{"name": "DAPI", "acquisition_mode": "WideField"}]
     data = structured((planes, 1, 40, 36), np.uint16)

@@ -395,8 +395,8 @@ def run_together(shared: SharedFitter | None,
 
     The first ``slots`` calls are members before any starts, so the first to submit
     waits for the others' tiles instead of running alone; a slot that frees takes the
-    next call. Results come back in order; an exception that escapes a call is raised
-    once every call has ended.
+    next call, which joins before the finished one leaves. Results come back in order;
+    an exception that escapes a call is raised once every call has ended.
     """
     if shared is None or len(calls) < 2:
         return [call(None) for call in calls]
@@ -404,27 +404,26 @@ def run_together(shared: SharedFitter | None,
     results: list[object] = [None] * len(calls)
     errors: list[BaseException | None] = [None] * len(calls)
     lock = threading.Lock()
-    pending = iter(range(len(calls)))
+    pending = iter(range(slots, len(calls)))  # the first ``slots`` go one to each slot
 
-    def slot(member: TileFitter | None) -> None:
-        while True:
-            with lock:
-                index = next(pending, None)
-            if index is None:
-                if member is not None:
-                    shared.leave()
-                return
-            if member is None:
-                member = shared.enter()
+    def take() -> int | None:
+        with lock:
+            return next(pending, None)
+
+    def slot(index: int | None, member: TileFitter) -> None:
+        # The next call joins before the finished one leaves: a call whose batch partner
+        # just finished is not left the only member waiting, fitted alone.
+        while index is not None:
             try:
                 results[index] = calls[index](member)
             except BaseException as error:  # noqa: BLE001 - raised in the caller's thread
                 errors[index] = error
-            finally:
-                shared.leave()
-                member = None
+            index = take()
+            successor = shared.enter() if index is not None else member
+            shared.leave()
+            member = successor
 
-    threads = [threading.Thread(target=slot, args=(shared.enter(),), daemon=True,
+    threads = [threading.Thread(target=slot, args=(number, shared.enter()), daemon=True,
                                 name=f"fit-together-{number}") for number in range(slots)]
     for thread in threads:
         thread.start()
