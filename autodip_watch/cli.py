@@ -127,21 +127,14 @@ def _files_together(settings, files: int, jobs_together: int):
     """The shared batching fitter and how many files run side by side, for ``denoise``
     of several files: as the daemon's worker, where batching is on for the device."""
     from .config import BatchingSettings
-    from .dip.batching import make_shared_fitter
-    from .dip.device import choose_device
+    from .pipeline import shared_fitter
 
-    if files < 2:
+    shared = shared_fitter(settings) if files > 1 else None
+    if shared is None:
         return None, 1
-    try:
-        device = choose_device(settings.device)
-    except ValueError:
-        return None, 1  # each file reports the device error
     slots = BatchingSettings(mode=settings.batching, max_batch=settings.max_batch,
-                             jobs_together=jobs_together).jobs_for(device.type)
-    if slots < 2:
-        return None, 1
-    return make_shared_fitter(device, settings.batching, settings.max_batch,
-                              settings.memory_budget), slots
+                             jobs_together=jobs_together).jobs_for(shared.fitter.device.type)
+    return (shared, slots) if slots > 1 else (None, 1)
 
 
 class _plane_progress:

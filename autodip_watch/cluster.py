@@ -169,28 +169,14 @@ def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: st
     ``device``. A file's error is its own: the other files of the task still finish.
     """
     from .dip.batching import run_together
+    from .pipeline import shared_fitter
 
     context = _TaskContext(_this_worker(), progress_topic, task_key)
     settings = {key: settings_from_payload(payload) for key, payload in payloads.items()}
-    shared = _shared_fitter([settings[job["settings"]] for job in jobs], linger)
+    shared = (shared_fitter(settings[jobs[0]["settings"]], linger) if len(jobs) > 1
+              else None)
     return run_together(shared, [functools.partial(_run_job, job, settings[job["settings"]],
                                                    context) for job in jobs])
-
-
-def _shared_fitter(settings: list, linger: float):
-    """One batching fitter for the jobs of a task, or None to run them one at a time."""
-    from .dip.batching import make_shared_fitter
-    from .dip.device import choose_device
-
-    if len(settings) < 2:
-        return None
-    first = settings[0]
-    try:
-        device = choose_device(first.device)
-    except ValueError:  # no such device here: each job fails with the device error
-        return None
-    return make_shared_fitter(device, first.batching, first.max_batch, first.memory_budget,
-                              linger)
 
 
 def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict:

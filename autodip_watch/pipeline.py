@@ -25,7 +25,8 @@ import torch
 
 from . import __version__
 from .dip.device import choose_device, describe_device
-from .dip.batching import DEFAULT_MAX_BATCH, TileFitter, make_fitter
+from .dip.batching import (DEFAULT_LINGER_SECONDS, DEFAULT_MAX_BATCH, SharedFitter,
+                           TileFitter, make_fitter, make_shared_fitter)
 from .dip.fit import FitOptions
 from .dip.params import CUDA_ONLY_SPEED, SPEED_SETTINGS
 from .dip.plane import PlaneJob, PlaneResult, denoise_planes
@@ -234,6 +235,19 @@ def inspect_file(path: str | Path, settings: DenoiseSettings) -> list[dict]:
                 "warnings": list(image.warnings),
                 "channels": [plan.as_dict() for plan in plans]})
     return images
+
+
+def shared_fitter(settings: DenoiseSettings,
+                  linger: float = DEFAULT_LINGER_SECONDS) -> SharedFitter | None:
+    """A batching fitter several files can share (``denoise`` of several files, a
+    cluster task), or None where ``settings.batching`` keeps this device on single fits
+    or the device does not exist here (each file then reports the device error)."""
+    try:
+        device = choose_device(settings.device)
+    except ValueError:
+        return None
+    return make_shared_fitter(device, settings.batching, settings.max_batch,
+                              settings.memory_budget, linger)
 
 
 def fit_key(path: str | Path, settings: DenoiseSettings) -> str | None:
