@@ -38,7 +38,9 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .dip.fit import FitOptions, fit_tile
+from .dip.fit import FitOptions, fit_tile, fit_tiles
+from .dip.modes import PAPER, fit_mode
+from .dip.plane import VarianceStabilised, member_seed
 from .dip.params import BASELINE, DEPTHS, SKIPS, WIDTHS, DipParams, normalise_width
 from .dip.tiling import TILE_SIZE
 from .metrics import (LOWER_IS_BETTER, alexnet_checkpoint_path, evaluation_pair, file_sha256,
@@ -399,25 +401,36 @@ class FitTask:
     every: int
     seed: int = 0
     with_lpips: bool = True
+    mode: str = PAPER
+    members: int | None = None  # stable mode: ensemble size (None: the mode's for the device)
 
 
-def settings_key(max_iterations: int, every: int, seed: int, with_lpips: bool) -> str:
-    """What, besides the pixels and the shape, decides a fit's scores (state key)."""
+def settings_key(max_iterations: int, every: int, seed: int, with_lpips: bool,
+                 mode: str = PAPER, members: int | None = None) -> str:
+    """What, besides the pixels and the shape, decides a fit's scores (state key).
+    Paper-mode keys are those of earlier versions, so old states resume."""
     options = FitOptions(seed=seed)
-    return json.dumps({"max_iterations": max_iterations, "every": every, "seed": seed,
-                       "lpips": with_lpips, "learning_rate": options.learning_rate,
-                       "reg_noise_std": options.reg_noise_std, "ema": options.ema_weight},
-                      sort_keys=True)
+    key = {"max_iterations": max_iterations, "every": every, "seed": seed,
+           "lpips": with_lpips, "learning_rate": options.learning_rate,
+           "reg_noise_std": options.reg_noise_std, "ema": options.ema_weight}
+    if mode != PAPER:
+        key.update(fit_mode(mode).describe("cpu", members))
+        key["mode"] = mode
+    return json.dumps(key, sort_keys=True)
 
 
 def run_fit(pair: PreparedPair, point: GridPoint, max_iterations: int, every: int,
             device: torch.device | str = "cpu", seed: int = 0, with_lpips: bool = True,
-            progress: Callable[[int, int], None] | None = None) -> list[dict]:
+            progress: Callable[[int, int], None] | None = None, mode: str = PAPER,
+            members: int | None = None) -> list[dict]:
     """Fit DIP once and score its output every ``every`` iterations of that run.
 
     Returns one row per snapshot: ``{"iteration", "mse", "mae", "psnr", "ssim",
     "lpips"}`` (lpips None when ``with_lpips`` is false). Pure apart from the LPIPS
-    network, which is loaded once per process and device.
+    network, which is loaded once per process and device. In ``stable`` mode
+    (``dip/modes.py``) the output scored at iteration i is what a stable-mode fit stopped
+    at i returns: the ensemble's mean of the late-window means, mapped back from the
+    variance-stabilised domain; the ensemble's networks are fitted as one batch.
     """
     params = DipParams(point.depth, point.width, point.skip, max_iterations)
     lpips_metric = get_lpips(device) if with_lpips else None
@@ -425,15 +438,30 @@ def run_fit(pair: PreparedPair, point: GridPoint, max_iterations: int, every: in
     truth_on_device = torch.from_numpy(truth).to(device) if lpips_metric is not None else None
     rows: list[dict] = []
 
-    def snapshot(iteration: int, output: torch.Tensor) -> None:
+    def score(iteration: int, output: torch.Tensor) -> None:
         clipped = output.detach().float().clamp(0.0, 1.0)
         scores = quality(clipped.cpu().numpy(), truth, None)
         if lpips_metric is not None:
             scores["lpips"] = lpips_metric(clipped, truth_on_device)
         rows.append({"iteration": iteration, **scores})
 
-    fit_tile(pair.noisy, params, device, FitOptions(seed=seed), progress=progress,
-             snapshot=snapshot, snapshot_every=every)
+    if mode == PAPER:
+        fit_tile(pair.noisy, params, device, FitOptions(seed=seed), progress=progress,
+                 snapshot=score, snapshot_every=every)
+        return rows
+    chosen = fit_mode(mode)
+    count = members if members is not None else chosen.members(torch.device(device).type)
+    stabilised = VarianceStabilised(pair.noisy) if chosen.vst else None
+    plane = stabilised.plane if stabilised is not None else pair.noisy
+    options = [chosen.fit_options(FitOptions(seed=member_seed(seed, m))) for m in range(count)]
+    stops = list(range(every, max_iterations + 1, every))
+    results = fit_tiles([np.asarray(plane, dtype=np.float32)] * count, params, device, options,
+                        progress=progress, stops=stops)
+    for stop in stops:
+        mean = np.mean([result.stopped[stop] for result in results], axis=0)
+        if stabilised is not None:
+            mean = stabilised.back(mean)
+        score(stop, torch.from_numpy(np.asarray(mean, dtype=np.float32)).to(device))
     return rows
 
 
@@ -449,7 +477,7 @@ def run_fit_task(task: FitTask, device: torch.device | str = "cpu",
     """:func:`run_fit` on a task, timed: the function a Dask executor would submit."""
     started = time.perf_counter()
     rows = run_fit(task.pair, task.point, task.max_iterations, task.every, device, task.seed,
-                   task.with_lpips, progress)
+                   task.with_lpips, progress, task.mode, task.members)
     return FitOutcome(rows, time.perf_counter() - started, str(device))
 
 
@@ -836,8 +864,12 @@ def calibrate(pairs_source: str | Path, out: str | Path, grid: CalibrationGrid =
               seed: int = 0, crop: int | None = None, with_lpips: bool = True,
               match: str = "affine", stop_after: int | None = None,
               progress: CalibrationProgress | None = None,
-              executor: Executor | None = None) -> CalibrationReport:
+              executor: Executor | None = None, mode: str = PAPER,
+              members: int | None = None) -> CalibrationReport:
     """Run (or resume) a calibration and write its table and calibration images.
+
+    ``mode`` is the fit mode the grid is scored in (``dip/modes.py``): ``paper`` (the
+    AUTO-DIP calibration) or ``stable``, with ``members`` fits per image in the latter.
 
     ``stop_after`` stops after that many new fits (raising
     :class:`CalibrationInterrupted`), which is how tests interrupt a run.
@@ -855,9 +887,13 @@ def calibrate(pairs_source: str | Path, out: str | Path, grid: CalibrationGrid =
     if with_lpips:
         get_lpips(device)  # fail now, with the file name, not after hours of fitting
         lpips_sha = file_sha256(alexnet_checkpoint_path())
-    key = settings_key(grid.max_iterations, grid.every, seed, with_lpips)
+    fit_mode(mode)  # fail now for an unknown mode
+    if members is None and mode != PAPER:
+        members = fit_mode(mode).members(device.type)  # the same on every worker
+    key = settings_key(grid.max_iterations, grid.every, seed, with_lpips, mode, members)
     state_path = Path(state_path) if state_path is not None else default_state_path(out)
-    tasks = [FitTask(pair, point, grid.max_iterations, grid.every, seed, with_lpips)
+    tasks = [FitTask(pair, point, grid.max_iterations, grid.every, seed, with_lpips, mode,
+                     members)
              for pair in pairs for point in grid.points()]
     with CalibrationState(state_path) as state:
         done = state.done(key)
@@ -912,6 +948,8 @@ def calibrate(pairs_source: str | Path, out: str | Path, grid: CalibrationGrid =
                       f"sha256 {lpips_sha}" if with_lpips else "not computed (--no-lpips): no lpips or lpips_psnr "
                                          "tables; default metric psnr"),
             "seed": seed,
+            "fit_mode": (fit_mode(mode).describe(device.type, members) if mode != PAPER
+                         else {"name": PAPER}),
             # An executor elsewhere (a Dask cluster) names itself; the state has each fit's device.
             "device": getattr(executor, "description", None) or _describe(device),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -968,9 +1006,12 @@ class CalibrateSettings:
     match: str = "affine"
     seed: int = 0
     device: str | None = None
+    mode: str = PAPER  # the fit mode the grid is scored in (dip/modes.py)
+    members: int | None = None  # stable mode's ensemble size (None: the mode's for the device)
 
     KEYS: ClassVar[tuple[str, ...]] = ("depths", "widths", "skips", "max_iterations", "every",
-                                       "crop", "lpips", "match", "seed", "device")
+                                       "crop", "lpips", "match", "seed", "device", "mode",
+                                       "members")
 
     @classmethod
     def from_mapping(cls, section: dict) -> "CalibrateSettings":
@@ -985,6 +1026,10 @@ class CalibrateSettings:
         settings = cls(**values)
         if settings.match not in MATCH_MODES:
             raise CalibrationError(f"[calibrate] match must be one of {MATCH_MODES}")
+        try:
+            fit_mode(settings.mode)
+        except ValueError as error:
+            raise CalibrationError(f"[calibrate] mode: {error}") from None
         settings.grid()  # validate now
         return settings
 

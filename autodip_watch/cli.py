@@ -66,6 +66,11 @@ def denoise(
                                       "that planes of different files share batches (0: 4)."),
     speed: str = typer.Option("", help="Speed settings, comma-separated: channels_last, tf32, bf16, compile, cuda_graphs "
                               "(default: none, the plain fp32 path; see bench/README.md for what each gains)."),
+    mode: str = typer.Option("stable", help="Fit mode: stable (default: variance-stabilised, late-window "
+                             "mean, rollback after loss spikes, ensemble of seeds) or paper (the "
+                             "published AUTO-DIP: one fit, last iterate)."),
+    members: Optional[int] = typer.Option(None, min=1, help="Ensemble size: fits per tile, averaged "
+                                          "(default: the mode's for the device)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Denoise files with the AUTO-DIP configuration of each channel's group.
@@ -87,13 +92,14 @@ def denoise(
         if batching not in ("auto", "on", "off"):
             raise ValueError(f"--batching must be auto, on or off, not {batching!r}")
         DenoiseSettings(speed=speed, table=None).speed_settings()
+        DenoiseSettings(mode=mode, table=None).fit_mode()
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     settings = DenoiseSettings(microscope=microscope, specimen=specimen, depth=depth, width=width,
                                skip=skip, iterations=iterations, metric=metric, device=device,
                                seed=seed, table=_load_table(table), batching=batching,
-                               max_batch=max_batch, speed=speed)
+                               max_batch=max_batch, speed=speed, mode=mode, members=members)
     settings.transfer, settings.within_group = transfer, within_group
     _check_transfer(settings)
     shared, slots = _files_together(settings, len(inputs), jobs_together)
@@ -275,6 +281,8 @@ def _print_inspection(images: list[dict]) -> None:
         widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
         for row in rows:
             typer.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if image.get("mode"):
+            typer.echo(f"  fit mode: {_describe_mode(image['mode'])}")
         for channel in image["channels"]:
             typer.echo(f"  ch {channel['index']} evidence:")
             for line in channel["evidence"]:
@@ -284,6 +292,24 @@ def _print_inspection(images: list[dict]) -> None:
             for warning in image["warnings"]:
                 typer.echo(f"  warning: {warning}")
         typer.echo("")
+
+
+def _describe_mode(mode: dict) -> str:
+    """One line for a fit mode record (pipeline._mode_record)."""
+    if mode["name"] == "paper":
+        return "paper (one fit per tile, output of the last iteration)"
+    parts = []
+    if mode.get("vst"):
+        parts.append("variance-stabilised (Poisson-Gaussian noise estimated per plane)")
+    if mode.get("average_fraction"):
+        parts.append(f"mean of the last {mode['average_fraction']:.0%} of the iterations"
+                     + (f" without loss spikes (> x{mode['spike_factor']})"
+                        if mode.get("spike_factor") else ""))
+    if mode.get("rollback"):
+        parts.append("rollback after loss spikes")
+    members = mode.get("members", {})
+    parts.append(f"ensemble of {members.get('cpu')} fits on CPU, {members.get('cuda')} on CUDA")
+    return f"{mode['name']}: " + "; ".join(parts)
 
 
 def _inspect_nearest(files: list[Path], settings, errors: list[dict]) -> list[dict]:
@@ -352,6 +378,9 @@ def calibrate(
     scheduler: Optional[str] = typer.Option(None, help="Run the fits on a Dask cluster, one fit per task, e.g. "
                                             "tcp://gpu-server:8786 (workers started with --resources GPU=1)."),
     stop_after: Optional[int] = typer.Option(None, hidden=True, help="Stop after N new fits (testing resumption)."),
+    mode: Optional[str] = typer.Option(None, help="Fit mode the grid is scored in: paper (default, the AUTO-DIP "
+                                       "calibration) or stable (as denoise's default mode; slower by its ensemble size)."),
+    members: Optional[int] = typer.Option(None, min=1, help="stable mode: ensemble size (default: the mode's for the device)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Build a calibration table from your own noisy / ground-truth pairs (AUTO-DIP grid search).
@@ -372,7 +401,8 @@ def calibrate(
         settings = CalibrateSettings.from_mapping(section)
         given = {"depths": parse_list(depths, int), "widths": parse_list(widths, str),
                  "skips": parse_list(skips, int), "max_iterations": max_iterations, "every": every,
-                 "crop": crop, "lpips": lpips, "match": match, "seed": seed, "device": device}
+                 "crop": crop, "lpips": lpips, "match": match, "seed": seed, "device": device,
+                 "mode": mode, "members": members}
         for name, value in given.items():
             if value is not None:
                 setattr(settings, name, value)
@@ -423,7 +453,8 @@ def calibrate(
         with progress:
             report = run(pairs, out, grid, state_path, chosen_device, settings.seed, settings.crop,
                          settings.lpips, settings.match, stop_after, on_progress,
-                         **({"executor": executor} if executor is not None else {}))
+                         **({"executor": executor} if executor is not None else {}),
+                         mode=settings.mode, members=settings.members)
     except CalibrationInterrupted as stopped:
         console.print(f"[yellow]{stopped}[/yellow]")
         raise typer.Exit(3) from None

@@ -98,6 +98,9 @@ class DipOverrides:
     within_group: bool = False
     #: Speed settings of the fit (dip.params.SPEED_SETTINGS), comma-separated.
     speed: str = ""
+    #: Fit mode (dip/modes.py): "stable" (default) or "paper"; ensemble size override.
+    mode: str = "stable"
+    members: int | None = None
 
 
 #: Batching modes (dip/batching.py): auto batches on CUDA only.
@@ -242,7 +245,8 @@ class Config:
                                    reg_noise_std=dip.reg_noise_std, ema_weight=dip.ema_weight,
                                    table=table, transfer=dip.transfer,
                                    within_group=dip.within_group,
-                                   speed=dip.speed, batching=self.batching.mode,
+                                   speed=dip.speed, mode=dip.mode, members=dip.members,
+                                   batching=self.batching.mode,
                                    max_batch=self.batching.max_batch,
                                    memory_budget=self.batching.memory_budget_bytes)
         names = {f.name for f in dataclasses.fields(DenoiseSettings)}
@@ -308,7 +312,7 @@ _SECTION_KEYS = {
     "output": {"root", "suffix"},
     "retry": {"max_attempts", "backoff_seconds", "backoff_factor", "max_backoff_seconds"},
     "dip": {"depth", "width", "skip", "iterations", "metric", "seed", "reg_noise_std",
-            "ema_weight", "transfer", "within_group", "speed"},
+            "ema_weight", "transfer", "within_group", "speed", "mode", "members"},
     # `autodip-watch calibrate --config FILE` reads and checks the values (calibrate.py).
     "calibrate": {"depths", "widths", "skips", "max_iterations", "every", "crop", "lpips",
                   "match", "seed", "device"},
@@ -444,7 +448,9 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         ema_weight=reader.get(dip, "ema_weight", "dip.", "number", None, 0, "0.99"),
         transfer=reader.get(dip, "transfer", "dip.", "str", "group", example='"nearest-lpips"'),
         within_group=reader.get(dip, "within_group", "dip.", "bool", False, example="true"),
-        speed=_speed_list(dip.get("speed", []), reader))
+        speed=_speed_list(dip.get("speed", []), reader),
+        mode=reader.get(dip, "mode", "dip.", "str", "stable", example='"paper"'),
+        members=reader.get(dip, "members", "dip.", "int", None, 1, "3"))
 
     inference = document.get("inference", {})
     if not isinstance(inference, dict):
@@ -738,6 +744,11 @@ def check_runtime(config: Config) -> list[str]:
             problems.append(f"dip.transfer: {error}")
     if dip.ema_weight is not None and not 0 <= dip.ema_weight < 1:
         problems.append(f"dip.ema_weight: must be in [0, 1), got {dip.ema_weight}")
+    from .dip.modes import MODES  # no torch: modes only names settings
+
+    if dip.mode not in MODES:
+        problems.append(f"dip.mode: unknown fit mode {dip.mode!r}; choose from "
+                        f"{', '.join(MODES)}")
     if config.inference:
         from .metadata import InferenceRules
 

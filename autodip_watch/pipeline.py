@@ -28,6 +28,7 @@ from .dip.device import choose_device, describe_device
 from .dip.batching import (DEFAULT_LINGER_SECONDS, DEFAULT_MAX_BATCH, SharedFitter,
                            TileFitter, make_fitter, make_shared_fitter)
 from .dip.fit import FitOptions
+from .dip.modes import fit_mode
 from .dip.params import CUDA_ONLY_SPEED, SPEED_SETTINGS
 from .dip.plane import PlaneJob, PlaneResult, denoise_planes
 from .dip.tiling import plane_tiles
@@ -89,6 +90,19 @@ class DenoiseSettings:
     memory_budget: int | None = None
     # Comma-separated SPEED_SETTINGS, e.g. "channels_last,bf16"; "" = the plain fp32 path.
     speed: str = ""
+    # Fit mode (dip/modes.py): "paper" or "stable"; None = the default. ``members``
+    # overrides the mode's ensemble size for the device.
+    mode: str | None = None
+    members: int | None = None
+
+    def fit_mode(self):
+        """The :class:`~.dip.modes.FitMode` (``ValueError`` for an unknown name)."""
+        return fit_mode(self.mode)
+
+    def ensemble_members(self, device: torch.device) -> int:
+        """Fits per tile on ``device``: the override, else the mode's size for it."""
+        return self.members if self.members is not None else \
+            self.fit_mode().members(device.type)
 
     def speed_settings(self, device: torch.device | None = None) -> list[str]:
         """The requested speed settings (``ValueError`` for unknown ones), limited to
@@ -106,11 +120,11 @@ class DenoiseSettings:
 
     def fit_options(self, device: torch.device | None = None) -> FitOptions:
         speed = self.speed_settings(device)
-        return FitOptions(seed=self.seed, reg_noise_std=self.reg_noise_std,
-                          ema_weight=self.ema_weight,
-                          channels_last="channels_last" in speed,
-                          tf32=True if "tf32" in speed else None, bf16="bf16" in speed,
-                          compile="compile" in speed, cuda_graphs="cuda_graphs" in speed)
+        return self.fit_mode().fit_options(FitOptions(
+            seed=self.seed, reg_noise_std=self.reg_noise_std, ema_weight=self.ema_weight,
+            channels_last="channels_last" in speed, tf32=True if "tf32" in speed else None,
+            bf16="bf16" in speed, compile="compile" in speed,
+            cuda_graphs="cuda_graphs" in speed))
 
     def folder_defaults(self) -> FolderDefaults | None:
         if self.folder_microscope is None and self.folder_specimen is None:
@@ -126,6 +140,9 @@ class DenoiseSettings:
             if value is not None:
                 validate_specimen(value)
         self.speed_settings()
+        self.fit_mode()
+        if self.members is not None and self.members < 1:
+            raise ValueError(f"members must be at least 1, got {self.members}")
 
 
 @dataclass
@@ -144,6 +161,9 @@ class PlaneReport:
     channel_name: str | None = None
     policy: str = "denoise"
     evidence: list[str] = field(default_factory=list)
+    members: int = 1  # ensemble size the plane was fitted with
+    rollbacks: int = 0  # weight restores after loss spikes over its fits
+    noise: dict | None = None  # the estimated noise-level function, when fitted on its VST
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -233,6 +253,7 @@ def inspect_file(path: str | Path, settings: DenoiseSettings) -> list[dict]:
                 "dtype": str(info.dtype), "pixels": info.has_pixels,
                 "source_files": [str(p) for p in image.source_files],
                 "warnings": list(image.warnings),
+                "mode": _mode_record(settings),
                 "channels": [plan.as_dict() for plan in plans]})
     return images
 
@@ -407,7 +428,8 @@ def _denoise_window(window, info: SeriesInfo, plans: list[ChannelPlan],
                     progress(_done, counter.total, tile, tiles, iteration, iterations)
             entries.append((key, plan, transfer, len(jobs)))
             jobs.append(PlaneJob(plane, transfer.params, settings.fit_options(fitter.device),
-                                 callback))
+                                 callback, members=settings.ensemble_members(fitter.device),
+                                 vst=settings.fit_mode().vst))
     results = denoise_planes(jobs, fitter)
     position = 0
     for keys, planes in window:
@@ -428,6 +450,8 @@ def _denoise_window(window, info: SeriesInfo, plans: list[ChannelPlan],
             note = "constant plane copied" if result.constant else (
                 f"fitted in a batch of {result.batch}" if result.batch > 1 else "")
             reports.append(_plane_report(key, plan, transfer, result.seconds, result.tiles, note))
+            reports[-1].members, reports[-1].rollbacks = result.members, result.rollbacks
+            reports[-1].noise = result.noise.as_dict() if result.noise is not None else None
         yield info.join_page(outputs)
 
 
@@ -466,7 +490,21 @@ def _settings_record(settings: DenoiseSettings, fitter: TileFitter) -> dict[str,
             "depth_override": settings.depth, "width_override": settings.width,
             "skip_override": settings.skip, "iterations_override": settings.iterations,
             "seed": settings.seed, "reg_noise_std": settings.reg_noise_std,
-            "ema_weight": settings.ema_weight, **fitter_record}
+            "ema_weight": settings.ema_weight, **fitter_record,
+            **{f"mode_{key}" if key != "name" else "mode": value for key, value in
+               settings.fit_mode().describe(
+                   fitter.device.type, settings.ensemble_members(fitter.device)).items()}}
+
+
+def _mode_record(settings: DenoiseSettings) -> dict:
+    """The fit mode as ``inspect`` shows it: settings, and the ensemble size per device
+    (which device runs the file is decided when it runs)."""
+    mode = settings.fit_mode()
+    record = mode.describe("cpu", settings.members)
+    record.pop("members")
+    record["members"] = {"cpu": settings.members or mode.members_cpu,
+                         "cuda": settings.members or mode.members_cuda}
+    return record
 
 
 def torch_version() -> str:

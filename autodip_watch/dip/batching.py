@@ -76,6 +76,7 @@ class TileResult:
     final_loss: float
     seconds: float  # this tile's share of its batch's wall time
     batch: int  # how many tiles were fitted together with it (itself included)
+    rollbacks: int = 0  # weight restores after loss spikes (FitOptions.rollback)
 
 
 class TileFitter:
@@ -316,7 +317,8 @@ def _run_batch(chunk: list[FitRequest], device: torch.device,
     results = fit_tiles([request.tile for request in chunk], chunk[0].params, device,
                         [request.options for request in chunk], progress=progress, dtype=dtype)
     return [TileResult(output=result.output, final_loss=float(result.losses[-1]),
-                       seconds=result.seconds / len(chunk), batch=len(chunk))
+                       seconds=result.seconds / len(chunk), batch=len(chunk),
+                       rollbacks=result.rollbacks)
             for result in results]
 
 

@@ -4,6 +4,14 @@ Reference behaviour (DESIGN §2): fixed input z ~ U[0,1) x 0.1 with 32 channels,
 (lr 0.01) over the network weights, MSE against the noisy tile, output of the last
 iteration. ``reg_noise_std`` and an output EMA are the original DIP's options, off by
 default as in AUTO-DIP.
+
+Stabilisation (issue 14, ``bench/README.md``): the last iterate of an Adam fit lands at a
+random point of an oscillation, and Adam now and then throws the fit into a loss spike
+that takes tens of iterations to recover. ``average_fraction`` returns the mean output of
+the last part of the fit instead of the last output, leaving out iterations whose loss
+spiked (``spike_factor``); ``rollback`` restores the weights of the last healthy check
+after a spike, as the original DIP code's backtracking does. With all three off (the
+defaults) the loop is the paper's, operation for operation.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +32,14 @@ from .tiling import crop_padded, pad_for_depth
 ProgressCallback = Callable[[int, int], None]
 #: snapshot(iteration, output) with the (cropped, 2-D, [0,1]) output tensor of that iteration.
 SnapshotCallback = Callable[[int, torch.Tensor], None]
+
+#: A loss is a spike when it exceeds ``spike_factor`` times the lowest loss of this many
+#: iterations before it: long enough to span Adam's normal oscillation, short enough to
+#: follow the loss as it falls.
+SPIKE_REFERENCE_ITERATIONS = 20
+#: Rollback decides (one host sync) every this many iterations: on a GPU a sync per
+#: iteration would cost more than the small networks' iterations themselves.
+ROLLBACK_CHECK_EVERY = 5
 
 #: Eager iterations before a CUDA graph of the step is captured. They create what must
 #: not be allocated during capture (Adam's state, cuDNN workspaces, autograd buffers);
@@ -47,6 +63,15 @@ class FitOptions:
     # Replay one captured CUDA graph per iteration instead of launching each kernel from
     # Python (CUDA only): the small widefield networks are bound by launch overhead.
     cuda_graphs: bool = False
+    # Stabilisation (module docstring); 0 / None / False = the paper's last iterate.
+    #: Return the mean output of the last ``average_fraction`` of the iterations (0 < f <= 1).
+    average_fraction: float = 0.0
+    #: A loss above ``spike_factor`` x the lowest of the SPIKE_REFERENCE_ITERATIONS before
+    #: it marks a spike: left out of the average, and the trigger of ``rollback``.
+    spike_factor: float | None = None
+    #: After a spike, restore each network's weights from its last healthy check (Adam's
+    #: moments are kept: their inflated second moments damp the steps that follow).
+    rollback: bool = False
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -55,6 +80,12 @@ class FitOptions:
             raise ValueError("reg_noise_std must be >= 0")
         if self.ema_weight is not None and not 0.0 <= self.ema_weight < 1.0:
             raise ValueError("ema_weight must be in [0, 1)")
+        if not 0.0 <= self.average_fraction <= 1.0:
+            raise ValueError("average_fraction must be in [0, 1]")
+        if self.spike_factor is not None and self.spike_factor <= 1.0:
+            raise ValueError("spike_factor must be greater than 1")
+        if self.rollback and self.spike_factor is None:
+            raise ValueError("rollback needs spike_factor (what counts as a spike)")
         if self.cuda_graphs and self.compile:
             raise ValueError("cuda_graphs and compile do not combine: capture the eager step, "
                              "or let torch.compile graph it (mode='reduce-overhead')")
@@ -66,6 +97,9 @@ class FitResult:
     losses: np.ndarray  # MSE per iteration
     seconds: float
     padded_shape: tuple[int, int] = field(default=(0, 0))
+    rollbacks: int = 0  # how often ``rollback`` restored this network's weights
+    #: With ``stops``: iteration -> the averaged output had the fit stopped there.
+    stopped: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def make_input(shape: tuple[int, int], generator: torch.Generator,
@@ -109,8 +143,14 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
               progress: ProgressCallback | None = None,
               snapshot: Callable[[int, torch.Tensor], None] | None = None,
               snapshot_every: int = 0,
-              dtype: torch.dtype = torch.float32) -> list[FitResult]:
+              dtype: torch.dtype = torch.float32,
+              stops: Sequence[int] = ()) -> list[FitResult]:
     """Fit K independent networks, one per tile, in one batched optimisation.
+
+    ``stops``: with ``average_fraction`` > 0, also the averaged output as if the fit had
+    been stopped at each of these iterations (the mean over the last ``average_fraction``
+    of *those* iterations), in ``FitResult.stopped``: calibration scores one run at many
+    stopping points.
 
     The K networks are stacked into one grouped network (``SkipNet.stack``): each keeps
     its own weights, BatchNorm statistics and Adam moments, and the loss is the sum of
@@ -176,6 +216,8 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
 
     run_step = _GraphedStep(step, optimiser, noise_generator) if shared.cuda_graphs else step
     output = None
+    stabiliser = (_Stabiliser(shared, params.iterations, net, count, stops)
+                  if _stabilised(shared) else None)
     with _precision(device, shared), _side_stream(device, shared.cuda_graphs):
         for iteration in range(1, params.iterations + 1):
             output, per_network = run_step()
@@ -187,16 +229,27 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
                 # clone: a graphed step's output is overwritten by the next replay.
                 ema = current.clone() if ema is None else ema * weight + current * (1 - weight)
                 current = ema
+            if stabiliser is not None:
+                stabiliser.observe(iteration, current[0], per_network, losses)
             if snapshot is not None and snapshot_every and iteration % snapshot_every == 0:
                 frame = current[0].clone() if shared.cuda_graphs else current[0]
                 snapshot(iteration, _crop_each(frame, originals))
             if progress is not None:
                 progress(iteration, params.iterations)
-        final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
+        if stabiliser is not None and stabiliser.averaging:
+            final = stabiliser.mean(params.iterations).float().cpu().numpy()
+            stopped = {stop: stabiliser.mean(stop).float().cpu().numpy() for stop in stops}
+        else:
+            final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
+            stopped = {}
         all_losses = losses.cpu().numpy()
     seconds = time.perf_counter() - started
+    rollbacks = stabiliser.rollbacks if stabiliser is not None else [0] * count
     return [FitResult(output=np.clip(crop_padded(final[k], originals[k]), 0.0, 1.0),
-                      losses=all_losses[:, k], seconds=seconds, padded_shape=shape)
+                      losses=all_losses[:, k], seconds=seconds, padded_shape=shape,
+                      rollbacks=rollbacks[k],
+                      stopped={stop: np.clip(crop_padded(frames[k], originals[k]), 0.0, 1.0)
+                               for stop, frames in stopped.items()})
             for k in range(count)]
 
 
@@ -223,6 +276,101 @@ def training_step(forward, optimiser, z, target, noise, noise_generator,
     per_network.sum().backward()
     optimiser.step()
     return output, per_network.detach()
+
+
+def _stabilised(options: FitOptions) -> bool:
+    return options.average_fraction > 0 or options.spike_factor is not None
+
+
+class _Stabiliser:
+    """Late-window averaging, spike detection and rollback for K stacked networks.
+
+    Everything per iteration stays on the device (no host sync): a spike is a loss above
+    ``spike_factor`` x the lowest loss of the ``SPIKE_REFERENCE_ITERATIONS`` before it,
+    judged per network. Each averaging window (the last ``average_fraction`` of the fit,
+    and of every extra stopping point in ``stops``) keeps a running sum of its healthy
+    outputs. Rollback syncs once every ``ROLLBACK_CHECK_EVERY`` iterations: a network
+    with a spike since the last check gets the weights of its last verified checkpoint
+    back; otherwise the weights saved at the last check, whose losses are now all known
+    to be healthy, become its checkpoint. Stacked networks are concatenated along dim 0
+    of every parameter (``SkipNet.stack``), so network k's weights are block k of each.
+    """
+
+    def __init__(self, options: FitOptions, iterations: int, net: torch.nn.Module,
+                 count: int, stops: Sequence[int] = ()) -> None:
+        self.factor = options.spike_factor
+        self.count = count
+        self.averaging = options.average_fraction > 0
+        #: stop -> first iteration of its window; sums and kept counts per stop
+        self.windows: dict[int, int] = {}
+        if self.averaging:
+            for stop in {iterations, *(int(s) for s in stops)}:
+                if not 1 <= stop <= iterations:
+                    raise ValueError(f"stop {stop} is outside 1..{iterations}")
+                width = max(1, int(round(options.average_fraction * stop)))
+                self.windows[stop] = stop - width + 1
+        self.sums: dict[int, torch.Tensor] = {}
+        self.kept: dict[int, torch.Tensor] = {}
+        self.last: dict[int, torch.Tensor] = {}
+        self.unhealthy: torch.Tensor | None = None
+        self.rollbacks = [0] * count
+        self.parameters = list(net.parameters()) if options.rollback else []
+        self.checkpoint = [p.detach().clone() for p in self.parameters]
+        self.candidate = [p.detach().clone() for p in self.parameters]
+
+    def healthy(self, iteration: int, per_network: torch.Tensor,
+                losses: torch.Tensor) -> torch.Tensor | None:
+        """Per network, whether this iteration's loss is not a spike (None: no rule)."""
+        if self.factor is None or iteration == 1:
+            return None
+        first = max(0, iteration - 1 - SPIKE_REFERENCE_ITERATIONS)
+        reference = losses[first:iteration - 1].amin(dim=0)
+        return per_network <= reference * self.factor
+
+    def observe(self, iteration: int, outputs: torch.Tensor, per_network: torch.Tensor,
+                losses: torch.Tensor) -> None:
+        """Account for iteration ``iteration``: its (K, H, W) outputs and K losses."""
+        ok = self.healthy(iteration, per_network, losses)
+        weight = None
+        for stop, first in self.windows.items():
+            if not first <= iteration <= stop:
+                continue
+            if weight is None:
+                weight = torch.ones_like(per_network) if ok is None else ok.to(outputs.dtype)
+                contribution = outputs * weight.view(-1, 1, 1)
+            self.sums[stop] = (contribution.clone() if stop not in self.sums
+                               else self.sums[stop] + contribution)
+            self.kept[stop] = (weight.clone() if stop not in self.kept
+                               else self.kept[stop] + weight)
+            if iteration == stop:  # clone: a graphed step's output is overwritten later
+                self.last[stop] = outputs.clone()
+        if self.parameters and ok is not None:
+            self.unhealthy = ~ok if self.unhealthy is None else self.unhealthy | ~ok
+            if iteration % ROLLBACK_CHECK_EVERY == 0:
+                self._check()
+
+    @torch.no_grad()
+    def _check(self) -> None:
+        spiked = self.unhealthy.cpu().tolist()  # the one host sync per check
+        self.unhealthy = None
+        k = self.count
+        for p, checkpoint, candidate in zip(self.parameters, self.checkpoint, self.candidate):
+            blocks, saved, pending = (p.unflatten(0, (k, -1)), checkpoint.unflatten(0, (k, -1)),
+                                      candidate.unflatten(0, (k, -1)))
+            for network, bad in enumerate(spiked):
+                if bad:
+                    blocks[network].copy_(saved[network])
+                else:
+                    saved[network].copy_(pending[network])
+            pending.copy_(blocks)
+        for network, bad in enumerate(spiked):
+            self.rollbacks[network] += int(bad)
+
+    def mean(self, stop: int) -> torch.Tensor:
+        """(K, H, W): the mean kept output of the window ending at ``stop``; a network
+        that kept none (every iteration of its window spiked) gives its output at ``stop``."""
+        kept = self.kept[stop].view(-1, 1, 1)
+        return torch.where(kept > 0, self.sums[stop] / kept.clamp(min=1), self.last[stop])
 
 
 class _GraphedStep:

@@ -5,10 +5,17 @@ paper's preprocessing), cut into tiles, fitted, and mapped back to the input's r
 and dtype, rounding integers and clipping to the dtype's range. The tiles of many
 planes go to one :class:`~.batching.TileFitter` together, so that a batching fitter
 can fit those with the same configuration at once.
+
+Two plane-level parts of the stabilised mode (issue 14, ``bench/README.md``): an
+*ensemble* fits every tile ``members`` times with different seeds and returns the mean
+(a batching fitter fits the members together), and a *variance-stabilising transform*
+fits the plane in the generalised Anscombe domain of its estimated Poisson-Gaussian
+noise (``noise.py``) and maps the result back with the exact unbiased inverse.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +25,7 @@ import torch
 from .batching import FitRequest, SingleFitter, TileFitter
 from .fit import FitOptions
 from .network import DipParams
+from .noise import Anscombe, NoiseModel, estimate_noise
 from .tiling import TILE_OVERLAP, TILE_SIZE, blend_tiles, plane_tiles, process_tiled
 
 #: Dtypes a plane may have; others are refused with a clear error.
@@ -25,7 +33,13 @@ SUPPORTED_DTYPES = tuple(np.dtype(name) for name in
                          ("uint8", "uint16", "int8", "int16", "uint32", "int32",
                           "float32", "float64"))
 
-#: plane_progress(tile, tiles, iteration, iterations)
+#: Member k of an ensemble with seed s is fitted with seed s + k * MEMBER_SEED_STRIDE, so
+#: member 0 is the single fit of seed s, and the members of seeds 0, 1, 2, ... never
+#: overlap (for fewer than a million seeds).
+MEMBER_SEED_STRIDE = 1_000_000
+
+#: plane_progress(tile, tiles, iteration, iterations); with an ensemble, each member's
+#: fit of each tile counts as a tile (tiles = tiles of the plane x members).
 PlaneProgress = Callable[[int, int, int, int], None]
 #: A tile denoiser: takes a [0,1] float32 tile, returns the denoised tile.
 TileDenoiser = Callable[[np.ndarray, int, int], np.ndarray]
@@ -39,6 +53,9 @@ class PlaneResult:
     constant: bool  # a constant plane has nothing to denoise and is copied through
     final_loss: float | None
     batch: int = 1  # the largest batch one of its tiles was fitted in
+    members: int = 1  # fits per tile averaged (ensemble size)
+    noise: NoiseModel | None = None  # the estimated noise, when the fit ran on its VST
+    rollbacks: int = 0  # weight restores after loss spikes, all fits of the plane
 
 
 @dataclass
@@ -49,6 +66,17 @@ class PlaneJob:
     params: DipParams
     options: FitOptions = FitOptions()
     progress: PlaneProgress | None = None
+    members: int = 1  # ensemble size: fits per tile, seeds from member_seed()
+    vst: bool = False  # fit in the variance-stabilised domain of the estimated noise
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ValueError("members must be at least 1")
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of ensemble member ``member`` (0-based) of a fit with ``seed``."""
+    return seed + member * MEMBER_SEED_STRIDE
 
 
 def check_dtype(dtype: np.dtype) -> np.dtype:
@@ -107,10 +135,38 @@ def denoise_plane(plane: np.ndarray, params: DipParams, device: torch.device | s
     return denoise_planes([PlaneJob(plane, params, options, progress)], SingleFitter(device))[0]
 
 
+class VarianceStabilised:
+    """A [0, 1] plane taken into the GAT domain of its estimated noise and rescaled to
+    [0, 1] for the network's sigmoid output, and the way back."""
+
+    def __init__(self, unit: np.ndarray) -> None:
+        self.model = estimate_noise(unit)
+        try:
+            self.transform: Anscombe | None = Anscombe.for_model(self.model)
+        except ValueError:  # no Poisson part: the noise is already homoscedastic
+            self.transform = None
+        if self.transform is None:
+            self.low, self.high = 0.0, 1.0
+            self.plane = unit
+            return
+        stabilised = self.transform.forward(unit)
+        self.low, self.high = float(stabilised.min()), float(stabilised.max())
+        span = self.high - self.low
+        self.plane = (stabilised - self.low) / span if span > 0 else np.zeros_like(stabilised)
+
+    def back(self, fitted: np.ndarray) -> np.ndarray:
+        if self.transform is None:
+            return fitted
+        stabilised = np.asarray(fitted, dtype=np.float64) * (self.high - self.low) + self.low
+        return np.clip(self.transform.inverse(stabilised), 0.0, 1.0)
+
+
 def denoise_planes(jobs: list[PlaneJob], fitter: TileFitter) -> list[PlaneResult]:
     """Denoise several planes, handing all their tiles to ``fitter`` in one call.
 
-    A plane's seconds are its tiles' shares of the batches they ran in.
+    Each tile is fitted ``job.members`` times (seeds :func:`member_seed`) and the mean
+    taken; with ``job.vst`` the fit runs on the variance-stabilised plane. A plane's
+    seconds are its fits' shares of the batches they ran in.
     """
     prepared = []
     requests: list[FitRequest] = []
@@ -119,26 +175,41 @@ def denoise_planes(jobs: list[PlaneJob], fitter: TileFitter) -> list[PlaneResult
             raise ValueError(f"expected a 2-D plane, got shape {job.plane.shape}")
         dtype = check_dtype(job.plane.dtype)
         unit, low, high = normalise(job.plane)
+        stabilised = VarianceStabilised(unit) if job.vst and high != low else None
+        fitted_plane = stabilised.plane if stabilised is not None else unit
         windows = [] if high == low else plane_tiles(unit.shape)
         first = len(requests)
-        for index, window in enumerate(windows):
-            tile = np.ascontiguousarray(unit[window.slices], dtype=np.float32)
-            requests.append(FitRequest(tile, job.params, job.options,
-                                       _tile_progress(job.progress, index, len(windows))))
-        prepared.append((job, dtype, unit.shape, low, high, windows, first))
+        fits = len(windows) * job.members
+        for member in range(job.members):
+            options = job.options
+            if member:
+                options = dataclasses.replace(options, seed=member_seed(options.seed, member))
+            for index, window in enumerate(windows):
+                tile = np.ascontiguousarray(fitted_plane[window.slices], dtype=np.float32)
+                requests.append(FitRequest(
+                    tile, job.params, options,
+                    _tile_progress(job.progress, member * len(windows) + index, fits)))
+        prepared.append((job, dtype, unit.shape, low, high, windows, first, stabilised))
     results = fitter.fit(requests) if requests else []
     planes = []
-    for job, dtype, shape, low, high, windows, first in prepared:
+    for job, dtype, shape, low, high, windows, first, stabilised in prepared:
         if not windows:  # constant: nothing to denoise
             planes.append(PlaneResult(job.plane.copy(), 0.0, 0, True, None))
             continue
-        mine = results[first:first + len(windows)]
-        denoised = blend_tiles(shape, windows, [r.output for r in mine])
+        mine = results[first:first + len(windows) * job.members]
+        count = len(windows)
+        outputs = [np.mean([mine[m * count + i].output for m in range(job.members)], axis=0)
+                   for i in range(count)]
+        denoised = blend_tiles(shape, windows, outputs)
+        if stabilised is not None:
+            denoised = stabilised.back(denoised)
         planes.append(PlaneResult(
             output=denormalise(denoised, low, high, dtype),
-            seconds=sum(r.seconds for r in mine), tiles=len(windows), constant=False,
+            seconds=sum(r.seconds for r in mine), tiles=count, constant=False,
             final_loss=float(np.mean([r.final_loss for r in mine])),
-            batch=max(r.batch for r in mine)))
+            batch=max(r.batch for r in mine), members=job.members,
+            noise=stabilised.model if stabilised is not None else None,
+            rollbacks=sum(r.rollbacks for r in mine)))
     return planes
 
 

@@ -1,0 +1,148 @@
+"""Score ground-truth-free output rules on recorded DIP trajectories (issue 14).
+
+``bench/trajectories.py`` keeps every iteration's output of paper-mode fits. This script
+applies rules that a user without ground truth could run to those very outputs, and
+scores each against the ground truth, so that rules are compared on the same fits:
+
+* ``last``: the output of the transferred iteration count N (paper mode);
+* ``window F``: the mean of the outputs of the last F x N iterations before N;
+* ``window F clean``: the same, leaving out iterations whose loss spiked;
+* ``ensemble K``: the mean over K seeds of a per-seed rule;
+* stopping rules (ES-WMV, discrepancy) that pick the iteration from the fit itself.
+
+It also summarises the trajectories themselves: where PSNR peaks relative to N, how
+often and how deep the loss spikes are, and the seed spread.
+
+    python bench/analyse_trajectories.py bench/results/trajectories-cpu-asc.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pairs import PAIRS, Scorer, load  # noqa: E402
+from trajectories import DEFAULT_STORE  # noqa: E402
+
+from autodip_watch.dip.plane import denormalise, normalise  # noqa: E402
+
+
+def spikes(losses: np.ndarray, window: int = 20, factor: float = 1.1) -> np.ndarray:
+    """Iterations whose loss exceeds ``factor`` x the lowest loss of the ``window`` before."""
+    flagged = np.zeros(len(losses), dtype=bool)
+    for i in range(1, len(losses)):
+        reference = losses[max(0, i - window):i].min()
+        flagged[i] = losses[i] > factor * reference
+    return flagged
+
+
+class Run:
+    def __init__(self, record: dict, store: Path) -> None:
+        self.record = record
+        self.frames = np.load(store / record["frames"], mmap_mode="r")
+        self.losses = np.asarray(record["losses"])
+        self.psnr = np.asarray(record["psnr"])
+        self.stop = record["transferred_iterations"]
+
+    def mean(self, first: int, last: int, keep: np.ndarray | None = None) -> np.ndarray:
+        """Mean output of iterations first..last (1-based, inclusive), optionally masked."""
+        indices = np.arange(first - 1, last)
+        if keep is not None:
+            chosen = indices[keep[indices]]
+            indices = chosen if len(chosen) else indices[-1:]
+        total = np.zeros(self.frames.shape[1:], dtype=np.float64)
+        for index in indices:
+            total += self.frames[index]
+        return total / len(indices)
+
+    def frame(self, iteration: int) -> np.ndarray:
+        return np.asarray(self.frames[iteration - 1], dtype=np.float64)
+
+
+def es_wmv(run: Run, window: int, patience: int) -> int:
+    """Early stopping by windowed moving variance (Wang et al., TMLR 2023): the iteration
+    where the variance of the last ``window`` outputs is lowest, once it has not improved
+    for ``patience`` iterations (or the last iteration)."""
+    frames = run.frames
+    best, best_at, since = np.inf, len(frames), 0
+    for end in range(window, len(frames) + 1):
+        block = np.asarray(frames[end - window:end], dtype=np.float32)
+        variance = float(block.var(axis=0).mean())
+        if variance < best:
+            best, best_at, since = variance, end, 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    return best_at
+
+
+def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype) -> dict:
+    stop = runs[0].stop
+
+    def score(unit: np.ndarray) -> float:
+        return scorer.psnr(denormalise(unit, low, high, dtype))
+
+    rows: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        rows.setdefault(name, []).append(value)
+
+    for run in runs:
+        add("last", score(run.frame(stop)))
+        add("peak (oracle)", float(run.psnr.max()))
+        add("peak at / N", float((run.psnr.argmax() + 1) / stop))
+        flagged = spikes(run.losses)
+        add("spikes per 100 it", 100 * float(flagged.mean()))
+        add("min late PSNR", float(run.psnr[stop // 2:stop].min()))
+        for fraction in (0.1, 0.2, 1 / 3, 0.5):
+            width = max(1, int(round(fraction * stop)))
+            add(f"window {fraction:.2f}", score(run.mean(stop - width + 1, stop)))
+            add(f"window {fraction:.2f} clean", score(run.mean(stop - width + 1, stop, ~flagged)))
+        for window, patience in ((20, 50), (50, 100)):
+            at = min(es_wmv(run, window, patience), len(run.frames))
+            add(f"es-wmv {window}/{patience} at / N", at / stop)
+            add(f"es-wmv {window}/{patience}", score(run.frame(at)))
+    # Ensembles of K seeds: disjoint groups of the runs in seed order.
+    for k in (2, 3, 4):
+        for first in range(0, len(runs) - k + 1, k):
+            group = runs[first:first + k]
+            add(f"ensemble {k} last", score(np.mean([r.frame(stop) for r in group], axis=0)))
+            for fraction in (0.2, 1 / 3):
+                width = max(1, int(round(fraction * stop)))
+                add(f"ensemble {k} window {fraction:.2f} clean", score(np.mean(
+                    [r.mean(stop - width + 1, stop, ~spikes(r.losses)) for r in group], axis=0)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+")
+    parser.add_argument("--store", default=str(DEFAULT_STORE))
+    args = parser.parse_args()
+    store = Path(args.store)
+    records = [r for path in args.results for r in json.loads(Path(path).read_text())["runs"]]
+    for name in dict.fromkeys(r["pair"] for r in records):
+        pair = PAIRS[name]
+        noisy, truth = load(pair)
+        scorer = Scorer(pair, noisy, truth)
+        _, low, high = normalise(noisy)
+        runs = [Run(r, store) for r in sorted(records, key=lambda r: r["seed"]) if r["pair"] == name]
+        rows = summarise(runs, scorer, low, high, noisy.dtype)
+        print(f"\n{name}: {len(runs)} seeds, N = {runs[0].stop}, noisy {scorer.psnr(noisy):.2f}")
+        for key, values in rows.items():
+            values = np.asarray(values)
+            spread = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
+            print(f"  {key:32s} {values.mean():7.2f}{spread}   "
+                  + " ".join(f"{v:.2f}" for v in values))
+
+
+if __name__ == "__main__":
+    main()
