@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs import PAIRS, Scorer, load  # noqa: E402
 from trajectories import DEFAULT_STORE  # noqa: E402
 
+from autodip_watch.dip.noise import Anscombe, NoiseModel  # noqa: E402
 from autodip_watch.dip.plane import denormalise, normalise  # noqa: E402
 
 
@@ -50,6 +51,18 @@ class Run:
         self.losses = np.asarray(record["losses"])
         self.psnr = np.asarray(record["psnr"])
         self.stop = record["transferred_iterations"]
+        self.variant = record.get("variant", "paper")
+        vst = record.get("vst")
+        self.transform = None
+        if vst:
+            self.transform = Anscombe.for_model(NoiseModel(vst["slope"], vst["intercept"]))
+            self.low, self.high = vst["low"], vst["high"]
+
+    def back(self, fitted: np.ndarray) -> np.ndarray:
+        """Frames are kept in the fitted domain; this maps a combination of them back."""
+        if self.transform is None:
+            return fitted
+        return np.clip(self.transform.inverse(fitted * (self.high - self.low) + self.low), 0, 1)
 
     def mean(self, first: int, last: int, keep: np.ndarray | None = None) -> np.ndarray:
         """Mean output of iterations first..last (1-based, inclusive), optionally masked."""
@@ -88,7 +101,7 @@ def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype) -
     stop = runs[0].stop
 
     def score(unit: np.ndarray) -> float:
-        return scorer.psnr(denormalise(unit, low, high, dtype))
+        return scorer.psnr(denormalise(runs[0].back(unit), low, high, dtype))
 
     rows: dict[str, list[float]] = {}
 
@@ -134,14 +147,18 @@ def main() -> None:
         noisy, truth = load(pair)
         scorer = Scorer(pair, noisy, truth)
         _, low, high = normalise(noisy)
-        runs = [Run(r, store) for r in sorted(records, key=lambda r: r["seed"]) if r["pair"] == name]
-        rows = summarise(runs, scorer, low, high, noisy.dtype)
-        print(f"\n{name}: {len(runs)} seeds, N = {runs[0].stop}, noisy {scorer.psnr(noisy):.2f}")
-        for key, values in rows.items():
-            values = np.asarray(values)
-            spread = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
-            print(f"  {key:32s} {values.mean():7.2f}{spread}   "
-                  + " ".join(f"{v:.2f}" for v in values))
+        mine = [Run(r, store) for r in sorted(records, key=lambda r: r["seed"])
+                if r["pair"] == name]
+        for variant in dict.fromkeys(run.variant for run in mine):
+            runs = [run for run in mine if run.variant == variant]
+            rows = summarise(runs, scorer, low, high, noisy.dtype)
+            print(f"\n{name} [{variant}]: {len(runs)} seeds, N = {runs[0].stop}, "
+                  f"noisy {scorer.psnr(noisy):.2f}")
+            for key, values in rows.items():
+                values = np.asarray(values)
+                spread = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
+                print(f"  {key:32s} {values.mean():7.2f}{spread}   "
+                      + " ".join(f"{v:.2f}" for v in values))
 
 
 if __name__ == "__main__":

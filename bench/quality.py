@@ -36,6 +36,7 @@ from skimage.restoration import denoise_tv_chambolle
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from classical import PEERS  # noqa: E402
 from pairs import PAIRS, Scorer, load  # noqa: E402
 from speed import VARIANTS  # noqa: E402  (the fit variants, one definition for both benches)
 
@@ -174,7 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default="fmd-widefield-nucleus,w2s-005-ch0,w2s-056-ch1")
     parser.add_argument("--methods", default="noisy,tv,autodip",
-                        help="comma list of noisy, tv, autodip, baseline")
+                        help="comma list of noisy, tv, autodip, baseline, and the ground-truth-"
+                             f"free classical peers {', '.join(PEERS)}")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--variants", default="eager",
@@ -225,6 +227,16 @@ def main() -> None:
             rows.append({"pair": name, "method": "tv (oracle weight)", "psnr": psnr,
                          "ssim": ssim, "params": {"weight": weight}})
             print(rows[-1], flush=True)
+        for peer in (m for m in methods if m in PEERS):
+            started = time.perf_counter()
+            unit = scorer.scale(noisy)
+            denoised, chosen = PEERS[peer](unit)
+            plane = denoised * (scorer.high - scorer.low) + scorer.low
+            rows.append({"pair": name, "method": peer, "psnr": scorer.psnr(plane),
+                         "ssim": scorer.ssim(plane), "params": chosen,
+                         "seconds": time.perf_counter() - started})
+            print(rows[-1], flush=True)
+            save(complete=False)
         configs = []
         if "baseline" in methods:
             configs.append(("dip baseline", BASELINE, "baseline"))
