@@ -444,7 +444,7 @@ def calibrate(
             ids["task"] = progress.add_task("calibrating", total=max(1, info["pending"] * info["iterations"]),
                                             fits=f"0/{info['pending']} fits")
             ids["per_fit"] = info["iterations"]
-        elif event == "iteration" and (info["iteration"] % 10 == 0 or info["iteration"] == info["total"]):
+        elif event == "iteration":  # every iteration: an update only records a number
             task = info["task"]
             progress.update(ids["task"], completed=ids["done"] * ids["per_fit"] + info["iteration"],
                             description=f"{task.pair.name} {task.point.key}")

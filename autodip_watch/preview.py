@@ -30,6 +30,9 @@ __all__ = ["PreviewError", "PreviewFigure", "build_preview", "find_pair", "previ
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.8
 PREVIEW_SUFFIX = ".preview.png"
+#: Raw files up to this size are checked against the provenance's SHA-256 (larger ones
+#: by size only: hashing many gigabytes would make `show` slow).
+VERIFY_BYTES = 1 << 30
 
 
 class PreviewError(ValueError):
@@ -89,13 +92,15 @@ def preview_path(output: str | Path) -> Path:
 
 
 def find_pair(path: str | Path, raw: str | Path | None = None,
-              denoised: str | Path | None = None) -> tuple[Path, Path, list[str]]:
+              denoised: str | Path | None = None, verify: bool = True
+              ) -> tuple[Path, Path, list[str]]:
     """(raw file, output file, notes) for ``path``, which may be either.
 
     An output is recognised by its provenance record; its raw file is the one the record
     names, beside the output unless ``raw`` says where. For a raw file, the output is
-    ``<stem>.autodip.ome.tif`` beside it unless ``denoised`` says where. Notes say
-    when the raw file is not the one the output was made from (size or SHA-256 differ).
+    ``<stem>.autodip.ome.tif`` beside it unless ``denoised`` says where. With
+    ``verify``, notes say when the raw file is not the one the output was made from
+    (size, or SHA-256 for files up to :data:`VERIFY_BYTES`, differ from the provenance).
     Raises :class:`PreviewError` naming what is missing.
     """
     from .pipeline import output_path_for
@@ -131,12 +136,16 @@ def find_pair(path: str | Path, raw: str | Path | None = None,
     notes = []
     if not Path(raw).exists():
         raise PreviewError(f"raw file {raw} does not exist")
-    size = entries.get("source.size")
-    if size and str(Path(raw).stat().st_size) != size:
-        notes.append(f"{raw} is not the file {output.name} was made from "
-                     f"(size {Path(raw).stat().st_size}, provenance {size})")
-    elif entries.get("source.sha256") and sha256_file(raw) != entries["source.sha256"]:
-        notes.append(f"{raw} changed since {output.name} was made from it (SHA-256 differs)")
+    if verify:
+        size = entries.get("source.size")
+        actual = Path(raw).stat().st_size
+        if size and str(actual) != size:
+            notes.append(f"{raw} is not the file {output.name} was made from "
+                         f"(size {actual}, provenance {size})")
+        elif (entries.get("source.sha256") and actual <= VERIFY_BYTES
+              and sha256_file(raw) != entries["source.sha256"]):
+            notes.append(f"{raw} changed since {output.name} was made from it "
+                         f"(SHA-256 differs)")
     return Path(raw), output, notes
 
 
@@ -208,12 +217,13 @@ def _index(info: SeriesInfo, axis: str, value: int | None, default: int | None) 
 def build_preview(path: str | Path, *, raw: str | Path | None = None,
                   denoised: str | Path | None = None, series: int = 0, t: int | None = None,
                   z: int | None = None, channels: list[int] | None = None,
-                  small: bool = False) -> PreviewFigure:
+                  small: bool = False, verify: bool = True) -> PreviewFigure:
     """The before/after figure of one plane position of a raw file and its output.
 
     ``path`` is the output (``.autodip.ome.tif``) or the raw file (see
     :func:`find_pair`). ``t`` defaults to 0, ``z`` to the middle of the stack,
-    ``channels`` to all. ``small`` makes the daemon's preview (fewer dots per inch).
+    ``channels`` to all. ``small`` makes the daemon's preview (fewer dots per inch);
+    ``verify`` checks the raw file against the provenance (see :func:`find_pair`).
     Raises :class:`PreviewError` for a missing file or a plane outside the image, and
     ``ImageReadError`` (a ``ValueError``) for a file that cannot be read.
     """
@@ -223,7 +233,7 @@ def build_preview(path: str | Path, *, raw: str | Path | None = None,
     from matplotlib import pyplot as plt
     from matplotlib.patches import Rectangle
 
-    raw_path, output_path, notes = find_pair(path, raw, denoised)
+    raw_path, output_path, notes = find_pair(path, raw, denoised, verify)
     with ImageFile(raw_path) as raw_image, ImageFile(output_path) as out_image:
         if not 0 <= series < len(raw_image.series):
             raise PreviewError(f"{raw_path}: no image {series} (it has "
@@ -355,7 +365,8 @@ def _umask() -> int:
 def write_preview(output: str | Path, raw: str | Path | None = None) -> Path:
     """The daemon's preview: a small figure of the middle Z plane at T=0 of the first
     image, every channel, written atomically beside ``output`` (``x.autodip.preview.png``)."""
-    picture = build_preview(output, raw=raw, small=True)
+    # The daemon just made the output from this raw file, whose hash it checked.
+    picture = build_preview(output, raw=raw, small=True, verify=False)
     try:
         return picture.save(preview_path(output))
     finally:

@@ -28,6 +28,8 @@ REFRESH_SECONDS = 0.1
 #: Plain lines: at every this fraction of a fit, and at least every PLAIN_SECONDS.
 PLAIN_STEP = 0.1
 PLAIN_SECONDS = 30.0
+#: Channels listed before the first fit; more are summed up.
+PLAN_LINES = 12
 MODES = ("bar", "plain", "off")
 
 
@@ -273,18 +275,22 @@ def describe_event(event: str, info: dict, name: str) -> str | None:
         return f"{name}: checksumming {len(files)} file(s) for the provenance (SHA-256)"
     if event == "planned":
         lines = [f"{name}: {info['planes']} plane(s), {info['format']}, on {info['device']}"]
-        for image in info.get("images", []):
-            for channel in image["channels"]:
-                label = f"  image {image['index']} channel {channel['index']}"
-                if channel.get("name"):
-                    label += f" {channel['name']!r}"
-                labels = f"{channel['microscope']}/{channel['specimen']}"
-                params = channel.get("params")
-                if params is None:
-                    lines.append(f"{label}: {labels}: copied unchanged (not fluorescence)")
-                else:
-                    lines.append(f"{label}: {labels} -> group {channel['group']} "
-                                 f"(level {channel['level']}): {_params(params)}")
+        channels = [(image, channel) for image in info.get("images", [])
+                    for channel in image["channels"]]
+        for image, channel in channels[:PLAN_LINES]:
+            label = f"  image {image['index']} channel {channel['index']}"
+            if channel.get("name"):
+                label += f" {channel['name']!r}"
+            labels = f"{channel['microscope']}/{channel['specimen']}"
+            params = channel.get("params")
+            if params is None:
+                lines.append(f"{label}: {labels}: copied unchanged (not fluorescence)")
+            else:
+                lines.append(f"{label}: {labels} -> group {channel['group']} "
+                             f"(level {channel['level']}): {_params(params)}")
+        if len(channels) > PLAN_LINES:  # a plate of many images: `inspect` lists them all
+            lines.append(f"  ... and {len(channels) - PLAN_LINES} more channel(s) "
+                         f"(`autodip-watch inspect` lists every one)")
         return "\n".join(lines)
     if event == "fitting":
         planes = info["planes"]

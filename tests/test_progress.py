@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from pathlib import Path
@@ -178,6 +179,10 @@ def test_status_eta_comes_from_the_rate_not_from_elapsed_time(tmp_path):
     assert current["eta_seconds"] == pytest.approx(90, abs=2)
     assert current["elapsed_seconds"] >= 1000
     assert current["iterations_per_second"] == pytest.approx(3.0)
+    shown = io.StringIO()
+    render_status(collect_status(queue), Console(file=shown, width=300))
+    assert re.search(r"now: #1 /data/a.tif - plane 1/1, iteration 30/300 \(1[67] min elapsed, "
+                     r"3\.00 it/s, ETA (8\d s|9\d s|2 min)\) on cpu@1", shown.getvalue()), shown.getvalue()
     before_rate = queue.get(job.id)
     queue.progress(job.id, 1, 1, 1, 1, 1, 300, fraction=0.003, rate=None)  # first report
     assert collect_status(queue)["current"][0]["eta_seconds"] is None
