@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import PREVIEW_SUFFIX
 from .ometiff import AtomicFile, ImageFile, SeriesInfo
 from .provenance import read_provenance, sha256_file
 
@@ -29,7 +30,6 @@ __all__ = ["PreviewError", "PreviewFigure", "build_preview", "find_pair", "previ
 #: Contrast stretch: these percentiles of the raw plane map to black and white.
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.8
-PREVIEW_SUFFIX = ".preview.png"
 #: Raw files up to this size are checked against the provenance's SHA-256 (larger ones
 #: by size only: hashing many gigabytes would make `show` slow).
 VERIFY_BYTES = 1 << 30
