@@ -141,10 +141,19 @@ class DenoiseProgress:
                 fit = self._new_fit((key, plane, tile), name, plane, planes, tile, tiles)
             fit.meter.update(iteration, iterations, now)
 
+        last_fit: list = [None]
+
         def notify(event: str, info: dict) -> None:
             if event == "planned":
                 with self._lock:
                     self._planned[key] = int(info.get("planes") or 0)
+            if event == "fitting":
+                # Said once per configuration in a row: a stack's next plane with the same
+                # network is on its bar; a different network is news.
+                configuration = (info.get("group"), str(info.get("params")))
+                if configuration == last_fit[0]:
+                    return
+                last_fit[0] = configuration
             self.say(describe_event(event, info, name))
 
         return progress, notify

@@ -76,11 +76,18 @@ def frames(output: str) -> list[str]:
             if ANSI.sub("", part).strip()]
 
 
+@pytest.fixture(scope="module")
+def on_terminal(sample) -> tuple[int, str, Path]:
+    """`denoise` of the README sample on a pseudo-terminal: exit code, what it drew, output."""
+    output = sample.with_name("sample-dapi.autodip.ome.tif")
+    code, drawn = run_on_pty([sys.executable, "-m", "autodip_watch.cli", "denoise",
+                              str(sample), "--iterations", str(ITERATIONS)])
+    return code, drawn, output
+
+
 @pytest.mark.slow
-def test_denoise_on_a_terminal_advances_every_iteration_with_an_eta(sample, tmp_path):
-    code, output = run_on_pty([sys.executable, "-m", "autodip_watch.cli", "denoise",
-                               str(sample), "--iterations", str(ITERATIONS), "--out",
-                               str(tmp_path / "out.ome.tif")])
+def test_denoise_on_a_terminal_advances_every_iteration_with_an_eta(on_terminal):
+    code, output, _ = on_terminal
     assert code == 0, output
     shown = frames(output)
     bars = [(int(m.group(1)), m.group(2), line) for line in shown
@@ -137,12 +144,41 @@ def test_denoise_without_a_terminal_prints_plain_lines_and_keeps_json_clean(tmp_
     assert any("building the network for group widefield" in line for line in lines)
 
 
-@pytest.mark.slow
 def test_quiet_denoise_prints_no_progress(tmp_path):
+    from typer.testing import CliRunner
+
+    from autodip_watch.cli import app
+
     raw = _stack(tmp_path / "a.ome.tif", 1)
-    result = subprocess.run([sys.executable, "-m", "autodip_watch.cli", "denoise", str(raw),
-                             "--depth", "4", "--width", "16", "--iterations", "3", "--quiet"],
-                            capture_output=True, text=True, timeout=300, env=_env())
+    result = CliRunner().invoke(app, ["denoise", str(raw), "--depth", "4", "--width", "16",
+                                      "--iterations", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "it/s" not in result.output and "reading" not in result.output
+    assert "loading the engine" not in result.output
+    assert "a.autodip.ome.tif" in result.output  # the result line stays
+
+@pytest.mark.slow
+def test_show_on_the_readme_sample(on_terminal):
+    """The README's flow: the sample, denoised (a short fit), then `show` on its output."""
+    from PIL import Image
+
+    from autodip_watch.preview import build_preview
+
+    code, drawn, output = on_terminal
+    assert code == 0, drawn
+    result = subprocess.run([sys.executable, "-m", "autodip_watch.cli", "show", str(output)],
+                            capture_output=True, text=True, timeout=120, env=_env())
     assert result.returncode == 0, result.stderr
-    assert "it/s" not in result.stderr and "reading" not in result.stderr
-    assert "a.autodip.ome.tif" in result.stderr  # the result line stays
+    png = output.with_name("sample-dapi.autodip.preview.png")
+    assert png.stat().st_size > 20_000
+    picture = build_preview(output)
+    picture.close()
+    (panel,) = picture.channels
+    assert "group widefield/nucleus" in panel.caption and "depth 8, width asc" in panel.caption
+    image = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
+    assert image.shape[1] == round(picture.figure.get_size_inches()[0] * picture.dpi)
+    (x0, y0, x1, y1), (u0, v0, u1, v1) = panel.boxes["raw"], panel.boxes["denoised"]
+    height, width = min(y1 - y0, v1 - v0), min(x1 - x0, u1 - u0)
+    raw_panel = image[y0:y0 + height, x0:x0 + width]
+    denoised_panel = image[v0:v0 + height, u0:u0 + width]
+    assert np.mean(np.abs(raw_panel - denoised_panel)) > 3

@@ -27,28 +27,35 @@ HEAVY = ("torch", "torchvision", "lpips", "dask", "distributed", "matplotlib", "
 _RUNNER = """
 import json, sys
 from autodip_watch.cli import app
-try:
-    # standalone_mode=False: typer.Exit(n) comes back as the return value
-    code = app(sys.argv[2:], prog_name="autodip-watch", standalone_mode=False) or 0
-except SystemExit as stop:
-    code = stop.code or 0
-except BaseException as error:
-    code = repr(error)
+commands = json.loads(sys.argv[2])
+results = []
+for args in commands:
+    try:
+        # standalone_mode=False: typer.Exit(n) comes back as the return value
+        code = app(args, prog_name="autodip-watch", standalone_mode=False) or 0
+    except SystemExit as stop:
+        code = stop.code or 0
+    except BaseException as error:
+        code = repr(error)
+    results.append({"code": code, "modules": sorted(sys.modules)})
 with open(sys.argv[1], "w") as report:
-    json.dump({"code": code, "modules": sorted(sys.modules)}, report)
+    json.dump(results, report)
 """
 
 
-def run_light(tmp_path: Path, *args: str) -> dict:
-    """Run ``autodip-watch ARGS`` in a fresh interpreter; its exit code and sys.modules."""
+def run_light(tmp_path: Path, *commands: list[str]) -> list[dict]:
+    """Run each ``autodip-watch ARGS`` in turn in one fresh interpreter; per command its
+    exit code and sys.modules after it (modules only accumulate, so the first command
+    after which a module appears is the one that imported it)."""
     report = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
     env = {k: v for k, v in os.environ.items() if k != "AUTODIP_WATCH_CONFIG"}
-    result = subprocess.run([sys.executable, "-c", _RUNNER, str(report), *args],
-                            capture_output=True, text=True, timeout=120, env=env)
-    assert report.exists(), f"{args} crashed:\n{result.stdout}\n{result.stderr}"
-    outcome = json.loads(report.read_text())
-    outcome["stdout"], outcome["stderr"] = result.stdout, result.stderr
-    return outcome
+    result = subprocess.run([sys.executable, "-c", _RUNNER, str(report), json.dumps(commands)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert report.exists(), f"{commands} crashed:\n{result.stdout}\n{result.stderr}"
+    outcomes = json.loads(report.read_text())
+    for outcome in outcomes:
+        outcome["stdout"], outcome["stderr"] = result.stdout, result.stderr
+    return outcomes
 
 
 @pytest.fixture(scope="module")
@@ -96,23 +103,32 @@ LIGHT_COMMANDS = {
 EXPECTED_CODE = {"inspect of a missing file": 1}
 
 
-@pytest.mark.parametrize("name", list(LIGHT_COMMANDS))
-def test_light_command_imports_nothing_heavy(site, tmp_path, name):
-    outcome = run_light(tmp_path, *LIGHT_COMMANDS[name](site))
-    assert outcome["code"] == EXPECTED_CODE.get(name, 0), (outcome["stdout"], outcome["stderr"])
-    heavy = [module for module in HEAVY if module in outcome["modules"]]
-    assert heavy == [], f"{name} imported {heavy}"
+def test_light_commands_import_nothing_heavy(site, tmp_path):
+    names = list(LIGHT_COMMANDS)
+    outcomes = run_light(tmp_path, *(LIGHT_COMMANDS[name](site) for name in names))
+    problems = []
+    for name, outcome in zip(names, outcomes):
+        if outcome["code"] != EXPECTED_CODE.get(name, 0):
+            problems.append(f"{name}: exit {outcome['code']}")
+        heavy = [module for module in HEAVY if module in outcome["modules"]]
+        if heavy:
+            problems.append(f"{name} imported {heavy}")
+            break  # later commands inherit the modules
+    assert not problems, (problems, outcomes[0]["stderr"])
 
 
-def test_the_checks_see_heavy_imports(site, tmp_path):
-    """The guard can fail: a command that does fit (denoise's setup) shows torch."""
-    outcome = run_light(tmp_path, "denoise", str(site["sample"]), "--width", "7")
-    assert outcome["code"] == 2  # refused before any fit, after loading the engine
-    assert "torch" in outcome["modules"]
+def test_the_check_sees_heavy_imports(site, tmp_path):
+    """The guard can fail: after a light command, a command that fits (denoise's setup)
+    shows torch, and only from that command on."""
+    first, second = run_light(tmp_path, ["groups"],
+                              ["denoise", str(site["sample"]), "--width", "7"])
+    assert "torch" not in first["modules"]
+    assert second["code"] == 2  # refused before any fit, after loading the engine
+    assert "torch" in second["modules"]
 
 
 def test_inspect_answers_what_denoise_would_do(site, tmp_path):
-    outcome = run_light(tmp_path, "inspect", "--json", str(site["sample"]))
+    (outcome,) = run_light(tmp_path, ["inspect", "--json", str(site["sample"])])
     channel = json.loads(outcome["stdout"])["images"][0]["channels"][0]
     assert (channel["microscope"], channel["specimen"], channel["group"]) == (
         "widefield", "nucleus", "widefield/nucleus")

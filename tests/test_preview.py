@@ -173,28 +173,3 @@ def test_previews_are_the_daemons_own_outputs(suffix, name, own):
         output = Path("/data") / (name[: -len(stem + ".preview.png")] + suffix)
         assert config.preview_for(output) == Path("/data") / name
 
-
-@pytest.mark.slow
-def test_show_on_the_readme_sample(tmp_path):
-    """The README's flow: make the sample, denoise it (a short fit), `show` the output."""
-    root = Path(__file__).resolve().parents[1]
-    sample = tmp_path / "sample-dapi.ome.tif"
-    subprocess.run([sys.executable, str(root / "scripts" / "make_sample.py"), str(sample)],
-                   check=True, capture_output=True, timeout=120)
-    report = denoise_file(sample, DenoiseSettings(iterations=3, device="cpu"))
-    result = subprocess.run([sys.executable, "-m", "autodip_watch.cli", "show", report.output],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    png = tmp_path / "sample-dapi.autodip.preview.png"
-    assert png.stat().st_size > 20_000
-    picture = build_preview(report.output)
-    picture.close()
-    (panel,) = picture.channels
-    assert "group widefield/nucleus" in panel.caption and "depth 8, width asc" in panel.caption
-    image = _gray(png)
-    assert image.shape[1] == round(picture.figure.get_size_inches()[0] * picture.dpi)
-    (x0, y0, x1, y1), (u0, v0, u1, v1) = panel.boxes["raw"], panel.boxes["denoised"]
-    size = min(y1 - y0, v1 - v0), min(x1 - x0, u1 - u0)
-    raw_panel = image[y0:y0 + size[0], x0:x0 + size[1]]
-    denoised_panel = image[v0:v0 + size[0], u0:u0 + size[1]]
-    assert np.mean(np.abs(raw_panel - denoised_panel)) > 3

@@ -252,3 +252,17 @@ def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
     assert [entry["fraction"] for entry in seen] == sorted(entry["fraction"] for entry in seen)
     assert seen[-1]["fraction"] == 1.0 and seen[-1]["eta_seconds"] == 0.0
     assert queue.get(job.id).rate > 0
+
+
+def test_the_network_is_announced_once_per_configuration_in_a_row():
+    display, buffer = plain_display(Clock())
+    _, notify = display.for_file(Path("stack.tif"))
+    widefield = {"group": "widefield", "level": "microscope", "device": "cpu",
+                 "params": {"depth": 8, "width": "32", "skip": 4, "iterations": 400}}
+    confocal = {**widefield, "group": "confocal",
+                "params": {"depth": 4, "width": "asc", "skip": 4, "iterations": 1200}}
+    for plane, info in [(1, widefield), (2, widefield), (3, confocal), (4, widefield)]:
+        notify("fitting", {"planes": [plane], "of": 4, **info})
+    announced = [line for line in buffer.getvalue().splitlines() if "building" in line]
+    assert [line.split("fitting ")[1].split(":")[0] for line in announced] == [
+        "plane 1 of 4", "plane 3 of 4", "plane 4 of 4"]
