@@ -15,6 +15,7 @@ preview = true``.
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,12 +257,23 @@ def build_preview(path: str | Path, *, raw: str | Path | None = None,
 
     dpi = 60 if small else 100
     panel_inches = 2.4 if small else 3.2
-    caption_lines = 2 + len(rows)
     fig_width = 4 * panel_inches
-    fig_height = len(rows) * (panel_inches + 0.35) + 0.22 * caption_lines + 0.5
+    font_points = 8 if small else 9
+    where = ", ".join(f"{axis}={index}" for axis, index in position.items())
+    header = (f"{raw_path.name} -> {output_path.name}   image {series}, {where}   "
+              f"contrast: raw {LOW_PERCENTILE}-{HIGH_PERCENTILE} percentiles, same for both")
+    made = (f"{entries.get('software', 'autodip-watch')} {entries.get('software.version', '')}"
+            f" on {entries.get('device', '?')}, finished {entries.get('finished', '?')}")
+    captions = [_channel_caption(entries, channel) for channel in rows]
+    # Wrapped to the figure's width: a monospace character is about 0.6 em wide.
+    columns = max(40, int(fig_width * 72 / (0.6 * font_points)) - 2)
+    caption_lines = [wrapped for line in [header, made, *captions, *notes]
+                     for wrapped in textwrap.wrap(line, columns, subsequent_indent="    ")]
+    line_inches = 1.25 * font_points / 72
+    fig_height = (len(rows) * (panel_inches + 0.35) + line_inches * len(caption_lines) + 0.6)
     figure, axes = plt.subplots(len(rows), 4, figsize=(fig_width, fig_height), dpi=dpi,
                                 squeeze=False)
-    bottom = (0.22 * caption_lines + 0.15) / fig_height
+    bottom = (line_inches * len(caption_lines) + 0.2) / fig_height
     figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.45 / fig_height, bottom=bottom,
                            wspace=0.04, hspace=0.18)
     panels: list[ChannelPanels] = []
@@ -276,7 +288,7 @@ def build_preview(path: str | Path, *, raw: str | Path | None = None,
         top, left = structured_region(out_plane, size)
         crop = (top, left, min(size, height), min(size, width))
         name = entries.get(f"channel.{channel}.name") or None
-        caption = _channel_caption(entries, channel)
+        caption = captions[row]
         views = [("raw", raw_plane, "raw"), ("denoised", out_plane, "denoised"),
                  ("raw_crop", raw_plane[top:top + crop[2], left:left + crop[3]], "raw, zoom"),
                  ("denoised_crop", out_plane[top:top + crop[2], left:left + crop[3]],
@@ -293,14 +305,8 @@ def build_preview(path: str | Path, *, raw: str | Path | None = None,
                                        edgecolor="#ffcc00", linewidth=1.2))
         panels.append(ChannelPanels(channel, name, raw_plane, out_plane, low, high, crop,
                                     caption))
-    where = ", ".join(f"{axis}={index}" for axis, index in position.items())
-    header = (f"{raw_path.name} -> {output_path.name}   image {series}, {where}   "
-              f"contrast: raw {LOW_PERCENTILE}-{HIGH_PERCENTILE} percentiles, same for both")
-    made = (f"{entries.get('software', 'autodip-watch')} {entries.get('software.version', '')}"
-            f" on {entries.get('device', '?')}, finished {entries.get('finished', '?')}")
-    text = "\n".join([header, made, *[panel.caption for panel in panels], *notes])
-    figure.text(0.01, 0.01, text, fontsize=8 if small else 9, family="monospace",
-                va="bottom", ha="left")
+    figure.text(0.01, 0.1 / fig_height, "\n".join(caption_lines), fontsize=font_points,
+                family="monospace", va="bottom", ha="left", linespacing=1.1)
     figure.canvas.draw()
     figure_height_px = figure.bbox.height
     for row, panel in enumerate(panels):
