@@ -176,7 +176,7 @@ def test_show_on_the_readme_sample(on_terminal):
     (panel,) = picture.channels
     assert "group widefield/nucleus" in panel.caption and "depth 8, width asc" in panel.caption
     image = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
-    assert image.shape[1] == round(picture.figure.get_size_inches()[0] * picture.dpi)
+    assert abs(image.shape[1] - picture.figure.get_size_inches()[0] * picture.dpi) <= 1
     (x0, y0, x1, y1), (u0, v0, u1, v1) = panel.boxes["raw"], panel.boxes["denoised"]
     height, width = min(y1 - y0, v1 - v0), min(x1 - x0, u1 - u0)
     raw_panel = image[y0:y0 + height, x0:x0 + width]

@@ -67,7 +67,7 @@ def test_show_writes_a_png_whose_raw_and_denoised_panels_differ(denoised, tmp_pa
     assert png.stat().st_size > 20_000
     image = _gray(png)
     width, height = picture.figure.get_size_inches() * picture.dpi
-    assert image.shape == (round(height), round(width))
+    assert abs(image.shape[0] - height) <= 1 and abs(image.shape[1] - width) <= 1
     assert [panel.channel for panel in picture.channels] == [0, 1]
     for panel in picture.channels:
         boxes = {key: image[y0:y1, x0:x1] for key, (x0, y0, x1, y1) in panel.boxes.items()}
