@@ -72,11 +72,15 @@ def denoise(
     members: Optional[int] = typer.Option(None, min=1, help="Ensemble size: fits per tile, averaged "
                                           "(default: the mode's for the device)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr (errors still)."),
 ) -> None:
     """Denoise files with the AUTO-DIP configuration of each channel's group.
 
     Writes <stem>.autodip.ome.tif beside each input (or under --out); never modifies the input.
+    Progress goes to stderr: bars on a terminal, a line every 10 % (or 30 s) elsewhere.
     """
+    if not quiet:
+        console.print("loading the engine (torch) ...", highlight=False)
     from .dip.batching import run_together
     from .dip.params import DipParams, normalise_width
     from .pipeline import DenoiseSettings, PipelineError, denoise_file
@@ -106,9 +110,10 @@ def denoise(
     failed: list[Path] = []
 
     def denoise_one(path: Path, fitter, progress_bar) -> dict:
+        progress, notify = progress_bar.for_file(path)
         try:
-            report = denoise_file(path, settings, out, progress=progress_bar.for_file(path),
-                                  fitter=fitter)
+            report = denoise_file(path, settings, out, progress=progress, fitter=fitter,
+                                  notify=notify)
         except (PipelineError, ValueError, OSError, RuntimeError) as error:
             failed.append(path)
             message = str(error)
@@ -119,8 +124,11 @@ def denoise(
             console.print(f"{path} -> {report.output} ({report.seconds:.1f} s on {report.device})")
         return report.as_dict()
 
-    with _plane_progress(enabled=sys.stderr.isatty() or not as_json,
-                         label_files=shared is not None) as progress_bar:
+    from .progress_view import DenoiseProgress, choose_mode
+
+    with DenoiseProgress(console, choose_mode(sys.stderr, quiet),
+                         total_planes=_count_planes(inputs) if len(inputs) > 1 else None,
+                         label_files=len(inputs) > 1) as progress_bar:
         summaries = run_together(shared, [functools.partial(denoise_one, path, progress_bar=progress_bar)
                                           for path in inputs], slots)
     if as_json:
@@ -143,38 +151,18 @@ def _files_together(settings, files: int, jobs_together: int):
     return (shared, slots) if slots > 1 else (None, 1)
 
 
-class _plane_progress:
-    """A rich progress bar per plane, fed by the pipeline's progress callback; files
-    denoised side by side get their name in the label."""
+def _count_planes(paths: list[Path]) -> int | None:
+    """Planes of every input from the metadata (for the overall bar); None if unreadable."""
+    from .ometiff import ImageFile
 
-    def __init__(self, enabled: bool, label_files: bool = False) -> None:
-        self.enabled = enabled
-        self.label_files = label_files
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total} it"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, disable=not enabled)
-        self.tasks: dict[tuple, int] = {}
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def for_file(self, path: Path):
-        """The pipeline's progress callback for one file."""
-        def progress(plane, planes, tile, tiles, iteration, iterations) -> None:
-            key = (str(path), plane, tile)
-            if key not in self.tasks:
-                label = f"plane {plane}/{planes}" + (f" tile {tile}/{tiles}" if tiles > 1 else "")
-                if self.label_files:
-                    label = f"{path.name} {label}"
-                self.tasks[key] = self.progress.add_task(label, total=iterations)
-            if iteration % 10 == 0 or iteration == iterations:
-                self.progress.update(self.tasks[key], completed=iteration)
-        return progress
+    total = 0
+    for path in paths:
+        try:
+            with ImageFile(path) as image:
+                total += sum(info.plane_count for info in image.series if info.has_pixels)
+        except (ValueError, OSError):
+            return None  # the file's own error comes when it is denoised
+    return total
 
 
 # --------------------------------------------------------------------------- groups
@@ -342,6 +330,52 @@ def _print_nearest(rows: list[dict], mode: str) -> None:
         typer.echo(f"    ranking: {ranking}")
 
 
+# --------------------------------------------------------------------------- show
+
+@app.command()
+def show(
+    file: Path = typer.Argument(..., help="A denoised output (.autodip.ome.tif) or the raw file it was made from."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: <output stem>.preview.png beside the output)."),
+    z: Optional[int] = typer.Option(None, min=0, help="Z plane (default: the middle of the stack)."),
+    t: Optional[int] = typer.Option(None, min=0, help="Time point (default 0)."),
+    channel: Optional[list[int]] = typer.Option(None, "--channel", "-c", min=0, help="Channel (repeatable; default: all)."),
+    series: int = typer.Option(0, min=0, help="Image (series) of the file."),
+    raw: Optional[Path] = typer.Option(None, help="The raw file, when it is not beside the output."),
+    denoised: Optional[Path] = typer.Option(None, help="The output, when FILE is the raw file and the output is elsewhere."),
+) -> None:
+    """Write a before/after PNG: raw and denoised planes side by side, same contrast, a zoom.
+
+    Per channel: the raw plane, the denoised plane (one contrast stretch from the raw's
+    percentiles), and a zoomed crop of the most structured region of each; the caption
+    gives group, transfer level, parameters and seconds from the output's provenance.
+    """
+    from .preview import PreviewError, build_preview, preview_path
+
+    try:
+        picture = build_preview(file, raw=raw, denoised=denoised, series=series, t=t, z=z,
+                                channels=list(channel) if channel else None)
+    except (PreviewError, ValueError, OSError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    target = out if out is not None else preview_path(picture.output_path)
+    if target.is_dir():
+        target = target / preview_path(picture.output_path).name
+    try:
+        picture.save(target)
+    except OSError as error:
+        console.print(f"[red]error:[/red] cannot write {target}: {error}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        picture.close()
+    for note in picture.notes:
+        console.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+    where = ", ".join(f"{axis}={index}" for axis, index in picture.position.items())
+    console.print(f"wrote {target} ({picture.raw_path.name} vs {picture.output_path.name}, "
+                  f"image {picture.series}, {where}, channel(s) "
+                  f"{', '.join(str(panel.channel) for panel in picture.channels)})",
+                  highlight=False, soft_wrap=True)
+
+
 # --------------------------------------------------------------------------- calibrate
 
 def _check_transfer(settings) -> None:
@@ -440,7 +474,7 @@ def calibrate(
             ids["task"] = progress.add_task("calibrating", total=max(1, info["pending"] * info["iterations"]),
                                             fits=f"0/{info['pending']} fits")
             ids["per_fit"] = info["iterations"]
-        elif event == "iteration" and (info["iteration"] % 10 == 0 or info["iteration"] == info["total"]):
+        elif event == "iteration":  # every iteration: an update only records a number
             task = info["task"]
             progress.update(ids["task"], completed=ids["done"] * ids["per_fit"] + info["iteration"],
                             description=f"{task.pair.name} {task.point.key}")

@@ -183,6 +183,7 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
     """One job of a task; errors of the file come back as a result, not an exception."""
     from .dip.device import choose_device, describe_device
     from .pipeline import denoise_file
+    from .progress import FitProgress
     from .worker import JobCancelled, output_is_current, remove_temporary_outputs
 
     source, output = Path(job["input"]), Path(job["output"])
@@ -206,18 +207,21 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
         device = describe_device(choose_device(denoise_settings.device))
         send({"event": "started", "device": device})
         last_sent = [0.0]
+        measured = FitProgress()
 
         def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
                      iterations: int) -> None:
             if context.cancelled():
                 raise JobCancelled()
             now = time.monotonic()
+            measured.update(plane, planes, tile, tiles, iteration, iterations, now)
             final = plane == planes and tile == tiles and iteration == iterations
             if now - last_sent[0] >= EVENT_SECONDS or final:
                 last_sent[0] = now
                 send({"event": "progress", "device": device, "plane": plane,
                       "planes": planes, "tile": tile, "tiles": tiles,
-                      "iteration": iteration, "iterations": iterations})
+                      "iteration": iteration, "iterations": iterations,
+                      "fraction": measured.fraction, "rate": measured.rate()})
 
         remove_temporary_outputs(output)  # of an attempt on a worker that died
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -572,7 +576,8 @@ class DaskDispatcher:
             if message.get("iteration") is not None:
                 self.queue.progress(item.job.id, message["plane"], message["planes"],
                                     message["tile"], message["tiles"], message["iteration"],
-                                    message["iterations"])
+                                    message["iterations"], fraction=message.get("fraction"),
+                                    rate=message.get("rate"))
 
     def _refresh_view(self) -> None:
         now = time.monotonic()
@@ -758,8 +763,9 @@ class DaskDispatcher:
         state = self.queue.fail(item.job.id, message, self.config.retry)
         if self.metrics is not None:
             self.metrics.jobs_failed.inc()
-        item.bound.warning(f"job.{state}", error=message, attempt=item.job.attempts,
-                           max_attempts=self.config.retry.max_attempts, traceback=trace)
+        (item.bound.error if state == "quarantined" else item.bound.warning)(
+            f"job.{state}", error=message, attempt=item.job.attempts,
+            max_attempts=self.config.retry.max_attempts, traceback=trace)
 
     def _requeue(self, task: _Task, items: list[_InFlight], reason: str) -> None:
         for item in items:
@@ -797,6 +803,10 @@ class DaskDispatcher:
                    planes=result.get("planes"), worker=result.get("worker"),
                    host=result.get("host"), device=result.get("device"),
                    jobs_in_task=len(task.members))
+        if self.config.output_preview:
+            from .worker import write_job_preview
+
+            write_job_preview(Path(result["output"]), Path(job.path), bound)
 
 
 # =========================================================================== calibrate

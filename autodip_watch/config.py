@@ -20,6 +20,8 @@ from typing import Any
 #: Raw images the acquisition software writes; matched case-insensitively.
 DEFAULT_PATTERNS = ("*.ome.tif", "*.ome.tiff", "*.tif", "*.tiff")
 DEFAULT_OUTPUT_SUFFIX = ".autodip.ome.tif"
+#: A preview replaces the output's ``.ome.tif(f)`` (preview.py).
+PREVIEW_SUFFIX = ".preview.png"
 #: Environment variable systemd sets from ``StateDirectory=``.
 SYSTEMD_STATE_ENV = "STATE_DIRECTORY"
 CONFIG_ENV = "AUTODIP_WATCH_CONFIG"
@@ -191,6 +193,8 @@ class Config:
     watch: tuple[WatchFolder, ...] = ()
     output_root: Path | None = None
     output_suffix: str = DEFAULT_OUTPUT_SUFFIX
+    #: ``[output] preview``: write a small before/after PNG beside each output.
+    output_preview: bool = False
     calibration_table: Path | None = None
     devices: tuple[str, ...] = ("auto",)
     state_dir: Path | None = None
@@ -261,11 +265,22 @@ class Config:
                                                folder_specimen=folder.specimen)
         return settings
 
+    def preview_for(self, output: Path) -> Path:
+        """The preview PNG of ``output``: ``x.autodip.ome.tif`` -> ``x.autodip.preview.png``."""
+        from .preview import preview_path  # lazy: the figure code needs matplotlib
+
+        return preview_path(output)
+
     def is_output(self, path: Path) -> bool:
-        """The daemon's own outputs, by name or by place; they are never taken as input."""
+        """The daemon's own outputs (and their previews), by name or by place; they are
+        never taken as input."""
         lowered = path.name.lower()
         if lowered.endswith(DEFAULT_OUTPUT_SUFFIX) or lowered.endswith(self.output_suffix.lower()):
             return True
+        for suffix in {DEFAULT_OUTPUT_SUFFIX, self.output_suffix.lower()}:
+            stem = suffix.rsplit(".ome.tif", 1)[0]
+            if lowered.endswith(stem + PREVIEW_SUFFIX):
+                return True
         roots = [self.output_root] + [folder.output_root for folder in self.watch]
         return any(root is not None and _is_within(path, root) for root in roots)
 
@@ -309,7 +324,7 @@ _WATCH_KEYS = {"path", "patterns", "recursive", "polling", "poll_interval_second
                "settle_seconds", "corrupt_after_seconds", "microscope", "specimen",
                "output_root"}
 _SECTION_KEYS = {
-    "output": {"root", "suffix"},
+    "output": {"root", "suffix", "preview"},
     "retry": {"max_attempts", "backoff_seconds", "backoff_factor", "max_backoff_seconds"},
     "dip": {"depth", "width", "skip", "iterations", "metric", "seed", "reg_noise_std",
             "ema_weight", "transfer", "within_group", "speed", "mode", "members"},
@@ -408,6 +423,7 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
         reader.problems.append(f"output.suffix: must end in .ome.tif or .ome.tiff so that Fiji, "
                                f"napari and OMERO read the metadata, got {suffix!r}")
         suffix = DEFAULT_OUTPUT_SUFFIX
+    preview = reader.get(output, "preview", "output.", "bool", False, example="true")
 
     folders = _parse_watch(document.get("watch", []), reader)
 
@@ -496,7 +512,7 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
 
     config = Config(
         watch=tuple(folders), output_root=output_root, output_suffix=suffix,
-        calibration_table=reader.get(document, "calibration_table", "", "path", None,
+        output_preview=preview, calibration_table=reader.get(document, "calibration_table", "", "path", None,
                                      example='"/etc/autodip-watch/table.toml"'),
         devices=tuple(devices),
         state_dir=reader.get(document, "state_dir", "", "path", None,
@@ -714,7 +730,6 @@ def check_runtime(config: Config) -> list[str]:
     Returns warnings (not errors): watch folders that do not exist yet (a share not yet
     mounted at boot is waited for, not fatal). Raises :class:`ConfigError` on errors.
     """
-    from .dip.device import choose_device
     from .dip.params import DipParams
     from .transfer import CalibrationTable, TableError
 
@@ -765,6 +780,10 @@ def check_runtime(config: Config) -> list[str]:
     for number, device in enumerate(config.devices):
         if config.cluster.executor == "dask":
             break  # jobs run on the cluster's workers; each picks its own GPU
+        if device in ("auto", "cpu"):
+            continue  # always there: no need to load torch (config check stays light)
+        from .dip.device import choose_device
+
         try:
             choose_device(device)
         except (ValueError, RuntimeError) as error:

@@ -19,18 +19,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import __version__
-from .dip.device import choose_device, describe_device
-from .dip.batching import (DEFAULT_LINGER_SECONDS, DEFAULT_MAX_BATCH, SharedFitter,
-                           TileFitter, make_fitter, make_shared_fitter)
-from .dip.fit import FitOptions
 from .dip.modes import fit_mode
-from .dip.params import CUDA_ONLY_SPEED, SPEED_SETTINGS
-from .dip.plane import PlaneJob, PlaneResult, denoise_planes
+from .dip.params import (CUDA_ONLY_SPEED, DEFAULT_LINGER_SECONDS, DEFAULT_MAX_BATCH,
+                         SPEED_SETTINGS)
 from .dip.tiling import plane_tiles
 from .metadata import (POLICY_COPY, ChannelGroup, FolderDefaults, InferenceRules, infer_image,
                        validate_microscope, validate_specimen)
@@ -38,6 +34,12 @@ from .ometiff import ImageFile, OmeTiffWriter, PlaneKey, SeriesInfo
 from .provenance import (PROVENANCE_DESCRIPTION, PROVENANCE_NAMESPACE, ChannelRecord,
                          describe_sources, provenance_entries, unchanged, utc_now)
 from .transfer import CalibrationTable, Transfer, apply_overrides
+
+if TYPE_CHECKING:  # torch is imported where a fit needs it: `inspect` never loads it
+    import torch
+
+    from .dip.batching import SharedFitter, TileFitter
+    from .dip.fit import FitOptions
 
 OUTPUT_SUFFIX = ".autodip.ome.tif"
 _INPUT_SUFFIXES = (".companion.ome", ".ome.tiff", ".ome.tif", ".ome.xml", ".tiff", ".tif",
@@ -48,6 +50,15 @@ WINDOW_BYTES = 512 << 20
 
 #: progress(plane, planes, tile, tiles, iteration, iterations), planes counted from 1.
 FileProgress = Callable[[int, int, int, int, int, int], None]
+#: notify(event, info): what the pipeline is about to do, in order: ``reading`` (path),
+#: ``hashing`` (files), ``planned``
+#: (format, device, planes, images with their channels' labels and parameters), then
+#: per batch of planes ``fitting`` (planes, of, level, group, params, device).
+Notify = Callable[[str, dict], None]
+
+
+def _silent(event: str, info: dict) -> None:
+    """The default :data:`Notify`: nobody is listening."""
 
 
 class PipelineError(RuntimeError):
@@ -119,6 +130,8 @@ class DenoiseSettings:
         return names
 
     def fit_options(self, device: torch.device | None = None) -> FitOptions:
+        from .dip.fit import FitOptions
+
         speed = self.speed_settings(device)
         return self.fit_mode().fit_options(FitOptions(
             seed=self.seed, reg_noise_std=self.reg_noise_std, ema_weight=self.ema_weight,
@@ -263,6 +276,9 @@ def shared_fitter(settings: DenoiseSettings,
     """A batching fitter several files can share (``denoise`` of several files, a
     cluster task), or None where ``settings.batching`` keeps this device on single fits
     or the device does not exist here (each file then reports the device error)."""
+    from .dip.batching import make_shared_fitter
+    from .dip.device import choose_device
+
     try:
         device = choose_device(settings.device)
     except ValueError:
@@ -298,13 +314,16 @@ def fit_key(path: str | Path, settings: DenoiseSettings) -> str | None:
 def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                  out: str | Path | None = None,
                  progress: FileProgress | None = None, *,
-                 worker: str | None = None, fitter: TileFitter | None = None) -> FileReport:
+                 worker: str | None = None, fitter: TileFitter | None = None,
+                 notify: Notify | None = None) -> FileReport:
     """Denoise every plane of ``input_path`` and write the OME-TIFF; never touches the input.
 
     ``worker`` names the executor running this call when it is not the local process
     (the Dask worker address); it goes into the provenance beside this machine's name.
     ``fitter`` fits the tiles; by default the one ``settings.batching`` asks for (a
     daemon running several jobs at once passes a shared one).
+    ``notify(event, info)`` hears what the pipeline is about to do (see :data:`Notify`),
+    so that a person is told what happens before the first iteration.
     Non-fluorescence channels (policy ``copy``) are written unchanged. Raises
     ``ImageReadError`` for unreadable input, ``PipelineError`` for everything else that
     stops the file; in both cases no output appears.
@@ -316,6 +335,8 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
     if output.resolve() == input_path.resolve():
         raise PipelineError(f"output path {output} is the input file; refusing to overwrite it")
     settings.check_labels()
+    say = notify or _silent
+    say("reading", {"path": str(input_path)})
     with ImageFile(input_path) as image:
         for source in image.source_files:
             if source.resolve() == output.resolve():
@@ -329,14 +350,26 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         if without:  # never drop an image silently
             raise PipelineError(f"{input_path}: image(s) {without} have no readable pixel data "
                                 f"({'; '.join(image.warnings[-3:]) or 'metadata only'})")
+        import torch
+
+        from .dip.batching import make_fitter
+        from .dip.device import choose_device, describe_device
+
         device = choose_device(settings.device) if fitter is None else fitter.device
         device_name = describe_device(device)
         if fitter is None:
             fitter = make_fitter(device, settings.batching, settings.max_batch,
                                  settings.memory_budget)
         host = socket.gethostname()
+        say("hashing", {"path": str(input_path),
+                        "files": [str(path) for path in image.source_files]})
         sources = describe_sources(image.source_files)
         plans = {info.index: plan_series(image, info.index, settings) for info in pixel_series}
+        say("planned", {"path": str(input_path), "format": image.kind, "device": device_name,
+                        "planes": sum(info.plane_count for info in pixel_series),
+                        "images": [{"index": info.index, "name": info.name,
+                                    "channels": [plan.as_dict() for plan in plans[info.index]]}
+                                   for info in pixel_series]})
         records = {info.index: [ChannelRecord(
             index=plan.group.index, name=plan.group.name, microscope=plan.group.microscope,
             specimen=plan.group.specimen, evidence=plan.group.evidence, policy=plan.group.policy,
@@ -348,7 +381,10 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         with OmeTiffWriter(output, image, software=f"autodip-watch {__version__}") as writer:
             for info in pixel_series:
                 pages = _denoised_pages(image, info, plans[info.index], records[info.index],
-                                        settings, fitter, progress, reports, counter)
+                                        settings, fitter, progress, reports, counter,
+                                        lambda event, data: say(event, {
+                                            "path": str(input_path), "device": device_name,
+                                            **data}))
                 writer.write_series(info.index, pages)
             finished = utc_now()
             if not unchanged(sources):
@@ -378,7 +414,8 @@ class _Counter:
 def _denoised_pages(image: ImageFile, info: SeriesInfo, plans: list[ChannelPlan],
                     records: list[ChannelRecord], settings: DenoiseSettings,
                     fitter: TileFitter, progress: FileProgress | None,
-                    reports: list[PlaneReport], counter: _Counter) -> Iterator[np.ndarray]:
+                    reports: list[PlaneReport], counter: _Counter,
+                    say: Notify = None) -> Iterator[np.ndarray]:
     """Pages of ``info`` with every plane denoised (or copied), as the writer consumes them.
 
     Pages are gathered into windows of about ``fitter.window`` tiles to denoise, so a
@@ -395,19 +432,23 @@ def _denoised_pages(image: ImageFile, info: SeriesInfo, plans: list[ChannelPlan]
                 buffered += plane.size * 4
         if tiles >= fitter.window or buffered >= WINDOW_BYTES:
             yield from _denoise_window(window, info, plans, records, settings, fitter,
-                                       progress, reports, counter)
+                                       progress, reports, counter, say)
             window, tiles, buffered = [], 0, 0
     if window:
         yield from _denoise_window(window, info, plans, records, settings, fitter, progress,
-                                   reports, counter)
+                                   reports, counter, say)
 
 
 def _denoise_window(window, info: SeriesInfo, plans: list[ChannelPlan],
                     records: list[ChannelRecord], settings: DenoiseSettings,
                     fitter: TileFitter, progress: FileProgress | None,
-                    reports: list[PlaneReport], counter: _Counter) -> Iterator[np.ndarray]:
+                    reports: list[PlaneReport], counter: _Counter,
+                    say: Notify | None = None) -> Iterator[np.ndarray]:
     """Denoise the planes of a window of pages in one fitter call; yield the pages."""
+    from .dip.plane import PlaneJob, denoise_planes
+
     jobs: list[PlaneJob] = []
+    fitting: dict[tuple, list[int]] = {}  # (level, group, params) -> planes, for `say`
     entries = []  # (key, plan, transfer, job index or None)
     for keys, planes in window:
         for key, plane in zip(keys, planes):
@@ -430,6 +471,12 @@ def _denoise_window(window, info: SeriesInfo, plans: list[ChannelPlan],
             jobs.append(PlaneJob(plane, transfer.params, settings.fit_options(fitter.device),
                                  callback, members=settings.ensemble_members(fitter.device),
                                  vst=settings.fit_mode().vst))
+            fitting.setdefault((transfer.level, transfer.group, transfer.params),
+                               []).append(counter.done)
+    if say is not None:
+        for (level, group, params), numbers in fitting.items():
+            say("fitting", {"planes": numbers, "of": counter.total, "level": level,
+                            "group": group, "params": params.as_dict()})
     results = denoise_planes(jobs, fitter)
     position = 0
     for keys, planes in window:
@@ -442,7 +489,7 @@ def _denoise_window(window, info: SeriesInfo, plans: list[ChannelPlan],
                 records[key.channel].add_plane(None, 0.0)
                 reports.append(_plane_report(key, plan, None, 0.0, 0, "copied: not fluorescence"))
                 continue
-            result: PlaneResult = results[job]
+            result = results[job]
             outputs.append(result.output)
             records[key.channel].add_plane(transfer.params.as_dict(), result.seconds,
                                            level=transfer.level, group=transfer.group,
@@ -508,4 +555,6 @@ def _mode_record(settings: DenoiseSettings) -> dict:
 
 
 def torch_version() -> str:
+    import torch
+
     return torch.__version__

@@ -37,7 +37,7 @@ DATABASE_NAME = "queue.sqlite3"
 STATES = ("queued", "running", "done", "failed", "quarantined", "skipped")
 #: States a job can be retried from by hand.
 RETRYABLE = ("failed", "quarantined", "skipped")
-SCHEMA_VERSION = 2  # 2: jobs.fit_key
+SCHEMA_VERSION = 3  # 2: jobs.fit_key; 3: jobs.fraction, jobs.rate
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress_at REAL,
     report      TEXT,
     fit_key     TEXT,
+    fraction    REAL,
+    rate        REAL,
     UNIQUE (path, size, mtime_ns, sha256)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before);
@@ -134,6 +136,10 @@ class Job:
     #: The DIP configurations and plane sizes the file needs (pipeline.fit_key), when
     #: known: a worker that batches runs jobs with equal keys together.
     fit_key: str | None = None
+    #: Share of the job's fits done, in [0, 1], and its rate in fractions per second
+    #: measured from the first iteration on (progress.FitProgress), as last written.
+    fraction: float | None = None
+    rate: float | None = None
 
     def as_dict(self, with_report: bool = False) -> dict:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -147,7 +153,10 @@ class Job:
         return json.loads(self.members) if self.members else []
 
     def fraction_done(self) -> float | None:
-        """Progress in [0, 1] from (plane, tile, iteration), or None before the first report."""
+        """Progress in [0, 1], or None before the first report: as the worker measured it
+        (planes fitted together in a batch each count), else from (plane, tile, iteration)."""
+        if self.fraction is not None:
+            return min(1.0, self.fraction)
         if not (self.planes and self.plane and self.iterations):
             return None
         tiles = self.tiles or 1
@@ -183,6 +192,9 @@ class JobQueue:
             columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
             if "fit_key" not in columns:  # schema 1
                 db.execute("ALTER TABLE jobs ADD COLUMN fit_key TEXT")
+            for column in ("fraction", "rate"):  # schema 2
+                if column not in columns:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} REAL")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------ plumbing
@@ -305,16 +317,24 @@ class JobQueue:
             self._set(db, row["id"], "running", f"attempt {attempt} on {worker}", now,
                       attempts=attempt, started=now, worker=worker, finished=None,
                       plane=None, planes=None, tile=None, tiles=None, iteration=None,
-                      iterations=None, progress_at=None)
+                      iterations=None, progress_at=None, fraction=None, rate=None)
         return self.get(row["id"])
 
     def progress(self, job_id: int, plane: int, planes: int, tile: int, tiles: int,
-                 iteration: int, iterations: int) -> None:
-        """Record where the fit is; not an event (the worker throttles these writes)."""
+                 iteration: int, iterations: int, fraction: float | None = None,
+                 rate: float | None = None) -> None:
+        """Record where the fit is; not an event (the worker throttles these writes).
+
+        ``fraction`` (of the job, in [0, 1]) and ``rate`` (fraction per second since the
+        first iteration) come from :class:`autodip_watch.progress.FitProgress`; ``status``
+        computes the ETA from them.
+        """
         self._connect().execute(
             "UPDATE jobs SET plane = ?, planes = ?, tile = ?, tiles = ?, iteration = ?, "
-            "iterations = ?, progress_at = ? WHERE id = ? AND state = 'running'",
-            (plane, planes, tile, tiles, iteration, iterations, time.time(), job_id))
+            "iterations = ?, fraction = ?, rate = ?, progress_at = ? "
+            "WHERE id = ? AND state = 'running'",
+            (plane, planes, tile, tiles, iteration, iterations, fraction, rate, time.time(),
+             job_id))
 
     def placed(self, job_id: int, worker: str) -> bool:
         """A running job started on (or moved to) ``worker``, e.g. a Dask worker.
@@ -330,7 +350,8 @@ class JobQueue:
                 return False
             db.execute("UPDATE jobs SET worker = ?, started = ?, updated = ?, plane = NULL, "
                        "planes = NULL, tile = NULL, tiles = NULL, iteration = NULL, "
-                       "iterations = NULL, progress_at = NULL WHERE id = ?",
+                       "iterations = NULL, progress_at = NULL, fraction = NULL, rate = NULL "
+                       "WHERE id = ?",
                        (worker, now, now, job_id))
             self._event(db, job_id, "running", f"running on {worker}", now)
         return True
@@ -365,7 +386,8 @@ class JobQueue:
         with self._transaction() as db:
             job = self._row(db, job_id)
             self._set(db, job_id, "queued", reason, now, attempts=max(0, job.attempts - 1),
-                      started=None, plane=None, iteration=None, progress_at=None)
+                      started=None, plane=None, iteration=None, progress_at=None,
+                      fraction=None, rate=None)
 
     def skip(self, job_id: int, reason: str) -> None:
         now = time.time()
@@ -468,6 +490,7 @@ class JobQueue:
         return {"images_last_hour": last_hour,
                 "images_per_hour": round(3600.0 * len(rows) / seconds, 2) if seconds else None,
                 "seconds_per_plane": round(seconds / planes, 3) if planes else None,
+                "planes_per_job": round(planes / len(rows), 2) if planes else None,
                 "sample_jobs": len(rows)}
 
     # ------------------------------------------------------------------ daemon row

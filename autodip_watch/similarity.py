@@ -20,16 +20,16 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tifffile
-import torch
 
 from .dip.params import DipParams
-from .dip.plane import normalise
-from .metrics import file_sha256, lpips_distance, mae, mean_gradient, mse, psnr, ssim
 from .transfer import (UNKNOWN, CalibrationTable, TableError, Transfer, apply_overrides,
                        canonical_microscope, canonical_specimen)
+
+if TYPE_CHECKING:  # the metrics (torch, scikit-image) load only when a plane is compared,
+    import torch   # so that `inspect` and `config check` of a group transfer stay light
 
 GROUP = "group"
 #: Transfer modes: ``group`` (the paper's recommended default) and nearest-image modes.
@@ -109,8 +109,12 @@ def load_images(table: CalibrationTable, with_planes: bool = True) -> list[Calib
         if not path.is_file():
             raise SimilarityError(f"calibration images {path} (written beside the table by "
                                   f"`autodip-watch calibrate`) do not exist; copy it with the table")
+        import tifffile
+
+        from .provenance import sha256_file
+
         expected = (table.document.get("calibration_images") or {}).get("sha256")
-        if expected and file_sha256(path) != expected:
+        if expected and sha256_file(path) != expected:
             raise SimilarityError(f"calibration images {path} do not match the table's sha256; "
                                   f"the file was replaced or belongs to another table")
         with tifffile.TiffFile(path) as tif:
@@ -188,6 +192,8 @@ def distance(plane01: np.ndarray, image: CalibrationImage, measure: str,
 
     PSNR and SSIM are similarities, so their negative is returned.
     """
+    from .metrics import lpips_distance, mae, mean_gradient, mse, psnr, ssim
+
     if measure == "gradient":
         return abs(mean_gradient(plane01) - image.mean_gradient)
     if image.plane is None:
@@ -215,6 +221,8 @@ def nearest(plane: np.ndarray, table: CalibrationTable, microscope: str | None,
     ``plane`` is a raw 2-D plane (any dtype); it is min-max normalised like the
     calibration images. Equal distances go to the image listed first in the table.
     """
+    from .dip.plane import normalise
+
     check_mode(mode)
     if mode == GROUP:
         raise ValueError("nearest() is for the nearest-* modes; group transfer is table.lookup")

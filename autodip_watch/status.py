@@ -11,7 +11,8 @@ import socket
 import time
 
 from . import __version__
-from .queue import JobQueue
+from .progress import eta_seconds
+from .queue import Job, JobQueue
 
 #: A heartbeat older than this many periods (and at least STALE_MIN_SECONDS) means down.
 STALE_PERIODS = 3
@@ -60,14 +61,18 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20) -> dic
     for job in queue.jobs(["running"]):
         fraction = job.fraction_done()
         elapsed = now - (job.started or now)
-        eta = elapsed * (1 - fraction) / fraction if fraction else None
+        # The rate was measured from the first iteration on: reading, hashing and
+        # building the network are not iterations and do not stretch the ETA.
+        eta = eta_seconds(fraction, job.rate, now - (job.progress_at or now))
         current.append({
             "id": job.id, "path": job.path, "worker": job.worker, "attempt": job.attempts,
             "plane": job.plane, "planes": job.planes, "tile": job.tile, "tiles": job.tiles,
             "iteration": job.iteration, "iterations": job.iterations,
             "fraction": round(fraction, 4) if fraction is not None else None,
+            "iterations_per_second": _iteration_rate(job),
             "elapsed_seconds": round(elapsed, 1),
             "eta_seconds": round(eta, 1) if eta is not None else None})
+    throughput = queue.throughput()
     done = [{"id": job.id, "path": job.path, "output": job.output,
              "seconds": round(job.seconds, 3) if job.seconds is not None else None,
              "planes": job.planes, "finished": job.finished}
@@ -90,8 +95,54 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20) -> dic
         "recent": done,
         "problems": trouble,
         "waiting": queue.waiting() if daemon["up"] else [],
-        "throughput": queue.throughput(),
+        "throughput": throughput,
+        "queue_eta": queue_eta(queue.jobs(["queued", "failed"]), current, throughput,
+                               _parallel(daemon, info, queue)),
     }
+
+
+def _iteration_rate(job: Job) -> float | None:
+    """The job's iterations per second (all its fits together), from its measured rate,
+    assuming every plane fits like the current one."""
+    if not (job.rate and job.planes and job.iterations):
+        return None
+    return round(job.rate * job.planes * (job.tiles or 1) * job.iterations, 3)
+
+
+def queue_eta(waiting: list[Job], current: list[dict], throughput: dict,
+              parallel: int = 1) -> dict:
+    """When the queue will be empty: the planes waiting times the recent seconds per plane
+    (from finished jobs, start-up included), plus what the running jobs have left,
+    shared among ``parallel`` workers.
+
+    A waiting job whose plane count is not known yet (it has never run) counts as many
+    planes as the recent jobs had on average.
+    """
+    per_plane = throughput.get("seconds_per_plane")
+    per_job = throughput.get("planes_per_job")
+    result = {"jobs": len(waiting), "planes": None, "seconds_per_plane": per_plane,
+              "parallel": parallel, "eta_seconds": None}
+    if not waiting and not current:
+        result.update(planes=0, eta_seconds=0.0)
+        return result
+    if not per_plane or not per_job:
+        result["reason"] = "no finished jobs yet to measure seconds per plane"
+        return result
+    planes = sum(job.planes or per_job for job in waiting)
+    left = sum(job["eta_seconds"] or 0.0 for job in current)
+    result.update(planes=round(planes, 1),
+                  eta_seconds=round((planes * per_plane + left) / max(1, parallel), 1))
+    return result
+
+
+def _parallel(daemon: dict, info: dict | None, queue: JobQueue) -> int:
+    """How many jobs run at once: the local workers, or the cluster's GPUs."""
+    if not daemon.get("up") or info is None:
+        return 1
+    cluster = queue.info("cluster")
+    if cluster and cluster.get("connected"):
+        return max(1, int(cluster.get("gpus") or 0))
+    return max(1, len(info.get("devices") or []))
 
 
 def _age(seconds: float | None) -> str:
@@ -168,11 +219,24 @@ def render_status(status: dict, console) -> None:
             where = (f"plane {job['plane']}/{job['planes']}"
                      + (f", tile {job['tile']}/{job['tiles']}" if (job["tiles"] or 1) > 1 else "")
                      + f", iteration {job['iteration']}/{job['iterations']}")
-            eta = f", ETA {_age(job['eta_seconds'])}" if job["eta_seconds"] is not None else ""
+            rate = job.get("iterations_per_second")
+            eta = (f", {rate:.2f} it/s" if rate else "") + (
+                f", ETA {_age(job['eta_seconds'])}" if job["eta_seconds"] is not None
+                else ", ETA after the second iteration")
         else:
             where, eta = "starting", ""
         console.print(f"[bold]now[/bold]: #{job['id']} {job['path']} - {where}"
                       f" ({_age(job['elapsed_seconds'])} elapsed{eta}) on {job['worker']}")
+    backlog = status.get("queue_eta")
+    if backlog and backlog["jobs"]:
+        if backlog["eta_seconds"] is not None:
+            console.print(f"queue: {backlog['jobs']} job(s), about {backlog['planes']:g} "
+                          f"plane(s); empty in about {_age(backlog['eta_seconds'])} "
+                          f"({backlog['seconds_per_plane']} s/plane recently, "
+                          f"{backlog['parallel']} at a time)")
+        else:
+            console.print(f"queue: {backlog['jobs']} job(s); no ETA yet "
+                          f"({backlog.get('reason', 'unknown')})")
     if status["waiting"]:
         console.print(f"waiting to settle or complete: {len(status['waiting'])} file(s)")
         for item in status["waiting"][:5]:

@@ -566,7 +566,7 @@ class Watcher:
         if job is None:
             return
         if state == "quarantined":
-            log.warning("job.quarantined", job_id=job.id, path=job.path, error=error)
+            log.error("job.quarantined", job_id=job.id, path=job.path, error=error)
         else:
             log.info("job.queued", job_id=job.id, path=job.path, size=size, sha256=digest,
                      members=len(candidate.members))

@@ -66,15 +66,17 @@ class Worker:
                  stop: threading.Event, wake: threading.Event, metrics=None) -> None:
         self.config = config
         self.queue = queue
-        self.device = device
+        # The resolved device ("cpu", "cuda:0"), so that status, logs and the queue's
+        # worker column name the same device as the daemon line (never "auto").
+        self.device = _resolved(device)
         self.table = table
         self.stop = stop
         self.wake = wake
         self.metrics = metrics
-        self.name = f"{device}@{os.getpid()}"
+        self.name = f"{self.device}@{os.getpid()}"
         self.running: dict[int, Job] = {}  # job id -> job, while it runs
         self.last_beat = time.monotonic()
-        self.thread = threading.Thread(target=self.run, name=f"worker-{device}", daemon=True)
+        self.thread = threading.Thread(target=self.run, name=f"worker-{self.device}", daemon=True)
         self._jobs_lock = threading.Lock()
         self._shared = None  # the SharedFitter of jobs run together
 
@@ -230,9 +232,11 @@ class Worker:
             state = self.queue.fail(job.id, message, self.config.retry)
             if self.metrics is not None:
                 self.metrics.jobs_failed.inc()
-            bound.warning(f"job.{state}", error=message, attempt=job.attempts,
-                          max_attempts=self.config.retry.max_attempts,
-                          traceback=traceback.format_exc(limit=6))
+            # quarantined needs a person: err, so `journalctl -p err` lists it
+            (bound.error if state == "quarantined" else bound.warning)(
+                f"job.{state}", error=message, attempt=job.attempts,
+                max_attempts=self.config.retry.max_attempts,
+                traceback=traceback.format_exc(limit=6))
             return
         seconds = time.monotonic() - started
         planes = getattr(report, "planes", []) or []
@@ -243,10 +247,16 @@ class Worker:
                 self.metrics.plane_seconds.observe(float(getattr(plane, "seconds", 0.0)))
         bound.info("job.done", output=str(report.output), seconds=round(seconds, 3),
                    planes=len(planes))
+        if self.config.output_preview:
+            write_job_preview(Path(report.output), path, bound)
 
     def _progress_for(self, job: Job):
-        """The pipeline's progress callback: heartbeat, cancellation, throttled DB writes."""
+        """The pipeline's progress callback: heartbeat, cancellation, throttled DB writes
+        of where the fit is and its rate since the first iteration (for ``status``)."""
+        from .progress import FitProgress
+
         last_write = 0.0
+        measured = FitProgress()
 
         def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
                      iterations: int) -> None:
@@ -255,12 +265,32 @@ class Worker:
             self.last_beat = now
             if self.stop.is_set():
                 raise JobCancelled()
+            measured.update(plane, planes, tile, tiles, iteration, iterations, now)
             last = plane == planes and tile == tiles and iteration == iterations
             if now - last_write >= PROGRESS_WRITE_SECONDS or last:
                 last_write = now
-                self.queue.progress(job.id, plane, planes, tile, tiles, iteration, iterations)
+                self.queue.progress(job.id, plane, planes, tile, tiles, iteration, iterations,
+                                    fraction=measured.fraction, rate=measured.rate())
 
         return progress
+
+
+def write_job_preview(output: Path, raw: Path, bound) -> Path | None:
+    """``[output] preview``: the small before/after PNG beside ``output`` (preview.py).
+
+    A preview is a courtesy: when it fails (matplotlib missing, disk full) the job stays
+    done and the reason is logged as a warning.
+    """
+    try:
+        from .preview import write_preview
+
+        written = write_preview(output, raw=raw)
+    except Exception as error:
+        bound.warning("job.preview_failed", output=str(output),
+                      error=f"{type(error).__name__}: {error}")
+        return None
+    bound.info("job.preview", preview=str(written))
+    return written
 
 
 def ready_to_run(job: Job, output: Path, queue: JobQueue, bound) -> bool:
@@ -315,6 +345,17 @@ def _report_dict(report) -> dict | None:
         return as_dict() if as_dict is not None else None
     except Exception:  # the report format belongs to the pipeline; never fail a job on it
         return None
+
+
+def _resolved(device: str) -> str:
+    """``auto``/``cuda`` -> the device it means here; a missing device stays as named (its
+    first job fails with the device error and says so)."""
+    from .dip.device import choose_device, device_name  # the worker runs fits: torch is due
+
+    try:
+        return device_name(choose_device(None if device == "auto" else device))
+    except (ValueError, RuntimeError):
+        return device
 
 
 def _free_device_memory() -> None:

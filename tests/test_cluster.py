@@ -4,7 +4,8 @@ processes (CPU, one thread, ``--resources GPU=1``), the daemon as a real subproc
 One cluster and one daemon serve the tests of the main flow (module fixtures, tests in
 file order): a burst, a worker killed mid-job, the scheduler killed and restarted, SIGTERM
 with a job in flight. Then ``calibrate --scheduler`` against a local run. Every process is
-killed in the fixtures' ``finally``, also when a test fails. Long jobs are many-plane
+killed in the fixtures' ``finally``, also when a test fails, and dies with the test
+process when the run is interrupted (tests/children.py). Long jobs are many-plane
 stacks of tiny planes with 2-iteration fits, so that a job lasts seconds while the
 burst files stay quick.
 """
@@ -25,6 +26,7 @@ pytest.importorskip("distributed")
 from autodip_watch.config import ConfigError, Config, parse_config, with_cli_executor  # noqa: E402
 from autodip_watch.provenance import read_provenance  # noqa: E402
 from autodip_watch.queue import JobQueue  # noqa: E402
+from children import spawn  # noqa: E402
 from test_daemon_e2e import (TINY_FIT, DaemonProcess, Raw, _env, cli, free_port,  # noqa: E402
                              output_of, temp_files, wait_for, write_config)
 
@@ -93,8 +95,8 @@ class LoopbackCluster:
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         with open(self.root / log_name, "ab") as handle:
-            return subprocess.Popen([sys.executable, "-m", *args], stdout=handle,
-                                    stderr=subprocess.STDOUT, env=self.env)
+            return spawn([sys.executable, "-m", *args], stdout=handle,
+                         stderr=subprocess.STDOUT, env=self.env)
 
     def start_scheduler(self) -> None:
         self.scheduler = self._spawn(["distributed.cli.dask_scheduler", "--host", HOST, "--port",

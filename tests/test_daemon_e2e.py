@@ -24,6 +24,7 @@ import pytest
 import tifffile
 
 from autodip_watch.queue import JobQueue
+from children import spawn
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,9 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "AUTODIP_WATCH_CONFIG")}
+           if k not in ("STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "AUTODIP_WATCH_CONFIG",
+                        "JOURNAL_STREAM", "AUTODIP_WATCH_LOG_FORMAT",
+                        "AUTODIP_WATCH_JOURNAL_SOCKET")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
 
@@ -114,7 +117,7 @@ class DaemonProcess:
         self.config = config
         self.log = log
         handle = open(log, "ab")
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [sys.executable, "-m", "autodip_watch.cli", "run", "--config", str(config)],
             stdout=handle, stderr=subprocess.STDOUT, env={**_env(), **(env or {})})
         handle.close()

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from autodip_watch.config import RetryPolicy
-from autodip_watch.queue import JobQueue, QueueError
+from autodip_watch.queue import SCHEMA_VERSION, JobQueue, QueueError
 
 FAST_RETRY = RetryPolicy(max_attempts=3, backoff_seconds=0.2, backoff_factor=2,
                          max_backoff_seconds=1.0)
@@ -269,4 +269,6 @@ def test_a_schema_1_database_is_migrated(tmp_path):
     assert add(queue, "/d/new.tif", fit_key="k").fit_key == "k"
     schema = sqlite3.connect(state / "queue.sqlite3").execute(
         "SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
-    assert schema == "2"
+    assert schema == str(SCHEMA_VERSION)
+    migrated = queue.get(1)
+    assert (migrated.fraction, migrated.rate) == (None, None)  # schema 3 columns exist

@@ -37,12 +37,9 @@ import torch
 
 from .fit import FitOptions, ProgressCallback, fit_tiles
 from .network import INPUT_CHANNELS, SkipNet
-from .params import DipParams
+from .params import DEFAULT_LINGER_SECONDS, DEFAULT_MAX_BATCH, DipParams
 from .tiling import runnable_shape
 
-#: Default largest batch: beyond this the widefield networks gain nothing more on an
-#: H100-class GPU (bench/README.md), and one bad tile would fail many.
-DEFAULT_MAX_BATCH = 32
 #: Default share of the free device memory a batch may use.
 DEFAULT_MEMORY_FRACTION = 0.8
 #: Headroom over the estimated bytes of a fit (allocator rounding, cuDNN workspaces).
@@ -51,8 +48,6 @@ ESTIMATE_MARGIN = 1.3
 #: thread pools): measured on CPU, the first fit of a process peaks 150-280 MiB above
 #: the estimate whatever the network, and each further network adds about the estimate.
 BATCH_OVERHEAD_BYTES = 512 << 20
-#: How long a shared batch waits for other jobs still reading their pages.
-DEFAULT_LINGER_SECONDS = 2.0
 
 
 @dataclass

@@ -39,11 +39,19 @@ def choose_device(requested: str | None = None) -> torch.device:
     return device
 
 
+def device_name(device: torch.device) -> str:
+    """The resolved name a person sees: ``cpu``, ``mps``, ``cuda:0`` (never ``auto`` or a
+    bare ``cuda``)."""
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    return device.type
+
+
 def describe_device(device: torch.device) -> str:
     """Human-readable device name for logs and provenance."""
     if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        name = device_name(device)
+        return f"{name} ({torch.cuda.get_device_name(int(name.split(':')[1]))})"
     return device.type
 
 

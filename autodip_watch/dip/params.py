@@ -82,3 +82,11 @@ SPEED_SETTINGS = ("channels_last", "tf32", "bf16", "compile", "cuda_graphs")
 #: Speed settings that exist only on CUDA; elsewhere they are left out (and the
 #: provenance lists the settings that were applied).
 CUDA_ONLY_SPEED = ("tf32", "cuda_graphs")
+
+# Batching defaults live here, not in batching.py, so that settings can name them
+# without importing torch.
+#: Default largest batch: beyond this the widefield networks gain nothing more on an
+#: H100-class GPU (bench/README.md), and one bad tile would fail many.
+DEFAULT_MAX_BATCH = 32
+#: How long a shared batch waits for other jobs still reading their pages.
+DEFAULT_LINGER_SECONDS = 2.0
