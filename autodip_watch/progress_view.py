@@ -160,7 +160,8 @@ class DenoiseProgress:
 
     def _new_fit(self, key: tuple, name: str, plane: int, planes: int, tile: int,
                  tiles: int) -> _Fit:
-        label = f"plane {plane}/{planes}" + (f" tile {tile}/{tiles}" if tiles > 1 else "")
+        # A plane's fits: its tiles, each fitted once per ensemble member (dip/plane.py).
+        label = f"plane {plane}/{planes}" + (f" fit {tile}/{tiles}" if tiles > 1 else "")
         if self.label_files:
             label = f"{name} {label}"
         with self._lock:
