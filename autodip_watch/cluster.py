@@ -224,7 +224,7 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
         output.parent.mkdir(parents=True, exist_ok=True)
         report = denoise_file(source, denoise_settings, out=output, progress=progress,
                               worker=context.address or None, fitter=fitter,
-                              allow_missing=bool(job.get("allow_missing")))
+                              incomplete=job.get("incomplete"))
     except JobCancelled:
         remove_temporary_outputs(output)
         return {"status": "cancelled", "output": job["output"], **where, "device": device}
@@ -631,6 +631,8 @@ class DaskDispatcher:
                 continue  # each claimed job was settled here (input gone, output current)
             first = members[0].job
             key = f"autodip-job-{first.id}-{first.attempts}-{uuid.uuid4().hex[:8]}"
+            from .worker import incomplete_note
+
             payloads: dict[str, dict] = {}
             jobs = []
             for item in members:
@@ -641,7 +643,7 @@ class DaskDispatcher:
                              "output": str(item.output), "mtime_ns": item.job.mtime_ns,
                              "hashes": [(f["file"], f["sha256"])
                                         for f in item.job.source_list()],
-                             "allow_missing": bool(item.job.missing),
+                             "incomplete": incomplete_note(item.job),
                              "settings": payload_key})
             try:
                 future = self.client.submit(

@@ -279,7 +279,7 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                  out: str | Path | None = None,
                  progress: FileProgress | None = None, *,
                  worker: str | None = None, fitter: TileFitter | None = None,
-                 allow_missing: bool = False) -> FileReport:
+                 allow_missing: bool = False, incomplete: str | None = None) -> FileReport:
     """Denoise every plane of ``input_path`` and write the OME-TIFF; never touches the input.
 
     ``worker`` names the executor running this call when it is not the local process
@@ -287,7 +287,9 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
     ``fitter`` fits the tiles; by default the one ``settings.batching`` asks for (a
     daemon running several jobs at once passes a shared one). ``allow_missing`` reads
     an incomplete input as far as it goes (planes or set members not there read as
-    zeros); what was missing is in the report's ``missing`` and the provenance.
+    zeros); what was missing is in the report's ``missing`` and the provenance, with
+    ``incomplete``, the caller's word on it (the daemon's: "3 of 5 planes; unchanged for
+    30 min"), which implies ``allow_missing``.
     Non-fluorescence channels (policy ``copy``) are written unchanged. Raises
     ``ImageReadError`` for unreadable input, ``OutputConflictError`` when a file at the
     output path was not written by autodip-watch for this input (it is never
@@ -301,7 +303,10 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
     if output.resolve() == input_path.resolve():
         raise PipelineError(f"output path {output} is the input file; refusing to overwrite it")
     settings.check_labels()
+    allow_missing = allow_missing or incomplete is not None
     with ImageFile(input_path, allow_missing=allow_missing) as image:
+        missing = list(image.missing) + ([f"taken incomplete: {incomplete}"] if incomplete
+                                         else [])
         for source in image.source_files:
             if source.resolve() == output.resolve():
                 raise PipelineError(f"output path {output} is a file of the input set; "
@@ -336,10 +341,14 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         counter = _Counter(sum(info.plane_count for info in pixel_series))
         try:
             with OmeTiffWriter(output, image, software=f"autodip-watch {__version__}") as writer:
-                for info in pixel_series:
-                    pages = _denoised_pages(image, info, plans[info.index], records[info.index],
-                                            settings, fitter, progress, reports, counter)
-                    writer.write_series(info.index, pages)
+                try:
+                    for info in pixel_series:
+                        pages = _denoised_pages(image, info, plans[info.index],
+                                                records[info.index], settings, fitter,
+                                                progress, reports, counter)
+                        writer.write_series(info.index, pages)
+                except OSError as error:  # explained while the partial file still fills the disk
+                    raise PipelineError(describe_os_error(error, output)) from error
                 finished = utc_now()
                 if not unchanged(sources):
                     raise PipelineError(f"{input_path}: the input changed while it was being "
@@ -350,7 +359,7 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                         torch_version=torch.__version__, device=device_name, sources=sources,
                         started=started, finished=finished, image_name=info.name,
                         channels=records[info.index], settings=_settings_record(settings, fitter),
-                        host=host, worker=worker, input_path=input_path, missing=image.missing)
+                        host=host, worker=worker, input_path=input_path, missing=missing)
                     for info in pixel_series}
                 writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
                               description=PROVENANCE_DESCRIPTION)
@@ -360,7 +369,7 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                           time.perf_counter() - started_clock, reports, started=started,
                           finished=finished, format=image.kind,
                           sources=[s.as_dict() for s in sources], warnings=list(image.warnings),
-                          host=host, worker=worker or "", missing=list(image.missing))
+                          host=host, worker=worker or "", missing=missing)
 
 
 class _Counter:

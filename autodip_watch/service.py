@@ -232,6 +232,8 @@ class Daemon:
     def status_line(self) -> str:
         counts = self.queue.counts()
         parts = [f"{counts['queued'] + counts['failed']} waiting", f"{counts['done']} done"]
+        if counts.get("partial"):
+            parts.append(f"{counts['partial']} partial")
         if counts["quarantined"]:
             parts.append(f"{counts['quarantined']} quarantined")
         for worker in self.workers:

@@ -614,8 +614,12 @@ class Watcher:
         # A link to a file inside the tree: the file is taken under its own path.
         return False
 
-    def consider(self, folder: WatchFolder, path: Path) -> None:
-        """Nominate ``path`` (from an event or a scan) if it may be a new raw image."""
+    def consider(self, folder: WatchFolder, path: Path, whole_set: bool = False) -> None:
+        """Nominate ``path`` (from an event or a scan) if it may be a new raw image.
+
+        ``whole_set``: ``path`` is the first file of a set one of whose members changed
+        or arrived; the set's version (all its files) is compared once it settles.
+        """
         if path in self.candidates or self._ignored(folder, path):
             return
         if not self._symlink_check(folder, path):
@@ -626,7 +630,8 @@ class Watcher:
             return
         if not stat.S_ISREG(info.st_mode):
             return
-        if self.queue.known(str(path), info.st_size, info.st_mtime_ns, info.st_ctime_ns):
+        if not whole_set and self.queue.known(str(path), info.st_size, info.st_mtime_ns,
+                                              info.st_ctime_ns):
             return
         self.candidates[path] = Candidate(
             path, folder, since=time.time(), changed=time.monotonic(),
@@ -634,7 +639,10 @@ class Watcher:
 
     def _check_candidates(self) -> None:
         for path, candidate in list(self.candidates.items()):
-            outcome = self._step(candidate)
+            try:
+                outcome = self._step(candidate)
+            except FileNotFoundError:  # went away between two looks: events bring it back
+                outcome = "drop"
             if outcome == "drop":
                 del self.candidates[path]
 
@@ -656,10 +664,6 @@ class Watcher:
         unchanged = now - candidate.changed
         overdue = unchanged >= folder.incomplete_after_seconds
         if candidate.inspected is None:
-            size, mtime_ns, ctime_ns = file_version(
-                [p for p, s in zip(candidate.files(), signature) if s])
-            if self.queue.known(str(candidate.path), size, mtime_ns, ctime_ns):
-                return "drop"
             try:
                 image_set = inspect_image(candidate.path)
                 candidate.error = None
@@ -673,10 +677,14 @@ class Watcher:
                 candidate.changed = now
                 candidate.state, candidate.reason = "settling", "settling (OME set)"
                 return "keep"
+            # This version of the file, with every member of its set, already a job?
+            present = [p for p, s in zip(candidate.files(), signature) if s]
+            if self.queue.known(str(candidate.path), *file_version(present)):
+                return "drop"
         image_set = candidate.inspected
         if image_set.first_file is not None:
             if image_set.first_file.is_file():
-                self.consider(folder, image_set.first_file)
+                self.consider(folder, image_set.first_file, whole_set=True)
                 return "drop"  # the set is taken through its first file
             candidate.detail = {"files": [image_set.first_file.name]}
             if overdue:  # its metadata is in that file: nothing can be read without it
@@ -690,11 +698,11 @@ class Watcher:
                                     f"{image_set.first_file.name} is not present")
             return "keep"
         writing = [p for p in candidate.files() if p in self._writing]
-        if writing and not overdue:
+        if candidate.error is not None and writing and not overdue:
             candidate.state = "writing"
             candidate.reason = (f"being written: modified and not yet closed by its writer "
                                 f"({', '.join(p.name for p in writing[:3])})")
-            candidate.detail = None
+            candidate.detail = {"writer_open": True}
             return "keep"
         if candidate.error is not None:
             candidate.state, candidate.reason = "unreadable", f"unreadable: {candidate.error}"
@@ -725,11 +733,11 @@ class Watcher:
                          f"metadata declares")
         if writing:
             detail["writer_open"] = True
-            parts.append("its writer has not closed it")
+            parts.append("being written: modified and not yet closed by its writer")
         candidate.detail = detail
         if not overdue:
-            candidate.state = "waiting-set" if missing else "acquiring"
-            candidate.reason = ("" if missing else "acquiring: ") + "; ".join(parts)
+            candidate.state = "waiting-set" if missing else "acquiring" if short else "writing"
+            candidate.reason = ("acquiring: " if short and not missing else "") + "; ".join(parts)
             return "keep"
         detail["reason"] = (f"{'; '.join(parts)}; unchanged for {_duration(unchanged)} "
                             f"(incomplete_after_seconds = {folder.incomplete_after_seconds:g})")

@@ -224,7 +224,7 @@ class Worker:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
             report = denoise_file(path, settings, out=output, progress=self._progress_for(job),
-                                  fitter=fitter, allow_missing=bool(job.missing))
+                                  fitter=fitter, incomplete=incomplete_note(job))
         except OutputConflictError as error:  # never overwritten; retrying cannot help
             remove_temporary_outputs(output)
             self.queue.quarantine(job.id, str(error))
@@ -351,8 +351,16 @@ def finished_state(job: Job, missing: list[str]) -> str:
 def finished_message(job: Job, missing: list[str]) -> str:
     if not (job.missing or missing):
         return "done"
-    said = "; ".join(missing) or (job.missing_info() or {}).get("reason", "")
+    said = "; ".join(missing) or incomplete_note(job) or ""
     return f"done from an incomplete input: {said}"
+
+
+def incomplete_note(job: Job) -> str | None:
+    """What the watcher found missing when it took the file as it was, or None."""
+    info = job.missing_info()
+    if info is None:
+        return None
+    return info.get("reason") or "incomplete"
 
 
 def output_is_current(output: Path, source: Path, hashes: list[tuple[str, str]]) -> bool:
