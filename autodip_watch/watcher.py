@@ -657,7 +657,8 @@ class Watcher:
         if signature != candidate.signature:
             candidate.signature, candidate.changed = signature, now
             candidate.inspected = None
-            candidate.state, candidate.reason = "settling", "settling (still changing)"
+            if candidate.state not in ("acquiring", "writing"):  # a stack growing stays so
+                candidate.state, candidate.reason = "settling", "settling (still changing)"
             return "keep"
         if now - candidate.changed < folder.settle_seconds:
             return "keep"

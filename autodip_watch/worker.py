@@ -304,7 +304,9 @@ def ready_to_run(job: Job, output: Path, queue: JobQueue, bound) -> bool:
         bound.warning("job.skipped", reason="input vanished")
         return False
     hashes = [(item["file"], item["sha256"]) for item in job.source_list()]
-    if current[:2] != (job.size, job.mtime_ns) or not hashes:
+    same_version = (current[:2] == (job.size, job.mtime_ns)
+                    and job.ctime_ns in (None, current[2]))
+    if not same_version or not hashes:
         # Times (or the size) differ from the queued version, or an older row has no
         # per-file hashes: the content decides.
         try:
@@ -316,7 +318,7 @@ def ready_to_run(job: Job, output: Path, queue: JobQueue, bound) -> bool:
                                "is queued as its own job")
             bound.warning("job.skipped", reason="input changed since queued")
             return False
-        if current[:2] != (job.size, job.mtime_ns):
+        if not same_version:
             queue.same_content(job.id, current[0], current[1], current[2],
                                "the file's times changed after it was queued, not its content")
         hashes = [(item["file"], item["sha256"]) for item in sources]

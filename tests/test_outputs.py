@@ -144,58 +144,66 @@ def test_a_file_we_did_not_write_for_this_source_is_never_overwritten(tmp_path, 
 # --------------------------------------------------------------------------- modes
 
 _WRITE_EVERY_KIND = textwrap.dedent("""
+    # One process, one thread: each umask in turn (the umask is per process).
     import os, sys, numpy as np
     from pathlib import Path
-    os.umask(int(sys.argv[2], 8))
-    folder = Path(sys.argv[1])
     from autodip_watch.ometiff import atomic_write_tiff
     from autodip_watch.calibrate import _atomic_write_bytes
     from autodip_watch.pipeline import DenoiseSettings, denoise_file
     import tifffile
-    raw = folder / "raw.ome.tif"
-    tifffile.imwrite(raw, np.arange(24 * 24, dtype=np.uint16).reshape(24, 24))
-    atomic_write_tiff(folder / "small.ome.tif", [(np.zeros((8, 8), np.uint8), "YX")])
-    _atomic_write_bytes(folder / "table.toml", lambda temp: Path(temp).write_text("x = 1"))
-    denoise_file(raw, DenoiseSettings(depth=4, width="16", skip=4, iterations=1, device="cpu"))
+    for folder, umask in zip(sys.argv[1::2], sys.argv[2::2]):
+        folder = Path(folder)
+        os.umask(int(umask, 8))
+        raw = folder / "raw.ome.tif"
+        tifffile.imwrite(raw, np.arange(24 * 24, dtype=np.uint16).reshape(24, 24))
+        atomic_write_tiff(folder / "small.ome.tif", [(np.zeros((8, 8), np.uint8), "YX")])
+        _atomic_write_bytes(folder / "table.toml", lambda temp: Path(temp).write_text("x = 1"))
+        denoise_file(raw, DenoiseSettings(depth=4, width="16", skip=4, iterations=1,
+                                          device="cpu"))
 """)
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o002, 0o007, 0o077])
-def test_written_files_have_the_mode_the_umask_gives(tmp_path, umask):
+def _write_every_kind(runs: list[tuple[Path, int]]) -> None:
+    arguments = [str(item) for folder, umask in runs for item in (folder, f"{umask:o}")]
+    subprocess.run([sys.executable, "-c", _WRITE_EVERY_KIND, *arguments], check=True,
+                   timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_written_files_have_the_mode_the_umask_gives(tmp_path):
     """Outputs, small atomic TIFFs and calibration tables: 0666 less the umask, as a
     plain open() gives (0644 under 022, 0664 under 002, 0660 under 007), never mkstemp's
-    0600. The umask is process-wide, so each runs in its own process."""
-    subprocess.run([sys.executable, "-c", _WRITE_EVERY_KIND, str(tmp_path), f"{umask:o}"],
-                   check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    expected = 0o666 & ~umask
-    for name in ("raw.autodip.ome.tif",
-                 "small.ome.tif", "table.toml"):
-        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
-        assert mode == expected, f"{name}: {mode:o}, expected {expected:o} under umask {umask:03o}"
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_outputs_in_a_setgid_group_folder_belong_to_its_group(tmp_path):
-    """Case 12's kind: a shared acquisition folder (setgid, group microscopy) and a
-    service user with umask 002 (or the unit's 007): the output keeps the folder's group
-    and is group-readable."""
+    0600. Case 12's kind too: in a shared acquisition folder (setgid, group microscopy)
+    written by a service user with umask 002 or the unit's 007, the output keeps the
+    folder's group and is group-readable. (One subprocess, since each start imports torch;
+    the umask is per process, and it runs one thread.)"""
+    runs = []
+    for umask in (0o022, 0o002, 0o007, 0o077):
+        folder = tmp_path / f"umask-{umask:03o}"
+        folder.mkdir()
+        runs.append((folder, umask, None))
+    if os.geteuid() == 0:  # a group the test process is not in needs root
+        os.chmod(tmp_path, 0o755)
+        for umask in (0o002, 0o007):
+            shared = tmp_path / f"shared-{umask:03o}"
+            shared.mkdir()
+            os.chown(shared, -1, 65534)
+            os.chmod(shared, 0o2775)
+            runs.append((shared, umask, 65534))
+    _write_every_kind([(folder, umask) for folder, umask, _ in runs])
+    for folder, umask, group in runs:
+        expected = 0o666 & ~umask
+        for name in ("raw.autodip.ome.tif", "small.ome.tif", "table.toml"):
+            info = (folder / name).stat()
+            mode = stat.S_IMODE(info.st_mode)
+            assert mode == expected, f"{name}: {mode:o}, expected {expected:o} under {umask:03o}"
+            if group is not None:
+                assert info.st_gid == group, f"{name} in {folder.name}: the folder's group"
+                assert mode & stat.S_IRGRP
+        assert not list(folder.glob(".*.tmp"))
     if os.geteuid() != 0:
-        pytest.skip("needs root to give the folder a group the test process is not in")
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chown(shared, -1, 65534)
-    os.chmod(shared, 0o2775)
-    os.chmod(tmp_path, 0o755)
-    for umask in (0o002, 0o007):
-        for path in shared.iterdir():
-            path.unlink()
-        subprocess.run([sys.executable, "-c", _WRITE_EVERY_KIND, str(shared), f"{umask:o}"],
-                       check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        output = shared / "raw.autodip.ome.tif"
-        info = output.stat()
-        assert info.st_gid == 65534, "the folder's group"
-        assert stat.S_IMODE(info.st_mode) == 0o666 & ~umask
-        assert stat.S_IMODE(info.st_mode) & stat.S_IRGRP
+        pytest.skip("modes checked; the setgid-group case needs root (a group the test "
+                    "process is not in)")
 
 
 # --------------------------------------------------------------------------- OS errors

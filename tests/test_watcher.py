@@ -248,11 +248,11 @@ def test_a_dead_observer_is_reported_and_restarted(tmp_path):
 
 from acquisition import set_xml, write_pages, write_set_member  # noqa: E402
 
-PAGE_SECONDS = 1.5  # several times the settle time: each pause looks "settled"
-
-
-@pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
-def test_page_by_page_writers_are_taken_once_when_complete(tmp_path, polling):
+@pytest.mark.parametrize("polling, page_seconds",
+                         [(False, 0.8), (False, 2.0), (True, 1.5)],
+                         ids=["native, a page every 0.8 s", "native, a page every 2 s",
+                              "polling, a page every 1.5 s"])
+def test_page_by_page_writers_are_taken_once_when_complete(tmp_path, polling, page_seconds):
     """Stacks written one flushed page at a time, with pauses longer than the settle time:
     declared by OME, ImageJ or Micro-Manager metadata (any observer), or declaring nothing
     until the writer closes the file (case 06: native observer only, which sees the
@@ -264,7 +264,9 @@ def test_page_by_page_writers_are_taken_once_when_complete(tmp_path, polling):
     with Harness(tmp_path, polling=polling, poll_interval_seconds=0.2) as h:
         paths = {kind: h.root / f"{kind}-stack.ome.tif" if kind in ("ome", "none")
                  else h.root / f"{kind}-stack.tif" for kind in kinds}
-        writers = [threading.Thread(target=write_pages, args=(paths[kind], 4, kind, PAGE_SECONDS),
+        # Each pause between pages is longer than the settle time: it looks "settled".
+        assert page_seconds > 1.5 * SETTLE
+        writers = [threading.Thread(target=write_pages, args=(paths[kind], 4, kind, page_seconds),
                                     kwargs={"seed": number})
                    for number, kind in enumerate(kinds)]
         for writer in writers:
