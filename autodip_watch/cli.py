@@ -656,6 +656,10 @@ def status(
         raise typer.Exit(3)
     try:
         report = collect_status(jobs, recent=recent, lock=read_lock_record(directory))
+        if as_json:
+            typer.echo(json.dumps(status_json(report), indent=2))
+        else:
+            render_status(report, Console())
     except Exception as error:  # sqlite3.Error, OSError, a damaged row: one line, never a traceback
         message = (f"cannot read the daemon's state in {directory}: "
                    f"{type(error).__name__}: {error}")
@@ -666,10 +670,6 @@ def status(
         else:
             console.print(f"[red]error:[/red] {message}")
         raise typer.Exit(4) from None
-    if as_json:
-        typer.echo(json.dumps(status_json(report), indent=2))
-    else:
-        render_status(report, Console())
     raise typer.Exit(exit_status(report))
 
 

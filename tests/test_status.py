@@ -31,33 +31,40 @@ def row(**fields) -> dict:
             "healthy": 1, "status": "0 waiting", **fields}
 
 
-NOW = time.time()
-CASES = {
-    # name: (database row, lock-file record, expected state, exit status)
-    "never ran": (None, None, "never-ran", 3),
-    "running": (row(), None, "running", 0),
-    "running, unhealthy": (row(healthy=0, status="observer of /data is not running"), None,
-                           "unhealthy", 1),
-    "stopped cleanly": (row(stopped=NOW, heartbeat=NOW - 600), None, "stopped", 3),
-    "killed (kill -9)": (row(pid=dead_pid(), heartbeat=NOW - 600), None, "crashed", 3),
-    "hung": (row(heartbeat=NOW - 600), None, "hung", 1),
-    "cannot write its database": (
-        row(heartbeat=NOW - 600),
-        {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": NOW, "healthy": False,
-         "problems": ["database /s/queue.sqlite3 not writable: database or disk is full"],
-         "database": "OperationalError: database or disk is full"},
-        "unhealthy", 1),
-    "an old lock record of another run": (
-        row(heartbeat=NOW - 600), {"pid": 1, "host": "elsewhere", "heartbeat": NOW},
-        "hung", 1),
-    "on another host, silent": (row(host="gpu-server-7", heartbeat=NOW - 600), None,
-                                "unknown", 4),
-}
+def cases(now: float) -> dict:
+    """name: (database row, lock-file record, expected state, exit status), as they stand
+    at ``now`` (built when the test runs, not when it is collected)."""
+    return {
+        "never ran": (None, None, "never-ran", 3),
+        "running": (row(), None, "running", 0),
+        "running, unhealthy": (row(healthy=0, status="observer of /data is not running"), None,
+                               "unhealthy", 1),
+        "stopped cleanly": (row(stopped=now, heartbeat=now - 600), None, "stopped", 3),
+        "killed (kill -9)": (row(pid=dead_pid(), heartbeat=now - 600), None, "crashed", 3),
+        "hung": (row(heartbeat=now - 600), None, "hung", 1),
+        "cannot write its database": (
+            row(heartbeat=now - 600),
+            {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": now,
+             "healthy": False,
+             "problems": ["database /s/queue.sqlite3 not writable: database or disk is full"],
+             "database": "OperationalError: database or disk is full"},
+            "unhealthy", 1),
+        "an old lock record of another run": (
+            row(heartbeat=now - 600), {"pid": 1, "host": "elsewhere", "heartbeat": now},
+            "hung", 1),
+        "on another host, silent": (row(host="gpu-server-7", heartbeat=now - 600), None,
+                                    "unknown", 4),
+    }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+CASE_NAMES = ["never ran", "running", "running, unhealthy", "stopped cleanly",
+              "killed (kill -9)", "hung", "cannot write its database",
+              "an old lock record of another run", "on another host, silent"]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
 def test_the_daemon_state_and_exit_status(case):
-    info, lock, expected, code = CASES[case]
+    info, lock, expected, code = cases(time.time())[case]
     state = daemon_state(info, time.time(), lock)
     assert state["state"] == expected
     assert exit_status({"daemon": state}) == code
