@@ -799,10 +799,13 @@ def default_state_path(table_path: Path) -> Path:
 
 
 def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from .outputs import create_temporary
+
+    # Mode 0666 less the umask, like any file a user creates (mkstemp would give 0600).
+    descriptor, temp = create_temporary(path)
     os.close(descriptor)
     try:
-        write(temp)
+        write(str(temp))
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from . import __version__
+from .outputs import describe_os_error
 from .transfer import LEVELS, CalibrationTable, TableError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -52,7 +55,8 @@ def denoise(
     width: Optional[str] = typer.Option(None, help="Override the width: 16..512 or asc."),
     skip: Optional[int] = typer.Option(None, help="Override the skip channels: 0 or 4."),
     iterations: Optional[int] = typer.Option(None, min=1, help="Override the number of iterations."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (one input) or folder."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file (one input), or folder: an existing "
+                                      "folder, or a path ending in / (created if missing)."),
     device: Optional[str] = typer.Option(None, help="cuda, cuda:N, mps or cpu (default: best available)."),
     seed: int = typer.Option(0, help="Random seed of the network and its input."),
     metric: Optional[str] = typer.Option(None, help="Calibration metric table (default: the table's, lpips_psnr)."),
@@ -76,17 +80,25 @@ def denoise(
 ) -> None:
     """Denoise files with the AUTO-DIP configuration of each channel's group.
 
-    Writes <stem>.autodip.ome.tif beside each input (or under --out); never modifies the input.
+    Writes X.autodip.ome.tif for X.ome.tif (X.tif.autodip.ome.tif for X.tif, and so on) beside
+    each input (or under --out); never modifies the input, never overwrites a file it did not
+    write for that input.
     Progress goes to stderr: bars on a terminal, a line every 10 % (or 30 s) elsewhere.
     """
     if not quiet:
         console.print("loading the engine (torch) ...", highlight=False)
     from .dip.batching import run_together
     from .dip.params import DipParams, normalise_width
-    from .pipeline import DenoiseSettings, PipelineError, denoise_file
+    from .pipeline import DenoiseSettings, PipelineError, denoise_file, output_path_for
 
-    if len(inputs) > 1 and out is not None and not out.is_dir():
-        console.print("[red]error:[/red] --out must be an existing folder when several inputs are given")
+    out_path = _out_target(out, len(inputs))
+    planned = [output_path_for(path, out_path) for path in inputs]
+    clashes = [(a, b) for i, a in enumerate(inputs) for j, b in enumerate(inputs)
+               if i < j and planned[i] == planned[j] and a.absolute() != b.absolute()]
+    if clashes:
+        first, second = clashes[0]
+        console.print(f"[red]error:[/red] {first} and {second} would both be written to "
+                      f"{output_path_for(first, out_path)}; denoise them into different folders")
         raise typer.Exit(2)
     try:
         if width is not None:
@@ -108,15 +120,19 @@ def denoise(
     _check_transfer(settings)
     shared, slots = _files_together(settings, len(inputs), jobs_together)
     failed: list[Path] = []
+    stopping = _Stopping(immediate=slots == 1)
 
     def denoise_one(path: Path, fitter, progress_bar) -> dict:
+        if stopping.signal is not None:
+            return {"input": str(path), "error": "not started: stopping"}
         progress, notify = progress_bar.for_file(path)
         try:
-            report = denoise_file(path, settings, out, progress=progress, fitter=fitter,
-                                  notify=notify)
+            report = denoise_file(path, settings, out_path, progress=stopping.checked(progress),
+                                  fitter=fitter, notify=notify)
         except (PipelineError, ValueError, OSError, RuntimeError) as error:
             failed.append(path)
-            message = str(error)
+            message = (describe_os_error(error, error.filename or path, "denoise")
+                       if isinstance(error, OSError) else str(error))
             # reader errors already start with the path
             console.print(f"[red]error:[/red] {message if message.startswith(str(path)) else f'{path}: {message}'}")
             return {"input": str(path), "error": message}
@@ -126,15 +142,95 @@ def denoise(
 
     from .progress_view import DenoiseProgress, choose_mode
 
-    with DenoiseProgress(console, choose_mode(sys.stderr, quiet),
-                         total_planes=_count_planes(inputs) if len(inputs) > 1 else None,
-                         label_files=len(inputs) > 1) as progress_bar:
-        summaries = run_together(shared, [functools.partial(denoise_one, path, progress_bar=progress_bar)
-                                          for path in inputs], slots)
+    try:
+        with stopping, DenoiseProgress(console, choose_mode(sys.stderr, quiet),
+                                       total_planes=_count_planes(inputs) if len(inputs) > 1 else None,
+                                       label_files=len(inputs) > 1) as progress_bar:
+            summaries = run_together(shared, [functools.partial(denoise_one, path,
+                                                                progress_bar=progress_bar)
+                                              for path in inputs], slots)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (systemd, a batch scheduler): what a writer left is removed.
+        from .worker import remove_temporary_outputs
+
+        for output in planned:
+            remove_temporary_outputs(output)
+        name = signal.Signals(stopping.signal or signal.SIGINT).name
+        console.print(f"[yellow]stopped by {name}; unfinished outputs removed[/yellow]")
+        raise typer.Exit(128 + (stopping.signal or signal.SIGINT)) from None
     if as_json:
         typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
     if failed:
         raise typer.Exit(1)
+
+
+def _out_target(out: Optional[str], inputs: int) -> Optional[Path]:
+    """``--out``: a folder when it ends in a slash or is an existing folder (created if
+    missing), else a file (one input only)."""
+    from .outputs import describe_os_error
+
+    if out is None:
+        return None
+    path = Path(out).expanduser()
+    folder = out.endswith(("/", os.sep)) or path.is_dir()
+    if not folder:
+        if inputs > 1:
+            console.print(f"[red]error:[/red] --out {out}: several inputs need a folder; write "
+                          f"it with a trailing slash ({out}/) to create it")
+            raise typer.Exit(2)
+        return path
+    if path.exists() and not path.is_dir():
+        console.print(f"[red]error:[/red] --out {out}: {path} is a file, not a folder")
+        raise typer.Exit(2)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        console.print(f"[red]error:[/red] {describe_os_error(error, path, 'create the folder')}")
+        raise typer.Exit(1) from None
+    return path
+
+
+class _Stopping:
+    """SIGTERM and SIGINT during ``denoise``: stop as Ctrl-C does, leaving no temporary file.
+
+    With one file at a time the signal interrupts at once (KeyboardInterrupt; the
+    writer removes its temporary file on the way out). With files side by side in
+    threads it is noted and each fit stops at its next iteration, so that every
+    thread's writer cleans up before the process exits.
+    """
+
+    def __init__(self, immediate: bool) -> None:
+        self.immediate = immediate
+        self.signal: Optional[int] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_Stopping":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread (tests calling the app in a thread)
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if self.signal is not None and exc[0] is None:
+            raise KeyboardInterrupt
+
+    def _on_signal(self, signum, frame) -> None:
+        first = self.signal is None
+        self.signal = signum
+        if self.immediate or not first:
+            raise KeyboardInterrupt
+
+    def checked(self, progress):
+        """The progress callback, stopping the fit once a signal came."""
+        def check(*args) -> None:
+            if self.signal is not None:
+                raise KeyboardInterrupt
+            progress(*args)
+        return check
 
 
 def _files_together(settings, files: int, jobs_together: int):
@@ -580,32 +676,65 @@ def run(
 def status(
     config: Optional[Path] = _CONFIG_OPTION,
     state_dir: Optional[Path] = _STATE_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (times in ISO 8601 UTC)."),
     recent: int = typer.Option(10, min=0, help="How many completed jobs to show."),
 ) -> None:
-    """What the daemon is doing: up or down, folders, queue, current job, failures, throughput."""
+    """What the daemon is doing: up or down, folders, queue, current job, failures, throughput.
+
+    Exit status (as systemctl status): 0 running and healthy, 1 running but unhealthy (or
+    hung), 3 not running (stopped, crashed, never started here), 4 unknown (the state
+    cannot be read). Works on a state folder it cannot write.
+    """
     from .config import resolve_state_dir
     from .queue import STATES, JobQueue, QueueError
-    from .status import collect_status, render_status
+    from .status import (collect_status, exit_status, read_lock_record, render_status,
+                         status_json)
+
+    from .queue import DATABASE_NAME
 
     directory = resolve_state_dir(state_dir, _daemon_config(config))
     try:
+        os.stat(directory / DATABASE_NAME)
         jobs = JobQueue(directory, create=False)
-    except QueueError as error:
+    except FileNotFoundError:
+        jobs = None
+    except (OSError, QueueError) as error:  # e.g. a folder this user may not enter
+        message = f"cannot read the daemon's state in {directory}: {error}"
+        if as_json:
+            typer.echo(json.dumps({"version": __version__, "state_dir": str(directory),
+                                   "daemon": {"up": False, "state": "unknown"},
+                                   "error": message}, indent=2))
+        else:
+            console.print(f"[red]error:[/red] {message}")
+        raise typer.Exit(4) from None
+    if jobs is None:
+        error = f"no queue database in {directory} (has the daemon run with this state directory?)"
         # Never started with this state directory: say so, not an error.
         report = {"version": __version__, "database": None, "state_dir": str(directory),
-                  "daemon": {"up": False, "reason": str(error)},
+                  "daemon": {"up": False, "state": "never-ran", "reason": str(error)},
                   "counts": {name: 0 for name in STATES}}
         if as_json:
             typer.echo(json.dumps(report, indent=2))
         else:
-            Console().print(f"daemon down: {error}")
-        return
-    report = collect_status(jobs, recent=recent)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        render_status(report, Console())
+            Console().print(f"daemon not running: {error}")
+        raise typer.Exit(3)
+    try:
+        report = collect_status(jobs, recent=recent, lock=read_lock_record(directory))
+        if as_json:
+            typer.echo(json.dumps(status_json(report), indent=2))
+        else:
+            render_status(report, Console())
+    except Exception as error:  # sqlite3.Error, OSError, a damaged row: one line, never a traceback
+        message = (f"cannot read the daemon's state in {directory}: "
+                   f"{type(error).__name__}: {error}")
+        if as_json:
+            typer.echo(json.dumps({"version": __version__, "state_dir": str(directory),
+                                   "daemon": {"up": False, "state": "unknown"},
+                                   "error": message}, indent=2))
+        else:
+            console.print(f"[red]error:[/red] {message}")
+        raise typer.Exit(4) from None
+    raise typer.Exit(exit_status(report))
 
 
 @queue_app.command("list")

@@ -201,7 +201,8 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
                 f"{source} does not exist on worker {context.address or 'here'} (host "
                 f"{context.host}): the microscope storage must be mounted under the same "
                 f"path on every worker")
-        if job.get("mtime_ns") is not None and output_is_current(output, job["mtime_ns"]):
+        hashes = [tuple(pair) for pair in job.get("hashes") or []]
+        if hashes and output_is_current(output, source, hashes):
             # A rerun after the worker died between writing the output and reporting it.
             return {"status": "kept", "output": job["output"], **where, "device": ""}
         device = describe_device(choose_device(denoise_settings.device))
@@ -226,7 +227,8 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
         remove_temporary_outputs(output)  # of an attempt on a worker that died
         output.parent.mkdir(parents=True, exist_ok=True)
         report = denoise_file(source, denoise_settings, out=output, progress=progress,
-                              worker=context.address or None, fitter=fitter)
+                              worker=context.address or None, fitter=fitter,
+                              incomplete=job.get("incomplete"))
     except JobCancelled:
         remove_temporary_outputs(output)
         return {"status": "cancelled", "output": job["output"], **where, "device": device}
@@ -634,6 +636,8 @@ class DaskDispatcher:
                 continue  # each claimed job was settled here (input gone, output current)
             first = members[0].job
             key = f"autodip-job-{first.id}-{first.attempts}-{uuid.uuid4().hex[:8]}"
+            from .worker import incomplete_note
+
             payloads: dict[str, dict] = {}
             jobs = []
             for item in members:
@@ -642,6 +646,9 @@ class DaskDispatcher:
                 payloads[payload_key] = self._payload(folder)
                 jobs.append({"job": item.job.id, "input": item.job.path,
                              "output": str(item.output), "mtime_ns": item.job.mtime_ns,
+                             "hashes": [(f["file"], f["sha256"])
+                                        for f in item.job.source_list()],
+                             "incomplete": incomplete_note(item.job),
                              "settings": payload_key})
             try:
                 future = self.client.submit(
@@ -784,17 +791,21 @@ class DaskDispatcher:
             self._failed(item, f"{result.get('error')} (on {where})", result.get("traceback"))
             return
         self._alone.discard(job.id)
+        from .worker import finished_message, finished_state
+
         if status == "kept":
             self.queue.finish(job.id, result["output"], None, 0.0, None,
-                              f"output already present and newer than the raw file; kept "
-                              f"({where})")
+                              f"output already present, made from this content; kept "
+                              f"({where})", state=finished_state(job, []))
             bound.info("job.done", output=result["output"], note="output already present",
                        worker=result.get("worker"), host=result.get("host"))
             return
+        missing = list((result.get("report") or {}).get("missing") or [])
         self.queue.placed(job.id, f"{where} ({result.get('device')})")
         self.queue.finish(job.id, result["output"], result.get("report"),
                           float(result.get("seconds") or 0.0), result.get("planes"),
-                          f"done on {where}")
+                          f"{finished_message(job, missing)} on {where}",
+                          state=finished_state(job, missing))
         if self.metrics is not None:
             self.metrics.jobs_done.inc()
             for plane in (result.get("report") or {}).get("planes", []):

@@ -54,6 +54,11 @@ class WatchFolder:
     settle_seconds: float = 10.0
     #: A settled file still unreadable this long after its last change is quarantined.
     corrupt_after_seconds: float = 120.0
+    #: A file (or OME set) that stays incomplete and unchanged this long (fewer planes
+    #: than it declares, a member file that never arrives, a writer that never closes
+    #: it) is taken as it is: its planes are denoised, the job ends ``partial`` and
+    #: names what is missing. Longer than the longest pause between two frames.
+    incomplete_after_seconds: float = 1800.0
     microscope: str | None = None  # folder defaults: below the file's own metadata
     specimen: str | None = None
     output_root: Path | None = None
@@ -221,12 +226,11 @@ class Config:
         return folder.output_root or self.output_root
 
     def output_for(self, raw: Path, folder: WatchFolder | None) -> Path:
-        """Where the denoised file of ``raw`` goes: beside it, or mirrored under an output root."""
-        from .pipeline import OUTPUT_SUFFIX, output_path_for  # lazy: pipeline imports torch
+        """Where the denoised file of ``raw`` goes: beside it, or mirrored under an output
+        root; named by :func:`outputs.output_name` (one output per raw file)."""
+        from .outputs import output_name
 
-        name = output_path_for(raw).name
-        if self.output_suffix != OUTPUT_SUFFIX:
-            name = name[: -len(OUTPUT_SUFFIX)] + self.output_suffix
+        name = output_name(raw.name, self.output_suffix)
         root = self.output_root_for(folder) if folder is not None else None
         if root is None:
             return raw.with_name(name)
@@ -321,8 +325,8 @@ _TOP_KEYS = {"watch", "output", "calibration_table", "device", "state_dir", "ret
              "metrics", "daemon", "log_level", "calibrate", "inference", "executor",
              "scheduler", "max_in_flight", "dask", "batching"}
 _WATCH_KEYS = {"path", "patterns", "recursive", "polling", "poll_interval_seconds",
-               "settle_seconds", "corrupt_after_seconds", "microscope", "specimen",
-               "output_root"}
+               "settle_seconds", "corrupt_after_seconds", "incomplete_after_seconds",
+               "microscope", "specimen", "output_root"}
 _SECTION_KEYS = {
     "output": {"root", "suffix", "preview"},
     "retry": {"max_attempts", "backoff_seconds", "backoff_factor", "max_backoff_seconds"},
@@ -653,6 +657,8 @@ def _parse_watch(entries: Any, reader: _Reader) -> list[WatchFolder]:
             settle_seconds=settle,
             corrupt_after_seconds=reader.get(entry, "corrupt_after_seconds", where, "number",
                                              max(120.0, settle), 0, "120"),
+            incomplete_after_seconds=reader.get(entry, "incomplete_after_seconds", where,
+                                                "number", max(1800.0, settle), 0, "1800"),
             microscope=reader.get(entry, "microscope", where, "str", None,
                                   example='"widefield"'),
             specimen=reader.get(entry, "specimen", where, "str", None, example='"nucleus"'),
@@ -660,6 +666,9 @@ def _parse_watch(entries: Any, reader: _Reader) -> list[WatchFolder]:
                                    example='"/data/denoised"'))
         if folder.corrupt_after_seconds < folder.settle_seconds:
             reader.problems.append(f"{where}corrupt_after_seconds: must be at least "
+                                   f"settle_seconds ({folder.settle_seconds:g})")
+        if folder.incomplete_after_seconds < folder.settle_seconds:
+            reader.problems.append(f"{where}incomplete_after_seconds: must be at least "
                                    f"settle_seconds ({folder.settle_seconds:g})")
         if folder.path.exists() and not folder.path.is_dir():
             reader.problems.append(f"{where}path: {folder.path} is a file, not a folder")

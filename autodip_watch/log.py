@@ -255,3 +255,59 @@ def _isatty(stream: IO) -> bool:
 
 def get_logger(name: str = "autodip_watch") -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+class Condition:
+    """A condition that a loop meets again and again (a database that cannot be written,
+    a share that is gone): logged once when it starts or changes, once when it clears,
+    never once per retry.
+
+    ``report(error)`` on each failure, ``clear()`` on each success. The first report of
+    a new kind of error logs ``event`` at error level with the error and a short
+    traceback; repeats of the same error only count; ``clear`` after trouble logs
+    ``recovered_event`` with how often it repeated and for how long.
+    """
+
+    def __init__(self, logger, event: str, recovered_event: str, **context) -> None:
+        self.logger = logger
+        self.event = event
+        self.recovered_event = recovered_event
+        self.context = context
+        self.current: str | None = None
+        self.repeats = 0
+        self.since = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.current is not None
+
+    def report(self, error: BaseException | str, **fields) -> bool:
+        """Record a failure; returns True when it was logged (a new condition)."""
+        import time
+        import traceback
+
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if text == self.current:
+            self.repeats += 1
+            return False
+        self.current, self.repeats, self.since = text, 0, time.monotonic()
+        trace = None
+        if isinstance(error, BaseException):
+            trace = "".join(traceback.format_exception(type(error), error, error.__traceback__,
+                                                       limit=6))
+        self.logger.error(self.event, error=text, traceback=trace,
+                          note="logged once; repeats are counted until it clears",
+                          **self.context, **fields)
+        return True
+
+    def clear(self, **fields) -> bool:
+        """Record a success; returns True when it ended a condition (and logged so)."""
+        import time
+
+        if self.current is None:
+            return False
+        self.logger.info(self.recovered_event, error=self.current, repeats=self.repeats,
+                         seconds=round(time.monotonic() - self.since, 1),
+                         **self.context, **fields)
+        self.current, self.repeats = None, 0
+        return True

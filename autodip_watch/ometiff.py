@@ -373,7 +373,7 @@ class _OmePages:
         return index
 
     def page(self, position: Mapping[str, int]):
-        path, ifd = self.mapping[self.linear(position)]
+        path, ifd = self.mapping[self.linear(position)]  # None: see read()
         tif = self.cache.get(path)
         try:
             return tif.pages[ifd], path
@@ -383,6 +383,8 @@ class _OmePages:
                                             f"truncated, or the metadata is wrong)") from None
 
     def read(self, position: Mapping[str, int]) -> np.ndarray:
+        if self.mapping[self.linear(position)] is None:  # ImageFile(allow_missing=True)
+            return np.zeros(self.series.page_shape, dtype=np.dtype(self.series.dtype))
         page, path = self.page(position)
         where = f"image {self.series.index} plane {dict(position)}"
         return _read_page(page, self.series, where, path)
@@ -498,8 +500,14 @@ class ImageFile:
         Problems that did not prevent reading (schema repairs, tifffile notices).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, allow_missing: bool = False) -> None:
         self.path = Path(path)
+        #: Read an incomplete input as far as it goes: planes whose IFD or file is not
+        #: there read as zeros (as Bio-Formats does for partial filesets) and are named
+        #: in ``missing``. For the daemon's incomplete files (an aborted acquisition, a
+        #: member that never arrived); off, they are errors.
+        self.allow_missing = allow_missing
+        self.missing: list[str] = []
         self.kind = "unknown"
         self.ome = None
         self.ome_xml: str | None = None
@@ -536,6 +544,8 @@ class ImageFile:
     # -- opening
     def _absorb_log(self, records: list[logging.LogRecord], path: Path) -> None:
         errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+        if self.allow_missing:  # an ImageJ stack with fewer pages than it declares
+            errors = [e for e in errors if "ImageJ series metadata invalid" not in e]
         if errors:
             raise TruncatedImageError(path, "damaged or truncated TIFF: " + "; ".join(errors[:3]))
         self.warnings.extend(r.getMessage() for r in records if r.levelno == logging.WARNING)
@@ -627,7 +637,7 @@ class ImageFile:
             for path, ifd in mapping:
                 top_ifd[path] = max(ifd, top_ifd.get(path, 0))
             missing_files = sorted(p.name for p in top_ifd if not p.exists())
-            if missing_files:
+            if missing_files and not self.allow_missing:
                 if not xml_is_tiff and self.path == xml_path:
                     self.warnings.append(f"image {image_index}: pixel files missing "
                                          f"({', '.join(missing_files[:5])}); metadata only")
@@ -638,16 +648,21 @@ class ImageFile:
                 raise MissingFileError(base / missing_files[0],
                                        f"file of the multi-file OME-TIFF set described by "
                                        f"{xml_path.name} is missing")
+            if self.allow_missing:
+                mapping = self._present_only(mapping, info, missing_files)
             source = _OmePages(self._cache, mapping, info)
             for path, top in top_ifd.items():
+                if self.allow_missing and not path.exists():
+                    continue
                 tif = self._cache.get(path)
-                if top >= len(tif.pages):
+                if top >= len(tif.pages) and not self.allow_missing:
                     raise DimensionError(path, f"image {image_index}: OME-XML declares "
                                                f"{info.page_count} planes, up to IFD {top}, "
                                                f"but the file has {len(tif.pages)} pages")
                 if path not in files:
                     files.append(path)
-            page, path = source.page(info.page_position(0))
+            first = next(i for i, entry in enumerate(mapping) if entry is not None)
+            page, path = source.page(info.page_position(first))
             if info.samples > 1:  # the pages, not Pixels@Interleaved, say how samples are stored
                 info.planar = page.keyframe.planarconfig == 2
                 info.axes, info.shape = _layout(info.dimension_order, info.sizes, info.planar)
@@ -665,6 +680,33 @@ class ImageFile:
             self.kind = "ome-tiff"
         if not ome.images:
             raise MalformedMetadataError(xml_path, "OME-XML describes no images")
+
+    def _present_only(self, mapping: list[tuple[Path, int]], info: SeriesInfo,
+                      missing_files: list[str]) -> list[tuple[Path, int] | None]:
+        """``mapping`` with None for every page whose file or IFD is not there, each
+        named in :attr:`missing`; an image with no page at all is still an error."""
+        counts: dict[Path, int] = {}
+        present: list[tuple[Path, int] | None] = []
+        for path, ifd in mapping:
+            if path not in counts:
+                counts[path] = len(self._cache.get(path).pages) if path.exists() else 0
+            present.append((path, ifd) if ifd < counts[path] else None)
+        absent = [index for index, entry in enumerate(present) if entry is None]
+        if len(absent) == len(present):
+            raise MissingFileError(self.path, f"image {info.index}: none of its "
+                                              f"{len(present)} planes is in the file(s)")
+        if absent:
+            labels = []
+            for index in absent[:8]:
+                position = info.page_position(index)
+                labels.append(",".join(f"{a}={position[a]}" for a in "ZCT"
+                                       if info.sizes.get(a, 1) > 1) or f"page {index}")
+            more = f" and {len(absent) - 8} more" if len(absent) > 8 else ""
+            self.missing.append(f"image {info.index}: {len(absent)} of {len(present)} declared "
+                                f"planes missing ({'; '.join(labels)}{more}), written as zeros")
+        for name in missing_files:
+            self.missing.append(f"file {name} of the set is missing")
+        return present
 
     def _ome_series(self, image_index: int, image) -> SeriesInfo:
         pixels = image.pixels
@@ -760,6 +802,10 @@ class ImageFile:
     def _open_generic_tiff(self, tif: tifffile.TiffFile) -> None:
         self.kind = ("micromanager" if tif.is_micromanager else
                      "imagej" if tif.is_imagej else "tiff")
+        declared = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
+        if self.allow_missing and isinstance(declared, int) and declared > len(tif.pages) > 1:
+            self.missing.append(f"ImageJ metadata declares {declared} images, the file holds "
+                                f"{len(tif.pages)}; read as a stack of {len(tif.pages)}")
         for number, tiff_series in enumerate(tif.series):
             self._add_generic_series(tiff_series, tif, number)
         if not self.series:
@@ -1001,11 +1047,13 @@ class AtomicFile:
     """
 
     def __init__(self, out_path: str | Path) -> None:
+        from .outputs import create_temporary
+
         self.out_path = Path(out_path)
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{self.out_path.name}.", suffix=".tmp",
-                                                 dir=self.out_path.parent)
+        # Mode 0666 less the umask (or a default ACL), as a plain open() would give:
+        # mkstemp's 0600 would survive the rename and lock the group out.
+        descriptor, self.temp = create_temporary(self.out_path)
         os.close(descriptor)
-        self.temp = Path(temp_name)
 
     def publish(self) -> None:
         with open(self.temp, "rb+") as handle:

@@ -41,9 +41,7 @@ if TYPE_CHECKING:  # torch is imported where a fit needs it: `inspect` never loa
     from .dip.batching import SharedFitter, TileFitter
     from .dip.fit import FitOptions
 
-OUTPUT_SUFFIX = ".autodip.ome.tif"
-_INPUT_SUFFIXES = (".companion.ome", ".ome.tiff", ".ome.tif", ".ome.xml", ".tiff", ".tif",
-                   ".png", ".ome")
+from .outputs import OUTPUT_SUFFIX, OutputConflictError, check_output, describe_os_error, output_name
 
 #: Most pixel bytes (as float32) gathered for one batching window of pages.
 WINDOW_BYTES = 512 << 20
@@ -196,10 +194,12 @@ class FileReport:
     warnings: list[str] = field(default_factory=list)
     host: str = ""  # the machine that ran the fit
     worker: str = ""  # the executor that ran it, when not this process (a Dask worker)
+    #: What an incomplete input lacked (read with allow_missing): planes, member files.
+    missing: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "device": self.device,
-                "host": self.host, "worker": self.worker,
+                "host": self.host, "worker": self.worker, "missing": self.missing,
                 "seconds": round(self.seconds, 3), "started": self.started,
                 "finished": self.finished, "format": self.format, "sources": self.sources,
                 "warnings": self.warnings,
@@ -223,14 +223,15 @@ class ChannelPlan:
         return data
 
 
-def output_path_for(input_path: Path, out: Path | None = None) -> Path:
-    """``<stem>.autodip.ome.tif`` beside the input, or in/at ``out``."""
-    name = input_path.name
-    for suffix in _INPUT_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    default_name = name + OUTPUT_SUFFIX
+def output_path_for(input_path: Path, out: Path | None = None,
+                    suffix: str = OUTPUT_SUFFIX) -> Path:
+    """The output of ``input_path``: beside it, in the folder ``out``, or the file ``out``.
+
+    Named by :func:`outputs.output_name`: ``X.ome.tif`` -> ``X.autodip.ome.tif``, any
+    other name keeps its extension (``X.tif`` -> ``X.tif.autodip.ome.tif``), so
+    different raw files in one folder never share an output.
+    """
+    default_name = output_name(input_path.name, suffix)
     if out is None:
         return input_path.with_name(default_name)
     if out.is_dir():
@@ -315,7 +316,8 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                  out: str | Path | None = None,
                  progress: FileProgress | None = None, *,
                  worker: str | None = None, fitter: TileFitter | None = None,
-                 notify: Notify | None = None) -> FileReport:
+                 notify: Notify | None = None, allow_missing: bool = False,
+                 incomplete: str | None = None) -> FileReport:
     """Denoise every plane of ``input_path`` and write the OME-TIFF; never touches the input.
 
     ``worker`` names the executor running this call when it is not the local process
@@ -324,9 +326,16 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
     daemon running several jobs at once passes a shared one).
     ``notify(event, info)`` hears what the pipeline is about to do (see :data:`Notify`),
     so that a person is told what happens before the first iteration.
+    ``allow_missing`` reads
+    an incomplete input as far as it goes (planes or set members not there read as
+    zeros); what was missing is in the report's ``missing`` and the provenance, with
+    ``incomplete``, the caller's word on it (the daemon's: "3 of 5 planes; unchanged for
+    30 min"), which implies ``allow_missing``.
     Non-fluorescence channels (policy ``copy``) are written unchanged. Raises
-    ``ImageReadError`` for unreadable input, ``PipelineError`` for everything else that
-    stops the file; in both cases no output appears.
+    ``ImageReadError`` for unreadable input, ``OutputConflictError`` when a file at the
+    output path was not written by autodip-watch for this input (it is never
+    overwritten), ``PipelineError`` for everything else that stops the file (an OS error
+    while writing names the path and the system's reason); in every case no output appears.
     """
     started_clock = time.perf_counter()
     started = utc_now()
@@ -337,11 +346,18 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
     settings.check_labels()
     say = notify or _silent
     say("reading", {"path": str(input_path)})
-    with ImageFile(input_path) as image:
+    allow_missing = allow_missing or incomplete is not None
+    with ImageFile(input_path, allow_missing=allow_missing) as image:
+        missing = list(image.missing) + ([f"taken incomplete: {incomplete}"] if incomplete
+                                         else [])
         for source in image.source_files:
             if source.resolve() == output.resolve():
                 raise PipelineError(f"output path {output} is a file of the input set; "
                                     f"refusing to overwrite it")
+        existing = check_output(output, input_path)
+        if existing.state == "foreign":
+            raise OutputConflictError(f"{existing.reason}; not overwritten. Move it away (or "
+                                      f"choose another output) to denoise {input_path}")
         pixel_series = [info for info in image.series if info.has_pixels]
         if not pixel_series:
             raise PipelineError(f"{input_path}: no pixel data (an OME-XML file whose images "
@@ -378,32 +394,40 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
             for plan in plans[info.index]] for info in pixel_series}
         reports: list[PlaneReport] = []
         counter = _Counter(sum(info.plane_count for info in pixel_series))
-        with OmeTiffWriter(output, image, software=f"autodip-watch {__version__}") as writer:
-            for info in pixel_series:
-                pages = _denoised_pages(image, info, plans[info.index], records[info.index],
-                                        settings, fitter, progress, reports, counter,
-                                        lambda event, data: say(event, {
-                                            "path": str(input_path), "device": device_name,
-                                            **data}))
-                writer.write_series(info.index, pages)
-            finished = utc_now()
-            if not unchanged(sources):
-                raise PipelineError(f"{input_path}: the input changed while it was being "
-                                    f"denoised; output discarded")
-            annotations = {
-                info.index: provenance_entries(
-                    software="autodip-watch", version=__version__, torch_version=torch.__version__,
-                    device=device_name, sources=sources, started=started, finished=finished,
-                    image_name=info.name, channels=records[info.index],
-                    settings=_settings_record(settings, fitter), host=host, worker=worker)
-                for info in pixel_series}
-            writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
-                          description=PROVENANCE_DESCRIPTION)
+        try:
+            with OmeTiffWriter(output, image, software=f"autodip-watch {__version__}") as writer:
+                try:
+                    for info in pixel_series:
+                        pages = _denoised_pages(image, info, plans[info.index],
+                                                records[info.index], settings, fitter,
+                                                progress, reports, counter,
+                                                lambda event, data: say(event, {
+                                                    "path": str(input_path),
+                                                    "device": device_name, **data}))
+                        writer.write_series(info.index, pages)
+                except OSError as error:  # explained while the partial file still fills the disk
+                    raise PipelineError(describe_os_error(error, output)) from error
+                finished = utc_now()
+                if not unchanged(sources):
+                    raise PipelineError(f"{input_path}: the input changed while it was being "
+                                        f"denoised; output discarded")
+                annotations = {
+                    info.index: provenance_entries(
+                        software="autodip-watch", version=__version__,
+                        torch_version=torch.__version__, device=device_name, sources=sources,
+                        started=started, finished=finished, image_name=info.name,
+                        channels=records[info.index], settings=_settings_record(settings, fitter),
+                        host=host, worker=worker, input_path=input_path, missing=missing)
+                    for info in pixel_series}
+                writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
+                              description=PROVENANCE_DESCRIPTION)
+        except OSError as error:  # a full disk, a read-only or missing folder: say which and why
+            raise PipelineError(describe_os_error(error, output)) from error
         return FileReport(str(input_path), str(output), device_name,
                           time.perf_counter() - started_clock, reports, started=started,
                           finished=finished, format=image.kind,
                           sources=[s.as_dict() for s in sources], warnings=list(image.warnings),
-                          host=host, worker=worker or "")
+                          host=host, worker=worker or "", missing=missing)
 
 
 class _Counter:

@@ -35,6 +35,25 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def hash_files(paths: Sequence[Path], chunk: int = 1 << 22) -> tuple[str, list[dict]]:
+    """One read of every file: the SHA-256 of all of them together (the job's content
+    key) and each file's own ``{"file", "path", "size", "sha256"}`` (what an output's
+    provenance records, so whether it is current can be told without reading again)."""
+    combined = hashlib.sha256()
+    each = []
+    for path in paths:
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                combined.update(block)
+                digest.update(block)
+                size += len(block)
+        each.append({"file": path.name, "path": str(path), "size": size,
+                     "sha256": digest.hexdigest()})
+    return combined.hexdigest(), each
+
+
 @dataclass(frozen=True)
 class SourceFile:
     """One input file as it was read: name, size, content hash."""
@@ -43,6 +62,7 @@ class SourceFile:
     size: int
     sha256: str
     mtime_ns: int
+    ctime_ns: int | None = None
 
     def as_dict(self) -> dict:
         return {"file": self.path.name, "path": str(self.path), "size": self.size,
@@ -55,15 +75,27 @@ def describe_sources(paths: Iterable[Path]) -> list[SourceFile]:
     for path in paths:
         status = os.stat(path)
         described.append(SourceFile(Path(path), status.st_size, sha256_file(path),
-                                    status.st_mtime_ns))
+                                    status.st_mtime_ns, status.st_ctime_ns))
     return described
 
 
 def unchanged(sources: Sequence[SourceFile]) -> bool:
-    """Whether every source still has the size and mtime it had when it was hashed."""
+    """Whether every source still has the content it had when it was hashed.
+
+    Size, mtime and ctime equal: unchanged (re-hashing every file would double the
+    reads; no tool sets a ctime back). Otherwise the file is hashed again, so a
+    ``touch`` during a fit does not discard its output, and new content under a
+    preserved mtime is still a change.
+    """
     try:
-        return all((os.stat(s.path).st_size, os.stat(s.path).st_mtime_ns) == (s.size, s.mtime_ns)
-                   for s in sources)
+        for source in sources:
+            info = os.stat(source.path)
+            if ((info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+                    == (source.size, source.mtime_ns, source.ctime_ns)):
+                continue
+            if info.st_size != source.size or sha256_file(source.path) != source.sha256:
+                return False
+        return True
     except OSError:
         return False
 
@@ -111,11 +143,17 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
                        sources: Sequence[SourceFile], started: str, finished: str,
                        image_name: str | None, channels: Sequence[ChannelRecord],
                        settings: dict[str, object], host: str | None = None,
-                       worker: str | None = None) -> list[tuple[str, str]]:
+                       worker: str | None = None, input_path: Path | None = None,
+                       missing: Sequence[str] = ()) -> list[tuple[str, str]]:
     """The flat key/value list of one image's MapAnnotation, in a stable order.
 
     ``host`` is the machine that ran the fit (default: this one); ``worker`` the
     executor that ran it when that is not the local process (a Dask worker address).
+    ``input_path`` is the file the output was made for (a set's first file; default
+    the first source): its name and absolute path say whose output this is, so that
+    a file made for another source is never overwritten (outputs.check_output).
+    ``missing`` names what an incomplete input lacked (planes, member files): the
+    output then holds only what was there, and says so.
     """
     entries: list[tuple[str, str]] = [
         ("software", software), ("software.version", version),
@@ -131,6 +169,11 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
     entries += [(f"settings.{key}", "" if value is None else str(value))
                 for key, value in settings.items()]
     primary = sources[0]
+    made_for = Path(input_path) if input_path is not None else primary.path
+    entries += [("input.file", made_for.name), ("input.path", str(made_for.absolute())),
+                ("input.complete", "false" if missing else "true")]
+    if missing:
+        entries.append(("input.missing", "; ".join(missing)))
     entries += [("source.file", primary.path.name), ("source.size", str(primary.size)),
                 ("source.sha256", primary.sha256)]
     if len(sources) > 1:

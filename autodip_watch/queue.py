@@ -5,9 +5,16 @@ restarts find the existing row instead of adding one, and a raw file that change
 new job. States::
 
     queued -> running -> done
+                      -> partial (done from an incomplete file: `missing` names what lacked)
                       -> failed  (waits `not_before`, then runs again)
-                      -> quarantined (after the last attempt; a person looks at it)
-                      -> skipped (the raw file vanished or changed before it ran)
+                      -> quarantined (after the last attempt, or at once when the output
+                                      path holds a file that is not ours; a person looks)
+                      -> skipped (the raw file vanished or changed before it ran, or a
+                                  newer version of it was queued)
+
+A version whose content (SHA-256) equals the latest job of its path, only its times
+changed (``touch``, ``cp -p`` of the same bytes), adds no job: the latest job takes the
+new size/mtime/ctime and an event says so (:meth:`JobQueue.same_content`).
 
 Attempts are counted when a job starts, so a file that kills the daemon (OOM, driver
 crash) is quarantined after ``max_attempts`` restarts instead of crash-looping; a
@@ -34,10 +41,14 @@ from pathlib import Path
 from .config import RetryPolicy
 
 DATABASE_NAME = "queue.sqlite3"
-STATES = ("queued", "running", "done", "failed", "quarantined", "skipped")
+STATES = ("queued", "running", "done", "partial", "failed", "quarantined", "skipped")
 #: States a job can be retried from by hand.
-RETRYABLE = ("failed", "quarantined", "skipped")
-SCHEMA_VERSION = 3  # 2: jobs.fit_key; 3: jobs.fraction, jobs.rate
+RETRYABLE = ("partial", "failed", "quarantined", "skipped")
+#: Final states of a job that ran to the end (an output was written or kept).
+FINISHED = ("done", "partial")
+#: 2: jobs.fit_key; 3: state partial, jobs.missing/sources/ctime_ns/fraction/rate,
+#: waiting.state/detail
+SCHEMA_VERSION = 3
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -70,6 +81,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     fit_key     TEXT,
     fraction    REAL,
     rate        REAL,
+    missing     TEXT,
+    sources     TEXT,
+    ctime_ns    INTEGER,
     UNIQUE (path, size, mtime_ns, sha256)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before);
@@ -99,7 +113,9 @@ CREATE TABLE IF NOT EXISTS daemon (
 CREATE TABLE IF NOT EXISTS waiting (
     path   TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
-    since  REAL NOT NULL
+    since  REAL NOT NULL,
+    state  TEXT,
+    detail TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
@@ -140,17 +156,35 @@ class Job:
     #: measured from the first iteration on (progress.FitProgress), as last written.
     fraction: float | None = None
     rate: float | None = None
+    #: JSON: what the file (or set) lacked when the watcher took it as it was, after
+    #: ``incomplete_after_seconds`` unchanged: {"reason", "planes_present",
+    #: "planes_declared", "files"}; None for a complete file.
+    missing: str | None = None
+    #: JSON list of {"file", "path", "size", "sha256"}: every file of the job as hashed
+    #: when it was queued (the first file, then the set's members).
+    sources: str | None = None
+    #: Newest ctime of the job's files: with size and mtime, what "this version is
+    #: already known" compares (no tool can set a ctime back).
+    ctime_ns: int | None = None
 
     def as_dict(self, with_report: bool = False) -> dict:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data.pop("report")
         data["members"] = self.member_paths()
+        data["missing"] = self.missing_info()
+        data["sources"] = self.source_list()
         if with_report and self.report:
             data["report"] = json.loads(self.report)
         return data
 
     def member_paths(self) -> list[str]:
         return json.loads(self.members) if self.members else []
+
+    def missing_info(self) -> dict | None:
+        return json.loads(self.missing) if self.missing else None
+
+    def source_list(self) -> list[dict]:
+        return json.loads(self.sources) if self.sources else []
 
     def fraction_done(self) -> float | None:
         """Progress in [0, 1], or None before the first report: as the worker measured it
@@ -175,6 +209,12 @@ class JobQueue:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / DATABASE_NAME
         self._local = threading.local()
+        #: How the database is open: "read-write"; for readers (create=False) that may
+        #: not write the folder, "read-only" or, where even that needs a write (a WAL
+        #: database whose -shm file is gone, after a clean stop), "snapshot" (SQLite's
+        #: immutable mode: the main file as it is, without the write-ahead log).
+        self.access = "read-write"
+        self._create = create
         if create:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             # executescript manages its own transaction, so the script brings its own.
@@ -187,13 +227,31 @@ class JobQueue:
                              f"this state directory?)")
 
     def _migrate(self) -> None:
-        """Bring a database of an older version up to this schema (columns only added)."""
+        """Bring a database of an older version up to this schema.
+
+        Columns are added; the jobs table is rebuilt once (schema 3) because SQLite
+        cannot change the CHECK constraint that lists the states.
+        """
         with self._transaction() as db:
             columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
             if "fit_key" not in columns:  # schema 1
                 db.execute("ALTER TABLE jobs ADD COLUMN fit_key TEXT")
-            for column in ("fraction", "rate"):  # schema 2
-                if column not in columns:
+                columns.add("fit_key")
+            if "missing" not in columns:  # schema 2 -> 3
+                create = _SCHEMA.split("CREATE TABLE IF NOT EXISTS jobs", 1)[1].split(");", 1)[0]
+                db.execute(f"CREATE TABLE jobs_v3{create});")
+                shared = ", ".join(sorted(columns))
+                db.execute(f"INSERT INTO jobs_v3 ({shared}) SELECT {shared} FROM jobs")
+                db.execute("DROP TABLE jobs")
+                db.execute("ALTER TABLE jobs_v3 RENAME TO jobs")
+                db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before)")
+                db.execute("CREATE INDEX IF NOT EXISTS jobs_path ON jobs (path, size, mtime_ns)")
+            waiting = {row["name"] for row in db.execute("PRAGMA table_info(waiting)")}
+            for column in ("state", "detail"):
+                if column not in waiting:
+                    db.execute(f"ALTER TABLE waiting ADD COLUMN {column} TEXT")
+            for column in ("fraction", "rate"):  # a schema-3 database of a development build
+                if column not in {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} REAL")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
@@ -202,12 +260,36 @@ class JobQueue:
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA busy_timeout = 30000")
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                db.execute("PRAGMA journal_mode = WAL")
+            try:
+                db = self._open(str(self.path), uri=False)
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:
+                if self._create:
+                    raise
+                db = self._open_read_only()
             self._local.db = db
+        return db
+
+    def _open(self, target: str, uri: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(target, timeout=30, isolation_level=None, uri=uri)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("SELECT count(*) FROM sqlite_master").fetchall()  # opens the file for real
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """For a reader that cannot write the state folder (``status`` by another user,
+        a read-only mount): read-only, else the immutable snapshot."""
+        from urllib.parse import quote
+
+        base = f"file:{quote(str(self.path.absolute()))}"
+        try:
+            db = self._open(f"{base}?mode=ro", uri=True)
+            self.access = "read-only"
+        except sqlite3.OperationalError:
+            db = self._open(f"{base}?immutable=1", uri=True)
+            self.access = "snapshot"
         return db
 
     @contextmanager
@@ -243,20 +325,34 @@ class JobQueue:
 
     # ------------------------------------------------------------------ watcher side
 
-    def known(self, path: str, size: int, mtime_ns: int) -> bool:
-        """Is this file version already recorded (in any state)? Saves re-hashing it."""
+    def known(self, path: str, size: int, mtime_ns: int, ctime_ns: int | None = None) -> bool:
+        """Is this file version already recorded (in any state)? Saves re-hashing it.
+
+        A version is (size, mtime, ctime): content replaced under a preserved mtime still
+        changes the ctime, so it is hashed again. Rows of older versions have no ctime.
+        """
         row = self._connect().execute(
-            "SELECT 1 FROM jobs WHERE path = ? AND size = ? AND mtime_ns = ? LIMIT 1",
-            (path, size, mtime_ns)).fetchone()
+            "SELECT 1 FROM jobs WHERE path = ? AND size = ? AND mtime_ns = ? "
+            "AND (? IS NULL OR ctime_ns IS NULL OR ctime_ns = ?) LIMIT 1",
+            (path, size, mtime_ns, ctime_ns, ctime_ns)).fetchone()
         return row is not None
+
+    def latest(self, path: str) -> Job | None:
+        """The newest job of ``path``, or None."""
+        row = self._connect().execute("SELECT * FROM jobs WHERE path = ? ORDER BY id DESC "
+                                      "LIMIT 1", (path,)).fetchone()
+        return Job(**dict(row)) if row is not None else None
 
     def enqueue(self, path: str, size: int, mtime_ns: int, sha256: str, folder: str | None = None,
                 state: str = "queued", error: str | None = None,
-                members: list[str] | None = None, fit_key: str | None = None) -> Job | None:
+                members: list[str] | None = None, fit_key: str | None = None,
+                missing: dict | None = None, sources: list[dict] | None = None,
+                ctime_ns: int | None = None) -> Job | None:
         """Add a job; returns None when this exact file version already has one.
 
-        Older jobs of the same path that have not started are marked skipped: only the
-        newest content of a file is worth denoising.
+        Older jobs of the same path that have not run to the end (queued, failed,
+        quarantined) are marked skipped: only the newest content of a file is worth
+        denoising, and a version that was never right is no longer a problem to show.
         """
         if state not in ("queued", "quarantined"):
             raise ValueError("new jobs are queued, or quarantined when unreadable")
@@ -264,28 +360,56 @@ class JobQueue:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO jobs (path, size, mtime_ns, sha256, folder, members, state, "
-                "error, created, updated, finished, fit_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "error, created, updated, finished, fit_key, missing, sources, ctime_ns) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (path, size, mtime_ns, sha256, folder, json.dumps(members) if members else None,
                  state, error, now, now,
-                 now if state == "quarantined" else None, fit_key))
+                 now if state == "quarantined" else None, fit_key,
+                 json.dumps(missing) if missing else None,
+                 json.dumps(sources) if sources else None, ctime_ns))
             if cursor.rowcount == 0:
                 return None
             job_id = cursor.lastrowid
-            self._event(db, job_id, state, error or "file settled", now)
-            for (older,) in db.execute(
-                    "SELECT id FROM jobs WHERE path = ? AND id != ? AND state IN ('queued', 'failed')",
-                    (path, job_id)).fetchall():
-                self._set(db, older, "skipped", f"superseded by job {job_id} (the file changed)",
-                          now, finished=now, error=f"superseded by job {job_id}")
+            self._event(db, job_id, state, error or ("taken incomplete: " + missing["reason"]
+                                                     if missing else "file settled"), now)
+            for (older, older_state) in db.execute(
+                    "SELECT id, state FROM jobs WHERE path = ? AND id != ? AND state IN "
+                    "('queued', 'failed', 'quarantined')", (path, job_id)).fetchall():
+                note = f"superseded by job {job_id} (the file changed)"
+                self._set(db, older, "skipped", f"{note}; was {older_state}", now, finished=now,
+                          error=f"superseded by job {job_id}")
         return self.get(job_id)
 
-    def set_waiting(self, waiting: dict[str, tuple[str, float]]) -> None:
-        """Replace the list of files the watcher sees but has not taken yet, and why."""
+    def same_content(self, job_id: int, size: int, mtime_ns: int, ctime_ns: int | None,
+                     note: str) -> bool:
+        """Record a new version of a job's file whose content is the job's (only times
+        changed): the job takes its size/mtime/ctime; an event says so. False when that
+        version is already another row's."""
+        now = time.time()
+        try:
+            with self._transaction() as db:
+                job = self._row(db, job_id)
+                db.execute("UPDATE jobs SET size = ?, mtime_ns = ?, ctime_ns = ?, updated = ? "
+                           "WHERE id = ?", (size, mtime_ns, ctime_ns, now, job_id))
+                self._event(db, job_id, job.state, note, now)
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def set_waiting(self, waiting: dict[str, tuple]) -> None:
+        """Replace the list of files the watcher sees but has not taken yet, and why.
+
+        ``waiting``: path -> (reason, since) or (reason, since, state, detail dict), where
+        state is settling, writing, acquiring, waiting-set or incomplete.
+        """
+        rows = []
+        for path, entry in waiting.items():
+            reason, since, state, detail = (tuple(entry) + (None, None))[:4]
+            rows.append((path, reason, since, state, json.dumps(detail) if detail else None))
         with self._transaction() as db:
             db.execute("DELETE FROM waiting")
-            db.executemany("INSERT INTO waiting VALUES (?, ?, ?)",
-                           [(path, reason, since) for path, (reason, since) in waiting.items()])
+            db.executemany("INSERT INTO waiting (path, reason, since, state, detail) "
+                           "VALUES (?, ?, ?, ?, ?)", rows)
 
     # ------------------------------------------------------------------ worker side
 
@@ -357,12 +481,22 @@ class JobQueue:
         return True
 
     def finish(self, job_id: int, output: str, report: dict | None, seconds: float,
-               planes: int | None, message: str = "done") -> None:
+               planes: int | None, message: str = "done", state: str = "done") -> None:
+        """The job ran to the end: ``done``, or ``partial`` for an incomplete input."""
+        if state not in FINISHED:
+            raise ValueError(f"a finished job is {' or '.join(FINISHED)}, not {state}")
         now = time.time()
         with self._transaction() as db:
-            self._set(db, job_id, "done", message, now, finished=now, output=output,
+            self._set(db, job_id, state, message, now, finished=now, output=output,
                       seconds=seconds, planes=planes, error=None, not_before=0,
                       report=json.dumps(report) if report is not None else None)
+
+    def quarantine(self, job_id: int, error: str) -> None:
+        """Straight to quarantine, without retries: a person must act (e.g. a file at
+        the output path that is not ours)."""
+        now = time.time()
+        with self._transaction() as db:
+            self._set(db, job_id, "quarantined", error, now, error=error, finished=now)
 
     def fail(self, job_id: int, error: str, retry: RetryPolicy) -> str:
         """Record a failed attempt: failed with backoff, or quarantined after the last one."""
@@ -474,17 +608,33 @@ class JobQueue:
             "SELECT at, state, message FROM events WHERE job_id = ? ORDER BY id", (job_id,))]
 
     def waiting(self) -> list[dict]:
-        return [dict(row) for row in self._connect().execute(
-            "SELECT path, reason, since FROM waiting ORDER BY since")]
+        rows = []
+        for row in self._connect().execute("SELECT * FROM waiting ORDER BY since"):
+            item = dict(row)
+            item["detail"] = json.loads(item["detail"]) if item.get("detail") else None
+            rows.append(item)
+        return rows
+
+    def current_jobs(self, states: Iterable[str], limit: int | None = None) -> list[Job]:
+        """Jobs in ``states`` that are the newest of their path (not superseded), newest
+        first: what still matters about each file."""
+        states = list(states)
+        sql = (f"SELECT * FROM jobs j WHERE state IN ({', '.join('?' * len(states))}) AND NOT "
+               f"EXISTS (SELECT 1 FROM jobs k WHERE k.path = j.path AND k.id > j.id) "
+               f"ORDER BY updated DESC")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [Job(**dict(row)) for row in self._connect().execute(sql, states).fetchall()]
 
     def throughput(self, window_seconds: float = 3600.0, sample: int = 50) -> dict:
         """Images finished in the last hour, and the rate and s/plane of recent jobs."""
         db = self._connect()
         now = time.time()
-        last_hour = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND finished >= ? "
-                               "AND seconds IS NOT NULL", (now - window_seconds,)).fetchone()[0]
-        rows = db.execute("SELECT seconds, planes FROM jobs WHERE state = 'done' AND seconds > 0 "
-                          "ORDER BY finished DESC LIMIT ?", (sample,)).fetchall()
+        last_hour = db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('done', 'partial') "
+                               "AND finished >= ? AND seconds IS NOT NULL",
+                               (now - window_seconds,)).fetchone()[0]
+        rows = db.execute("SELECT seconds, planes FROM jobs WHERE state IN ('done', 'partial') "
+                          "AND seconds > 0 ORDER BY finished DESC LIMIT ?", (sample,)).fetchall()
         seconds = sum(row["seconds"] for row in rows)
         planes = sum(row["planes"] or 0 for row in rows)
         return {"images_last_hour": last_hour,

@@ -9,6 +9,7 @@ stuck), so systemd restarts a daemon that is up but no longer doing its job.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -22,8 +23,9 @@ import sdnotify
 
 from . import __version__
 from .config import Config, ConfigError, check_runtime
-from .log import get_logger
+from .log import Condition, get_logger
 from .queue import JobQueue
+from .status import LOCK_NAME, read_lock_record
 from .watcher import Watcher
 from .worker import Worker, remove_temporary_outputs
 
@@ -33,11 +35,21 @@ log = get_logger("autodip_watch.service")
 #: keeps systemd from restart-looping on a typo (sysexits.h EX_CONFIG).
 EXIT_CONFIG = 78
 EXIT_FAILURE = 1
-LOCK_NAME = "daemon.lock"
+#: The lock file also carries the daemon's health (JSON, rewritten in place every
+#: heartbeat): ``status`` reads it when the database itself cannot be written.
+LOCK_RECORD_BYTES = 4096
 
 
 class DaemonError(RuntimeError):
-    """The daemon cannot start; the message says why."""
+    """The daemon cannot start; the message says why. ``exit_status`` is what the process
+    ends with: 78 (EX_CONFIG, the unit's RestartPreventExitStatus) where restarting
+    cannot help, such as another daemon already using the state directory."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 
 
 class Daemon:
@@ -53,6 +65,10 @@ class Daemon:
         self.dispatcher = None  # the Dask executor (cluster.py), instead of local workers
         self.metrics = None
         self._lock_handle = None
+        self._started = time.time()
+        self._database = Condition(log, "daemon.database_not_writable",
+                                   "daemon.database_writable",
+                                   state_dir=str(state_dir))
 
     # ---------------------------------------------------------------- entry point
 
@@ -65,9 +81,10 @@ class Daemon:
             print(str(error), file=sys.stderr)
             return EXIT_CONFIG
         except DaemonError as error:
-            log.error("daemon.cannot_start", error=str(error))
+            log.error("daemon.cannot_start", error=str(error), exit_status=error.exit_status)
+            print(f"autodip-watch: {error}", file=sys.stderr)
             self._close()
-            return EXIT_FAILURE
+            return error.exit_status
         self._supervise()
         return self._shutdown()
 
@@ -149,20 +166,42 @@ class Daemon:
 
     def _take_lock(self) -> None:
         """One daemon per state directory: two would run every job twice."""
-        handle = open(self.state_dir / LOCK_NAME, "a+")
+        # Not "a+": with O_APPEND, Linux's pwrite ignores the offset and appends.
+        handle = os.fdopen(os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666),
+                           "r+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            text = handle.read().strip()
             handle.close()
+            record = read_lock_record(self.state_dir)
+            holder = (f"pid {record.get('pid')} on {record.get('host')}" if record
+                      else text or "another process")
+            # Restarting cannot help while the other one runs: exit 78, no restart loop.
             raise DaemonError(f"another daemon ({holder}) already uses {self.state_dir}; "
-                              f"stop it first or give this one another state_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
+                              f"stop it first or give this one another state_dir",
+                              EXIT_CONFIG) from None
         self._lock_handle = handle
+        self._write_lock_record(True, [], "starting")
+
+    def _write_lock_record(self, healthy: bool, problems: list[str], status: str) -> None:
+        """Rewrite the health record in the lock file in place (one pwrite of a fixed
+        size, no truncation): it needs no new disk space, so it still works when the
+        database cannot be written (a full disk, a broken database file)."""
+        if self._lock_handle is None:
+            return
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "version": __version__,
+                  "started": self._started, "heartbeat": time.time(),
+                  "heartbeat_seconds": self._interval(), "healthy": healthy,
+                  "problems": problems, "status": status,
+                  "database": self._database.current or "ok"}
+        data = json.dumps(record).encode("utf-8")[: LOCK_RECORD_BYTES - 1]
+        data = data.ljust(LOCK_RECORD_BYTES - 1) + b"\n"
+        try:
+            os.pwrite(self._lock_handle.fileno(), data, 0)
+        except OSError:
+            pass  # status falls back to the database row and the pid
 
     def _on_signal(self, signum, frame) -> None:
         if not self.stop.is_set():
@@ -193,6 +232,8 @@ class Daemon:
     def status_line(self) -> str:
         counts = self.queue.counts()
         parts = [f"{counts['queued'] + counts['failed']} waiting", f"{counts['done']} done"]
+        if counts.get("partial"):
+            parts.append(f"{counts['partial']} partial")
         if counts["quarantined"]:
             parts.append(f"{counts['quarantined']} quarantined")
         for worker in self.workers:
@@ -210,13 +251,17 @@ class Daemon:
         was_healthy = True
         while True:
             healthy, problems = self.health()
-            line = self.status_line()
             try:
+                line = self.status_line()
                 self.queue.heartbeat(healthy, line if healthy else "; ".join(problems),
                                      self.watcher.describe())
+                self._database.clear()
             except sqlite3.Error as error:
                 healthy = False
-                problems.append(f"database not writable: {error}")
+                line = "database not writable"
+                problems.append(f"database {self.queue.path} not writable: {error}")
+                self._database.report(f"{type(error).__name__}: {error}")
+            self._write_lock_record(healthy, problems, line if healthy else "; ".join(problems))
             if healthy:
                 self.notifier.notify(f"WATCHDOG=1\nSTATUS={line}")
             else:
@@ -269,6 +314,7 @@ class Daemon:
                 pass
             self.queue.close()
         if self._lock_handle is not None:
+            self._write_lock_record(False, [], "stopped")
             self._lock_handle.close()
             self._lock_handle = None
 

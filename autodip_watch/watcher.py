@@ -1,10 +1,29 @@
-"""Watch folders and turn settled raw files into queued jobs.
+"""Watch folders and turn settled, complete raw files into queued jobs.
 
 Events only nominate *candidates*; a candidate becomes a job once its size and mtime
-(and those of every file of its OME set) have not changed for ``settle_seconds`` and it
-parses completely. Acquisition software over SMB/NFS writes slowly and in bursts, and
-events alone cannot say "finished". A startup rescan and a rescan whenever a folder
-(re)appears make the events an optimisation, not the source of truth.
+(and those of every file of its OME set) have not changed for ``settle_seconds``, it
+parses completely, **and it holds every plane its metadata declares** (OME: Pixels
+SizeZ x SizeC x SizeT against the IFDs its TiffData point to, in every file of a set;
+ImageJ: ``images=``; Micro-Manager: the summary's planned frames x slices x channels).
+Acquisition software writes page by page, over minutes, and over SMB/NFS in bursts:
+"unchanged for a while" alone cannot say "finished". A file with fewer planes than it
+declares is *acquiring*; its partial versions never become jobs.
+
+On a native (inotify) observer the watcher also sees writers open and close files: a
+file modified since its writer last closed it (``IN_CLOSE_WRITE``) is *being written*
+and waits, which covers writers that declare nothing until they close (an OME-XML
+written at the end). A polling observer (network shares) sees only sizes and times, so
+there settle time and declared planes are all that apply.
+
+A file or set that stays incomplete and unchanged for ``incomplete_after_seconds`` (an
+aborted acquisition, a member that never arrives, a writer that never closes) is taken
+as it is: a job that records what is missing, denoises what is there, and ends
+``partial``. A later, complete version is a new job that replaces its output.
+
+A version whose content (SHA-256) equals the latest job of the path, only its times
+changed (``touch``, ``cp -p`` of identical bytes), adds no job (queue.same_content).
+A startup rescan and a rescan whenever a folder (re)appears make the events an
+optimisation, not the source of truth.
 
 One observer per folder, so a share that disappears is stopped and re-scheduled on its
 own when it comes back, without touching the others. Everything except the watchdog
@@ -13,7 +32,8 @@ threads runs in one "settler" thread; it is the only writer of new jobs.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import logging
 import os
 import queue as stdqueue
 import stat
@@ -24,6 +44,7 @@ from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
 import tifffile
+from watchdog import events as watchdog_events
 from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
                              FileModifiedEvent, FileMovedEvent, FileSystemEvent,
                              FileSystemEventHandler)
@@ -31,16 +52,45 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from .config import Config, WatchFolder
-from .log import get_logger
+from .log import Condition, get_logger
+from .provenance import hash_files
 from .queue import JobQueue
 
 log = get_logger("autodip_watch.watcher")
 
 #: Suffixes of files still being written or left behind by writers and copiers.
 TEMPORARY_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".filepart", "~")
+# IN_ATTRIB (watchdog >= 5: FileAttribEvent) lets a `touch` be seen at once; it adds no job.
+_ATTRIB = getattr(watchdog_events, "FileAttribEvent", None)
 _EVENTS = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent,
-           DirCreatedEvent, DirMovedEvent]
+           DirCreatedEvent, DirMovedEvent] + ([_ATTRIB] if _ATTRIB is not None else [])
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+
+
+class _QuietTifffile(logging.Filter):
+    """Drops tifffile's log records while the settler counts the planes of a file that
+    is still being written (every look would log "index out of range")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "quiet", False)
+
+
+_QUIET = _QuietTifffile()
+logging.getLogger("tifffile").addFilter(_QUIET)
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    previous = getattr(_QUIET.local, "quiet", False)
+    _QUIET.local.quiet = True
+    try:
+        yield
+    finally:
+        _QUIET.local.quiet = previous
 
 
 class UnreadableImage(ValueError):
@@ -57,6 +107,80 @@ class ImageSet:
     members: tuple[Path, ...] = ()  # the other files of its set (it is the set's first file)
     missing: tuple[Path, ...] = ()  # members not present yet
     first_file: Path | None = None  # set when this file is a member: the set is taken there
+    planes: "PlaneCount | None" = None  # declared vs present, where the metadata declares
+
+
+@dataclass(frozen=True)
+class PlaneCount:
+    """How many planes (TIFF pages) the metadata declares, and how many are there."""
+
+    present: int
+    declared: int
+    by: str  # which metadata declared them: "OME", "ImageJ", "Micro-Manager"
+
+    @property
+    def complete(self) -> bool:
+        return self.present >= self.declared
+
+
+def count_planes(path: Path) -> PlaneCount | None:
+    """Planes declared by the file's metadata and planes present, or None where nothing
+    is declared (a plain TIFF) or the declaration cannot be resolved from this file (an
+    OME set whose metadata is in a companion file: its files' presence is checked).
+
+    Uses tifffile's own parsing: its OME series map every declared plane through the
+    TiffData blocks to an IFD of this file or of another file of the set, and leave a
+    gap (None) where that IFD or file is not there.
+    """
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            if tif.is_ome:
+                series = [s for s in tif.series if s.kind == "ome"]
+                if series:
+                    declared = sum(len(s.pages) for s in series)
+                    present = sum(1 for s in series for page in s.pages if page is not None)
+                    return PlaneCount(present, declared, "OME")
+                if tif.ome_metadata and "BinaryOnly" in tif.ome_metadata:
+                    return None
+            if tif.is_imagej:
+                images = (tif.imagej_metadata or {}).get("images")
+                if isinstance(images, int) and images > 1:
+                    return PlaneCount(_imagej_present(tif, images, path), images, "ImageJ")
+            if tif.is_micromanager:
+                declared = _micromanager_declared(tif)
+                if declared:
+                    return PlaneCount(len(tif.pages), declared, "Micro-Manager")
+    except Exception:  # the completeness check proper (check_tiff_complete) reports errors
+        return None
+    return None
+
+
+def _imagej_present(tif: tifffile.TiffFile, images: int, path: Path) -> int:
+    """ImageJ stacks may carry one IFD for all planes (data contiguous after it)."""
+    pages = len(tif.pages)
+    if pages > 1:
+        return pages
+    page = tif.pages.first
+    plane_bytes = int(page.nbytes) if page.nbytes else 0
+    if not plane_bytes or not page.dataoffsets:
+        return pages
+    return max(1, min(images, (path.stat().st_size - page.dataoffsets[0]) // plane_bytes))
+
+
+def _micromanager_declared(tif: tifffile.TiffFile) -> int | None:
+    """Planes the acquisition planned, from Micro-Manager's summary metadata (written
+    at the start, before any plane; its OME-XML comes only when the file is closed)."""
+    summary = (tif.micromanager_metadata or {}).get("Summary") or {}
+    intended = summary.get("IntendedDimensions")
+    try:
+        if isinstance(intended, dict):
+            sizes = [int(intended.get(k, 1) or 1) for k in ("time", "z", "channel")]
+        else:
+            sizes = [int(summary.get(k, 1) or 1) for k in ("Frames", "Slices", "Channels")]
+    except (TypeError, ValueError):
+        return None
+    declared = sizes[0] * sizes[1] * sizes[2]
+    return declared if declared > 1 else None
 
 
 def check_tiff_complete(path: Path) -> str | None:
@@ -67,7 +191,7 @@ def check_tiff_complete(path: Path) -> str | None:
     """
     try:
         size = path.stat().st_size
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             pages = tif.pages
             count = len(pages)
             if count == 0:
@@ -129,8 +253,9 @@ def inspect_image(path: Path) -> ImageSet:
         check_other_complete(path)
         return ImageSet(path)
     ome_xml = check_tiff_complete(path)
+    planes = count_planes(path)
     if not ome_xml:
-        return ImageSet(path)
+        return ImageSet(path, planes=planes)
     names, metadata_name = ome_file_names(ome_xml)
     metadata = None
     if metadata_name:  # BinaryOnly: the set's metadata is in a master TIFF or companion file
@@ -148,7 +273,7 @@ def inspect_image(path: Path) -> ImageSet:
             raise UnreadableImage(f"OME metadata file {metadata.name}: {error}") from error
         names, _ = ome_file_names(text)
     if not names or path.name not in names or (names == [path.name] and metadata is None):
-        return ImageSet(path)
+        return ImageSet(path, planes=planes)
     if names[0] != path.name:
         return ImageSet(path, first_file=path.parent / names[0])
     members = [path.parent / name for name in names[1:]]
@@ -161,34 +286,32 @@ def inspect_image(path: Path) -> ImageSet:
                 check_tiff_complete(member)
             except UnreadableImage as error:
                 raise UnreadableImage(f"member {member.name}: {error}") from error
-    return ImageSet(path, members=tuple(members), missing=missing)
+    return ImageSet(path, members=tuple(members), missing=missing, planes=planes)
 
 
 def set_signature(paths: list[Path]) -> tuple:
-    """(size, mtime_ns) of every file, None for a missing one: what "settled" compares."""
+    """(size, mtime_ns, ctime_ns) of every file, None for a missing one: what "settled"
+    compares."""
     signature = []
     for path in paths:
         try:
             info = path.stat()
-            signature.append((info.st_size, info.st_mtime_ns))
+            signature.append((info.st_size, info.st_mtime_ns, info.st_ctime_ns))
         except OSError:
             signature.append(None)
     return tuple(signature)
 
 
-def file_version(paths: list[Path]) -> tuple[int, int]:
-    """(total size, newest mtime_ns) of a file or set: the job's size and mtime."""
+def file_version(paths: list[Path]) -> tuple[int, int, int]:
+    """(total size, newest mtime_ns, newest ctime_ns) of a file or set: the job's version."""
     infos = [path.stat() for path in paths]
-    return sum(info.st_size for info in infos), max(info.st_mtime_ns for info in infos)
+    return (sum(info.st_size for info in infos), max(info.st_mtime_ns for info in infos),
+            max(info.st_ctime_ns for info in infos))
 
 
 def sha256_of(paths: list[Path], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of the files' bytes one after the other (a set's content as one)."""
+    return hash_files(paths, chunk)[0]
 
 
 # ----------------------------------------------------------------------- watching
@@ -204,6 +327,9 @@ class Candidate:
     inspected: ImageSet | None = None
     error: str | None = None
     reason: str = "settling"
+    #: settling, writing, acquiring, waiting-set, incomplete (shown by status)
+    state: str = "settling"
+    detail: dict | None = None
 
     def files(self) -> list[Path]:
         return [self.path, *self.members]
@@ -231,18 +357,26 @@ class FolderState:
 
 
 class _Handler(FileSystemEventHandler):
-    """Runs in watchdog's thread: only hands paths to the settler."""
+    """Runs in watchdog's thread: only hands paths (and what happened) to the settler."""
 
-    def __init__(self, folder: WatchFolder, inbox: stdqueue.SimpleQueue) -> None:
+    def __init__(self, folder: WatchFolder, inbox: stdqueue.SimpleQueue,
+                 native: bool = False) -> None:
         self.folder = folder
         self.inbox = inbox
+        self.native = native
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = event.dest_path or event.src_path
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         kind = "dir" if event.is_directory else "file"
-        self.inbox.put((kind, self.folder, path))
+        what = ""
+        if self.native and not event.is_directory:
+            # inotify: IN_MODIFY = a writer wrote; IN_CLOSE_WRITE = a writer closed it.
+            what = ("modified" if type(event) is FileModifiedEvent else
+                    "closed" if isinstance(event, FileClosedEvent) else
+                    "moved" if isinstance(event, FileMovedEvent) else "")
+        self.inbox.put((kind, self.folder, path, what))
 
 
 class Watcher:
@@ -266,6 +400,9 @@ class Watcher:
         self._thread = threading.Thread(target=self._run, name="settler", daemon=True)
         self._warned: set[str] = set()
         self._published: dict | None = None
+        #: Files a native observer saw modified and not yet closed by their writer.
+        self._writing: dict[Path, float] = {}
+        self._trouble = Condition(log, "watcher.error", "watcher.recovered")
         self.last_tick = time.monotonic()
 
     # ---------------------------------------------------------------- lifecycle
@@ -302,6 +439,7 @@ class Watcher:
         next_check = 0.0
         next_publish = 0.0
         while not self._stop.is_set():
+            pause = self.tick_seconds
             try:
                 now = time.monotonic()
                 if now >= next_check:
@@ -312,21 +450,29 @@ class Watcher:
                 if now >= next_publish:
                     self._publish_waiting()
                     next_publish = now + 1.0
-            except Exception:  # never let one bad file or a DB hiccup kill watching
-                log.exception("watcher.error")
+                self._trouble.clear()
+            except Exception as error:  # never let one bad file or a DB hiccup kill watching
+                # Logged once per kind of trouble (not per tick), and retried less often.
+                self._trouble.report(error)
+                pause = max(pause, 1.0)
             self.last_tick = time.monotonic()
-            self._stop.wait(self.tick_seconds)
+            self._stop.wait(pause)
 
     def _drain_inbox(self) -> None:
         while True:
             try:
-                kind, folder, path = self.inbox.get_nowait()
+                kind, folder, path, what = self.inbox.get_nowait()
             except stdqueue.Empty:
                 return
             if kind == "dir":
                 self.rescan(folder, Path(path))
-            else:
-                self.consider(folder, Path(path))
+                continue
+            path = Path(path)
+            if what == "modified" and not self._ignored(folder, path):
+                self._writing[path] = time.monotonic()
+            elif what in ("closed", "moved"):
+                self._writing.pop(path, None)
+            self.consider(folder, path)
 
     # ---------------------------------------------------------------- folders
 
@@ -367,7 +513,7 @@ class Watcher:
 
     def _start_observer(self, state: FolderState) -> None:
         folder = state.folder
-        handler = _Handler(folder, self.inbox)
+        handler = _Handler(folder, self.inbox, native=not folder.polling)
         state.note = ""
         if not folder.polling:
             observer = Observer()
@@ -387,6 +533,7 @@ class Watcher:
                     observer.stop()
                 except Exception:
                     pass
+        handler.native = False  # a polling observer sees no open/close
         observer = PollingObserver(timeout=folder.poll_interval_seconds)
         observer.schedule(handler, str(folder.path), recursive=folder.recursive,
                           event_filter=_EVENTS)
@@ -467,8 +614,12 @@ class Watcher:
         # A link to a file inside the tree: the file is taken under its own path.
         return False
 
-    def consider(self, folder: WatchFolder, path: Path) -> None:
-        """Nominate ``path`` (from an event or a scan) if it may be a new raw image."""
+    def consider(self, folder: WatchFolder, path: Path, whole_set: bool = False) -> None:
+        """Nominate ``path`` (from an event or a scan) if it may be a new raw image.
+
+        ``whole_set``: ``path`` is the first file of a set one of whose members changed
+        or arrived; the set's version (all its files) is compared once it settles.
+        """
         if path in self.candidates or self._ignored(folder, path):
             return
         if not self._symlink_check(folder, path):
@@ -479,15 +630,19 @@ class Watcher:
             return
         if not stat.S_ISREG(info.st_mode):
             return
-        if self.queue.known(str(path), info.st_size, info.st_mtime_ns):
+        if not whole_set and self.queue.known(str(path), info.st_size, info.st_mtime_ns,
+                                              info.st_ctime_ns):
             return
-        self.candidates[path] = Candidate(path, folder, since=time.time(),
-                                          changed=time.monotonic(),
-                                          signature=((info.st_size, info.st_mtime_ns),))
+        self.candidates[path] = Candidate(
+            path, folder, since=time.time(), changed=time.monotonic(),
+            signature=((info.st_size, info.st_mtime_ns, info.st_ctime_ns),))
 
     def _check_candidates(self) -> None:
         for path, candidate in list(self.candidates.items()):
-            outcome = self._step(candidate)
+            try:
+                outcome = self._step(candidate)
+            except FileNotFoundError:  # went away between two looks: events bring it back
+                outcome = "drop"
             if outcome == "drop":
                 del self.candidates[path]
 
@@ -497,17 +652,19 @@ class Watcher:
         folder = candidate.folder
         signature = set_signature(candidate.files())
         if signature[0] is None:
+            self._writing.pop(candidate.path, None)
             return "drop"  # deleted or renamed away; a move shows up as a new path
         if signature != candidate.signature:
             candidate.signature, candidate.changed = signature, now
-            candidate.inspected, candidate.reason = None, "settling (still changing)"
+            candidate.inspected = None
+            if candidate.state not in ("acquiring", "writing"):  # a stack growing stays so
+                candidate.state, candidate.reason = "settling", "settling (still changing)"
             return "keep"
         if now - candidate.changed < folder.settle_seconds:
             return "keep"
+        unchanged = now - candidate.changed
+        overdue = unchanged >= folder.incomplete_after_seconds
         if candidate.inspected is None:
-            size, mtime_ns = file_version([p for p, s in zip(candidate.files(), signature) if s])
-            if self.queue.known(str(candidate.path), size, mtime_ns):
-                return "drop"
             try:
                 image_set = inspect_image(candidate.path)
                 candidate.error = None
@@ -519,18 +676,37 @@ class Watcher:
                 candidate.members = image_set.members
                 candidate.signature = set_signature(candidate.files())
                 candidate.changed = now
-                candidate.reason = "settling (OME set)"
+                candidate.state, candidate.reason = "settling", "settling (OME set)"
                 return "keep"
+            # This version of the file, with every member of its set, already a job?
+            present = [p for p, s in zip(candidate.files(), signature) if s]
+            if self.queue.known(str(candidate.path), *file_version(present)):
+                return "drop"
         image_set = candidate.inspected
         if image_set.first_file is not None:
             if image_set.first_file.is_file():
-                self.consider(folder, image_set.first_file)
+                self.consider(folder, image_set.first_file, whole_set=True)
                 return "drop"  # the set is taken through its first file
-            candidate.reason = (f"member of an OME set whose first file "
-                                f"{image_set.first_file.name} is not present")
+            candidate.detail = {"files": [image_set.first_file.name]}
+            if overdue:  # its metadata is in that file: nothing can be read without it
+                candidate.state = "incomplete"
+                candidate.reason = (f"incomplete: the first file of its OME set, "
+                                    f"{image_set.first_file.name}, has not arrived in "
+                                    f"{_duration(unchanged)}; the set is taken when it does")
+            else:
+                candidate.state = "waiting-set"
+                candidate.reason = (f"member of an OME set whose first file "
+                                    f"{image_set.first_file.name} is not present")
+            return "keep"
+        writing = [p for p in candidate.files() if p in self._writing]
+        if candidate.error is not None and writing and not overdue:
+            candidate.state = "writing"
+            candidate.reason = (f"being written: modified and not yet closed by its writer "
+                                f"({', '.join(p.name for p in writing[:3])})")
+            candidate.detail = {"writer_open": True}
             return "keep"
         if candidate.error is not None:
-            candidate.reason = f"unreadable: {candidate.error}"
+            candidate.state, candidate.reason = "unreadable", f"unreadable: {candidate.error}"
             if now - candidate.changed < folder.corrupt_after_seconds:
                 return "keep"
             self._enqueue(candidate, state="quarantined",
@@ -539,47 +715,108 @@ class Watcher:
             return "drop"
         missing = [p for p, s in zip(candidate.files(), signature) if s is None]
         missing += [p for p in image_set.missing if p not in candidate.members]
+        planes = image_set.planes
+        short = planes is not None and not planes.complete
+        if not (missing or short or writing):
+            self._enqueue(candidate)
+            return "drop"
+        detail: dict = {}
+        parts = []
         if missing:
-            names = ", ".join(p.name for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            candidate.reason = f"waiting for {len(missing)} file(s) of its OME set: {names}"
+            names = [p.name for p in missing]
+            detail["files"] = names
+            parts.append(f"waiting for {len(names)} file(s) of its OME set: "
+                         + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+        if short:
+            detail.update(planes_present=planes.present, planes_declared=planes.declared,
+                          declared_by=planes.by)
+            parts.append(f"{planes.present} of {planes.declared} planes its {planes.by} "
+                         f"metadata declares")
+        if writing:
+            detail["writer_open"] = True
+            parts.append("being written: modified and not yet closed by its writer")
+        candidate.detail = detail
+        if not overdue:
+            candidate.state = "waiting-set" if missing else "acquiring" if short else "writing"
+            candidate.reason = ("acquiring: " if short and not missing else "") + "; ".join(parts)
             return "keep"
-        self._enqueue(candidate)
+        detail["reason"] = (f"{'; '.join(parts)}; unchanged for {_duration(unchanged)} "
+                            f"(incomplete_after_seconds = {folder.incomplete_after_seconds:g})")
+        log.warning("watch.incomplete", path=str(candidate.path), missing=detail,
+                    action="taken as it is: its planes are denoised, the job ends partial")
+        self._enqueue(candidate, missing=detail)
         return "drop"
 
-    def _enqueue(self, candidate: Candidate, state: str = "queued", error: str | None = None) -> None:
+    def _enqueue(self, candidate: Candidate, state: str = "queued", error: str | None = None,
+                 missing: dict | None = None) -> None:
         files = [p for p in candidate.files() if p.exists()]
         try:
-            size, mtime_ns = file_version(files)
-            digest = sha256_of(files)
+            size, mtime_ns, ctime_ns = file_version(files)
+            digest, sources = hash_files(files)
         except OSError as failure:
             log.warning("watch.vanished", path=str(candidate.path), error=str(failure))
+            return
+        members = [str(p) for p in candidate.members if p in files]
+        path = str(candidate.path)
+        if self._same_content(path, digest, members, size, mtime_ns, ctime_ns):
             return
         key = None
         if self.fit_key is not None and state == "queued":
             try:
                 key = self.fit_key(candidate.path)
             except Exception as failure:  # only a scheduling hint: never lose the file over it
-                log.warning("watch.fit_key_failed", path=str(candidate.path), error=str(failure))
-        job = self.queue.enqueue(str(candidate.path), size, mtime_ns, digest,
+                log.warning("watch.fit_key_failed", path=path, error=str(failure))
+        job = self.queue.enqueue(path, size, mtime_ns, digest,
                                  folder=str(candidate.folder.path), state=state, error=error,
-                                 members=[str(p) for p in candidate.members], fit_key=key)
+                                 members=members, fit_key=key, missing=missing,
+                                 sources=sources, ctime_ns=ctime_ns)
         if job is None:
             return
         if state == "quarantined":
             log.error("job.quarantined", job_id=job.id, path=job.path, error=error)
         else:
             log.info("job.queued", job_id=job.id, path=job.path, size=size, sha256=digest,
-                     members=len(candidate.members))
+                     members=len(members), incomplete=bool(missing))
             self.on_enqueue(job)
 
+    def _same_content(self, path: str, digest: str, members: list[str], size: int,
+                      mtime_ns: int, ctime_ns: int) -> bool:
+        """A new version with the latest job's content (only its times changed) is
+        recorded on that job instead of becoming a job: ``touch`` and ``cp -p`` of the
+        same bytes never re-run a file. Not when that job was skipped (the file had
+        vanished) or its output is gone (then a job makes it again)."""
+        latest = self.queue.latest(path)
+        if latest is None or latest.sha256 != digest or latest.member_paths() != members:
+            return False
+        if latest.state == "skipped":
+            return False
+        if latest.state in ("done", "partial") and not (latest.output and
+                                                       Path(latest.output).exists()):
+            return False
+        note = (f"same content (SHA-256 {digest[:12]}...) with new times: size {size}, "
+                f"mtime {mtime_ns}; nothing to do")
+        if not self.queue.same_content(latest.id, size, mtime_ns, ctime_ns, note):
+            return False
+        log.info("job.same_content", job_id=latest.id, path=path, state=latest.state,
+                 note="only the file's times changed; not run again")
+        return True
+
     def _publish_waiting(self) -> None:
-        waiting = {str(c.path): (c.reason, c.since) for c in self.candidates.values()}
+        waiting = {str(c.path): (c.reason, c.since, c.state, c.detail)
+                   for c in self.candidates.values()}
         if waiting != self._published:
             self.queue.set_waiting(waiting)
             self._published = waiting
+        for path in [p for p in self._writing if p not in self.candidates]:
+            if not path.exists():  # deleted while open: forget it
+                del self._writing[path]
 
 
 def _observer_alive(observer) -> bool:
     if observer is None or not observer.is_alive():
         return False
     return all(emitter.is_alive() for emitter in observer.emitters)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"

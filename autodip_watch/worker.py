@@ -21,7 +21,9 @@ import traceback
 from pathlib import Path
 
 from .config import Config
-from .log import get_logger
+from .log import Condition, get_logger
+from .outputs import OutputConflictError, check_output, temporary_pattern
+from .provenance import hash_files
 from .queue import Job, JobQueue
 
 log = get_logger("autodip_watch.worker")
@@ -41,7 +43,7 @@ class JobCancelled(BaseException):
 def temporary_outputs(output: Path) -> list[Path]:
     """Leftover temporary files of ``output`` (the writer's ``.<name>.*.tmp``)."""
     try:
-        return sorted(output.parent.glob(f".{output.name}.*.tmp"))
+        return sorted(output.parent.glob(temporary_pattern(output)))
     except OSError:
         return []
 
@@ -79,6 +81,10 @@ class Worker:
         self.thread = threading.Thread(target=self.run, name=f"worker-{self.device}", daemon=True)
         self._jobs_lock = threading.Lock()
         self._shared = None  # the SharedFitter of jobs run together
+        self._claims = Condition(log, "worker.claim_failed", "worker.claim_recovered",
+                                 device=device)
+        self._progress_writes = Condition(log, "worker.progress_not_saved",
+                                          "worker.progress_saved", device=device)
 
     # ---------------------------------------------------------------- loop
 
@@ -137,8 +143,9 @@ class Worker:
             prefer = next((job.fit_key for job in claimed if job.fit_key), None)
             try:
                 job = self.queue.claim(self.name, prefer_key=prefer)
-            except Exception:
-                log.exception("worker.claim_failed", device=self.device)
+                self._claims.clear()
+            except Exception as error:  # e.g. the database cannot be written: once, not per try
+                self._claims.report(error)
                 self.stop.wait(5)
                 break
             if job is None:
@@ -210,7 +217,8 @@ class Worker:
         folder = self.config.folder_for(path)
         output = self.config.output_for(path, folder)
         bound = log.bind(job_id=job.id, path=job.path, device=self.device)
-        bound.info("job.started", attempt=job.attempts, output=str(output))
+        bound.info("job.started", attempt=job.attempts, output=str(output),
+                   incomplete=bool(job.missing))
         if not ready_to_run(job, output, self.queue, bound):
             return
         settings = self.config.denoise_settings(folder, self.device, self.table)
@@ -218,7 +226,12 @@ class Worker:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
             report = denoise_file(path, settings, out=output, progress=self._progress_for(job),
-                                  fitter=fitter)
+                                  fitter=fitter, incomplete=incomplete_note(job))
+        except OutputConflictError as error:  # never overwritten; retrying cannot help
+            remove_temporary_outputs(output)
+            self.queue.quarantine(job.id, str(error))
+            bound.warning("job.quarantined", error=str(error), output=str(output))
+            return
         except JobCancelled:
             remove_temporary_outputs(output)
             self.queue.release(job.id, "daemon stopping; the job goes back to the queue")
@@ -240,13 +253,20 @@ class Worker:
             return
         seconds = time.monotonic() - started
         planes = getattr(report, "planes", []) or []
-        self.queue.finish(job.id, str(report.output), _report_dict(report), seconds, len(planes))
+        missing = list(getattr(report, "missing", []) or [])
+        state = finished_state(job, missing)
+        self.queue.finish(job.id, str(report.output), _report_dict(report), seconds, len(planes),
+                          finished_message(job, missing), state=state)
         if self.metrics is not None:
             self.metrics.jobs_done.inc()
             for plane in planes:
                 self.metrics.plane_seconds.observe(float(getattr(plane, "seconds", 0.0)))
-        bound.info("job.done", output=str(report.output), seconds=round(seconds, 3),
-                   planes=len(planes))
+        if state == "partial":
+            bound.warning("job.partial", output=str(report.output), seconds=round(seconds, 3),
+                          planes=len(planes), missing=missing or job.missing_info())
+        else:
+            bound.info("job.done", output=str(report.output), seconds=round(seconds, 3),
+                       planes=len(planes))
         if self.config.output_preview:
             write_job_preview(Path(report.output), path, bound)
 
@@ -269,8 +289,13 @@ class Worker:
             last = plane == planes and tile == tiles and iteration == iterations
             if now - last_write >= PROGRESS_WRITE_SECONDS or last:
                 last_write = now
-                self.queue.progress(job.id, plane, planes, tile, tiles, iteration, iterations,
-                                    fraction=measured.fraction, rate=measured.rate())
+                try:  # progress is for status only: a database hiccup must not fail the fit
+                    self.queue.progress(job.id, plane, planes, tile, tiles, iteration,
+                                        iterations, fraction=measured.fraction,
+                                        rate=measured.rate())
+                    self._progress_writes.clear()
+                except Exception as error:
+                    self._progress_writes.report(error)
 
         return progress
 
@@ -296,8 +321,11 @@ def write_job_preview(output: Path, raw: Path, bound) -> Path | None:
 def ready_to_run(job: Job, output: Path, queue: JobQueue, bound) -> bool:
     """The checks before a claimed job runs, here or on a cluster; False when settled here.
 
-    A raw file that vanished or changed is skipped; leftover temporary outputs are
-    removed; an output already newer than the raw file is kept and the job marked done.
+    A raw file that vanished or whose content changed is skipped (a change of times only
+    is recorded on the job); leftover temporary outputs are removed; an output that is
+    current (its provenance records the SHA-256 of every source file as it is now) is
+    kept and the job finished; a file at the output path that autodip-watch did not
+    write for this raw file quarantines the job (it is never overwritten).
     """
     files = [Path(job.path), *(Path(p) for p in job.member_paths())]
     current = _version(files)
@@ -306,37 +334,81 @@ def ready_to_run(job: Job, output: Path, queue: JobQueue, bound) -> bool:
                            "was processed")
         bound.warning("job.skipped", reason="input vanished")
         return False
-    if current != (job.size, job.mtime_ns):
-        queue.skip(job.id, "the raw file changed after it was queued; the new version "
-                           "is queued as its own job")
-        bound.warning("job.skipped", reason="input changed since queued")
-        return False
+    hashes = [(item["file"], item["sha256"]) for item in job.source_list()]
+    same_version = (current[:2] == (job.size, job.mtime_ns)
+                    and job.ctime_ns in (None, current[2]))
+    if not same_version or not hashes:
+        # Times (or the size) differ from the queued version, or an older row has no
+        # per-file hashes: the content decides.
+        try:
+            digest, sources = hash_files(files)
+        except OSError:
+            digest, sources = None, []
+        if digest != job.sha256:
+            queue.skip(job.id, "the raw file changed after it was queued; the new version "
+                               "is queued as its own job")
+            bound.warning("job.skipped", reason="input changed since queued")
+            return False
+        if not same_version:
+            queue.same_content(job.id, current[0], current[1], current[2],
+                               "the file's times changed after it was queued, not its content")
+        hashes = [(item["file"], item["sha256"]) for item in sources]
     for leftover in remove_temporary_outputs(output):
         bound.info("job.temp_removed", temp=str(leftover))
-    if output_is_current(output, job.mtime_ns):
+    existing = check_output(output, Path(job.path), hashes)
+    if existing.state == "foreign":
+        error = (f"{existing.reason}; not overwritten. Move it away, then "
+                 f"`autodip-watch queue retry {job.id}`")
+        queue.quarantine(job.id, error)
+        bound.warning("job.quarantined", error=error, output=str(output))
+        return False
+    if existing.state == "current":
         # E.g. killed between the rename and the database update: never redo, never
-        # overwrite a finished output of this raw file.
+        # overwrite a finished output of this content.
+        state = finished_state(job, [])
         queue.finish(job.id, str(output), None, 0.0, None,
-                     "output already present and newer than the raw file; kept")
-        bound.info("job.done", output=str(output), note="output already present")
+                     "output already present, made from this content (SHA-256 in its "
+                     "provenance); kept", state=state)
+        bound.info("job.done" if state == "done" else "job.partial", output=str(output),
+                   note="output already present")
         return False
     return True
 
 
-def output_is_current(output: Path, raw_mtime_ns: int) -> bool:
-    """Whether ``output`` exists and is at least as new as the raw file it was made from."""
-    try:
-        return output.stat().st_mtime_ns >= raw_mtime_ns
-    except OSError:
-        return False
+def finished_state(job: Job, missing: list[str]) -> str:
+    """``partial`` when the input was taken incomplete or the reader found planes or
+    files missing; else ``done``."""
+    return "partial" if (job.missing or missing) else "done"
 
 
-def _version(files: list[Path]) -> tuple[int, int] | None:
+def finished_message(job: Job, missing: list[str]) -> str:
+    if not (job.missing or missing):
+        return "done"
+    said = "; ".join(missing) or incomplete_note(job) or ""
+    return f"done from an incomplete input: {said}"
+
+
+def incomplete_note(job: Job) -> str | None:
+    """What the watcher found missing when it took the file as it was, or None."""
+    info = job.missing_info()
+    if info is None:
+        return None
+    return info.get("reason") or "incomplete"
+
+
+def output_is_current(output: Path, source: Path, hashes: list[tuple[str, str]]) -> bool:
+    """Whether ``output`` was made by autodip-watch from ``source`` with exactly these
+    ``(file name, sha256)`` source files (its provenance says so); never by times."""
+    return check_output(output, source, hashes).state == "current"
+
+
+def _version(files: list[Path]) -> tuple[int, int, int] | None:
     try:
         infos = [path.stat() for path in files]
     except OSError:
         return None
-    return sum(i.st_size for i in infos), max(i.st_mtime_ns for i in infos)
+    return (sum(i.st_size for i in infos), max(i.st_mtime_ns for i in infos),
+            max(i.st_ctime_ns for i in infos))
 
 
 def _report_dict(report) -> dict | None:

@@ -83,7 +83,7 @@ def test_png_palette_index_is_the_intensity(tmp_path, runner):
     result = runner.invoke(app, ["denoise", str(source), *FAST, "--json"])
     assert result.exit_code == 0, result.output
     output = Path(json.loads(result.stdout)["output"])
-    assert output.name == "green.autodip.ome.tif"
+    assert output.name == "green.png.autodip.ome.tif"
     denoised = tifffile.imread(output)
     assert denoised.shape == (32, 32) and denoised.dtype == np.uint8
     # what the pipeline denoises is the index plane, not a rendered RGB image
@@ -112,7 +112,7 @@ def test_out_folder_and_several_inputs(tmp_path, runner):
         tifffile.imwrite(sources[-1], structured((16, 20), np.int16))
     result = runner.invoke(app, ["denoise", *map(str, sources), *FAST, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["a.autodip.ome.tif", "b.autodip.ome.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif.autodip.ome.tif", "b.tif.autodip.ome.tif"]
 
 
 def test_unreadable_input_is_a_clear_error(tmp_path, runner):
@@ -149,19 +149,21 @@ def test_console_script_runs(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "autodip_watch.cli", "denoise", str(source),
                                 *FAST, "--json"], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout)["output"].endswith("s.autodip.ome.tif")
-    out = tifffile.imread(tmp_path / "s.autodip.ome.tif")
+    assert json.loads(completed.stdout)["output"].endswith("s.tif.autodip.ome.tif")
+    out = tifffile.imread(tmp_path / "s.tif.autodip.ome.tif")
     assert out.dtype == np.float32
 
 
 def test_status_before_the_daemon_ever_ran(tmp_path, runner):
+    """Not running: exit status 3, as systemctl status says of an inactive unit."""
     result = runner.invoke(app, ["status", "--state-dir", str(tmp_path / "state"), "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output
     report = json.loads(result.stdout)
     assert report["daemon"]["up"] is False and "no queue database" in report["daemon"]["reason"]
+    assert report["daemon"]["state"] == "never-ran"
     assert report["counts"]["done"] == 0
     text = runner.invoke(app, ["status", "--state-dir", str(tmp_path / "state")])
-    assert text.exit_code == 0 and "daemon down" in text.stdout
+    assert text.exit_code == 3 and "daemon not running" in text.stdout
 
 
 def test_denoise_batching_on_fits_planes_together(tmp_path, runner):
@@ -205,4 +207,4 @@ def test_denoise_of_several_files_fits_their_planes_together(tmp_path, runner):
     assert all(sha256(path) == digest for path, digest in hashes.items())
     text = runner.invoke(app, ["denoise", *map(str, sources[2:]), *FAST, "--batching", "on",
                                "--out", str(tmp_path / "again")], catch_exceptions=False)
-    assert text.exit_code == 2 and "--out must be an existing folder" in text.output
+    assert text.exit_code == 2 and "several inputs need a folder" in " ".join(text.output.split())

@@ -223,7 +223,12 @@ class Site:
         return wait_for(check, timeout, "a job running on a worker with progress", self.daemon)
 
     def status(self) -> dict:
-        return json.loads(cli("status", "--json", "--config", str(self.config)).stdout)
+        from autodip_watch.status import exit_status
+
+        result = cli("status", "--json", "--config", str(self.config), check=False)
+        report = json.loads(result.stdout)
+        assert result.returncode == exit_status(report), (result.returncode, report["daemon"])
+        return report
 
     def events(self, name: str) -> list[dict]:
         return [event for event in self.daemon.events() if event.get("event") == name]

@@ -95,7 +95,7 @@ def test_outputs_beside_or_mirrored(tmp_path):
     assert config.output_for(tmp_path / "in" / "x" / "a.ome.tif", beside) == \
         tmp_path / "in" / "x" / "a.dn.ome.tif"
     assert config.output_for(tmp_path / "share" / "day1" / "b.tif", mirrored) == \
-        tmp_path / "den" / "day1" / "b.dn.ome.tif"
+        tmp_path / "den" / "day1" / "b.tif.dn.ome.tif"
     assert config.is_output(tmp_path / "in" / "a.dn.ome.tif")
     assert config.is_output(tmp_path / "in" / "a.autodip.ome.tif")
     assert config.is_output(tmp_path / "den" / "day1" / "c.tif")

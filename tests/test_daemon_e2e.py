@@ -62,11 +62,8 @@ class Raw:
 
 
 def output_of(raw: Path) -> Path:
-    name = raw.name
-    for suffix in (".ome.tif", ".ome.tiff", ".tif", ".tiff"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    """X.ome.tif -> X.autodip.ome.tif; any other name keeps its extension (README)."""
+    name = raw.name[: -len(".ome.tif")] if raw.name.endswith(".ome.tif") else raw.name
     return raw.with_name(name + ".autodip.ome.tif")
 
 
@@ -209,8 +206,10 @@ class Setup:
 
         wait_for(finished, timeout, f"{len(wanted)} job(s) done", self.daemon)
 
-    def status(self) -> dict:
-        return json.loads(cli("status", "--json", "--config", str(self.config)).stdout)
+    def status(self, exit_status: int = 0) -> dict:
+        result = cli("status", "--json", "--config", str(self.config), check=False)
+        assert result.returncode == exit_status, (result.returncode, result.stdout, result.stderr)
+        return json.loads(result.stdout)
 
     def read_notifications(self) -> list[str]:
         while True:
@@ -379,7 +378,7 @@ def test_queue_retry_list_and_forget_from_the_cli(setup):
     report = json.loads(cli("queue", "list", "--history", str(done["id"]), *config).stdout)["report"]
     assert report["output"] == done["output"] and report["planes"]
     refused = cli("queue", "retry", str(done["id"]), *config, check=False)
-    assert refused.returncode == 1 and "only failed, quarantined, skipped" in refused.stderr
+    assert refused.returncode == 1 and "only partial, failed, quarantined, skipped" in refused.stderr
 
 
 def test_systemd_notifications(setup):
@@ -400,9 +399,14 @@ def test_sigterm_stops_cleanly(setup):
     assert code == 0 and seconds < 10
     stopped = [e for e in setup.daemon.events() if e.get("event") == "daemon.stopped"]
     assert stopped and stopped[-1]["clean"] is True
-    status = setup.status()  # works with the daemon gone
+    status = setup.status(exit_status=3)  # works with the daemon gone; 3: not running
     assert not status["daemon"]["up"] and status["daemon"]["reason"] == "stopped cleanly"
+    assert status["daemon"]["state"] == "stopped"
     assert status["counts"]["running"] == 0
+    # Nothing watches any more: the observers are not shown as live.
+    assert status["watches"] and all(w["running"] is False for w in status["watches"])
+    text = cli("status", "--config", str(setup.config), check=False).stdout
+    assert "observer, ok)" not in text and "stopped" in text
     assert temp_files(setup.root) == []
     jobs = setup.queue.jobs()
     assert len({job.path for job in jobs}) == len(jobs)  # no file queued twice
@@ -435,6 +439,7 @@ def test_sigterm_and_kill_during_a_job(tmp_path):
         job = running_job(daemon)
         status = json.loads(cli("status", "--json", "--config", str(endless)).stdout)
         current = status["current"][0]
+        assert status["daemon"]["state"] == "running" and not status["interrupted"]
         assert current["path"] == str(image) and current["iteration"] >= 1
         assert current["iterations"] == 1000000 and current["planes"] == 1
         code, seconds = daemon.stop()
@@ -455,6 +460,14 @@ def test_sigterm_and_kill_during_a_job(tmp_path):
         daemon.kill()
     assert not output_of(image).exists()
     assert JobQueue(state, create=False).get(job.id).state == "running"  # as the crash left it
+    # status tells the truth: the daemon crashed (exit 3), the job is interrupted, not "now".
+    after_kill = cli("status", "--json", "--config", str(endless), check=False)
+    assert after_kill.returncode == 3, after_kill.stdout
+    report = json.loads(after_kill.stdout)
+    assert report["daemon"]["state"] == "crashed" and report["current"] == []
+    assert [item["id"] for item in report["interrupted"]] == [job.id]
+    text = cli("status", "--config", str(endless), check=False).stdout
+    assert "now:" not in text and "interrupted" in text
     # What a kill during the write phase leaves: the writer's hidden temporary file.
     leftover = folder / f".{output_of(image).name}.k1ll3d.tmp"
     leftover.write_bytes(b"half an output")

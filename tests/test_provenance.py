@@ -195,20 +195,42 @@ def test_multifile_set_becomes_one_output(tmp_path, shared_data):
     after = ome_types.from_tiff(report.output, validate=True)
     assert after.binary_only is None
     blocks = after.images[0].pixels.tiff_data_blocks
-    assert len(blocks) == 1 and blocks[0].uuid.file_name == "multifile-Z3.autodip.ome.tif"
+    assert len(blocks) == 1 and blocks[0].uuid.file_name == "multifile-Z3.ome.tiff.autodip.ome.tif"
     entries = read_provenance(report.output)[0]["entries"]
     assert entries["source.files"] == "5" and entries["source.0.file"] == "multifile-Z1.ome.tiff"
 
 
-def test_input_changing_during_denoising_discards_the_output(tmp_path):
+@pytest.mark.parametrize("change", ["new content, newer mtime", "new content, mtime kept",
+                                    "times only (touch)"])
+def test_input_changing_during_denoising_discards_the_output(tmp_path, change):
+    """Decided by content: other bytes discard the output even when size and mtime are
+    put back as they were (cp -p); a touch keeps it."""
     source = tmp_path / "moving.ome.tif"
     write_ome_tiff(source, structured((2, 12, 12), np.uint16), "ZYX")
+    before = source.stat()
 
-    def touch(plane, *_):
-        os.utime(source, ns=(1, 1_000_000_000 + plane))
+    def meddle(plane, *_):
+        if plane != 2:
+            return
+        if change == "times only (touch)":
+            os.utime(source, ns=(1, before.st_mtime_ns + 5_000_000_000))
+            return
+        with tifffile.TiffFile(source) as tif:
+            offset = tif.pages[0].dataoffsets[0]
+        content = bytearray(source.read_bytes())
+        content[offset:offset + 8] = bytes(8)  # other pixels, same size
+        replacement = tmp_path / ".replacement"
+        replacement.write_bytes(bytes(content))
+        if change == "new content, mtime kept":
+            os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(replacement, source)  # the reader keeps the file it opened
 
+    if change == "times only (touch)":
+        report = denoise_file(source, DenoiseSettings(**FAST), progress=meddle)
+        assert Path(report.output).is_file()
+        return
     with pytest.raises(PipelineError, match="changed while"):
-        denoise_file(source, DenoiseSettings(**FAST), progress=touch)
+        denoise_file(source, DenoiseSettings(**FAST), progress=meddle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moving.ome.tif"]
 
 

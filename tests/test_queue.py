@@ -167,7 +167,7 @@ def test_retry_and_forget(queue):
     queue.claim("w")
     with pytest.raises(QueueError, match="running"):
         queue.forget([job.id])
-    with pytest.raises(QueueError, match="only failed, quarantined, skipped"):
+    with pytest.raises(QueueError, match="only partial, failed, quarantined, skipped"):
         queue.retry([job.id])
     queue.fail(job.id, "bad", RetryPolicy(max_attempts=1))
     assert queue.get(job.id).state == "quarantined"
@@ -245,7 +245,8 @@ def test_claim_of_one_fit_key_only_takes_nothing_else(queue):
 
 
 def test_a_schema_1_database_is_migrated(tmp_path):
-    """A queue written before fit keys existed opens, keeps its jobs, and takes keys."""
+    """A queue written before fit keys existed opens, keeps its jobs, takes keys, and
+    (schema 3) the partial state with its missing and per-file source records."""
     state = tmp_path / "state"
     state.mkdir()
     old = sqlite3.connect(state / "queue.sqlite3")
@@ -269,6 +270,16 @@ def test_a_schema_1_database_is_migrated(tmp_path):
     assert add(queue, "/d/new.tif", fit_key="k").fit_key == "k"
     schema = sqlite3.connect(state / "queue.sqlite3").execute(
         "SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
-    assert schema == str(SCHEMA_VERSION)
+    assert schema == str(SCHEMA_VERSION) == "3"
     migrated = queue.get(1)
     assert (migrated.fraction, migrated.rate) == (None, None)  # schema 3 columns exist
+    job = queue.enqueue("/d/part.tif", 5, 5, "bb", missing={"reason": "3 of 5 planes"},
+                        sources=[{"file": "part.tif", "sha256": "bb"}], ctime_ns=7)
+    queue.claim("w")
+    queue.claim("w")
+    queue.claim("w")
+    queue.finish(job.id, "/d/part.tif.autodip.ome.tif", None, 1.0, 3, state="partial")
+    assert queue.get(job.id).state == "partial"
+    assert queue.get(job.id).missing_info() == {"reason": "3 of 5 planes"}
+    assert queue.known("/d/part.tif", 5, 5, 7) and not queue.known("/d/part.tif", 5, 5, 8)
+    assert queue.known("/d/old.tif", 1, 1, 99)  # rows from before ctimes match any ctime

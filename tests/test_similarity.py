@@ -194,7 +194,7 @@ def test_denoise_cli_uses_the_nearest_image(tmp_path):
     assert '"depth": 5' in result.output
     # the provenance in the output says which transfer was really used
     from autodip_watch.provenance import read_provenance
-    entries = read_provenance(tmp_path / "x.autodip.ome.tif")[0]["entries"]
+    entries = read_provenance(tmp_path / "x.tif.autodip.ome.tif")[0]["entries"]
     assert entries["channel.0.level"] == "nearest-mse+override"
     assert entries["channel.0.group"] == "wf-actin"
     assert entries["channel.0.depth"] == "5"

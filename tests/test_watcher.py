@@ -242,3 +242,148 @@ def test_a_dead_observer_is_reported_and_restarted(tmp_path):
         assert state.restarts == 1
         tiny_tiff(h.root / "after.tif")
         wait_for(lambda: len(h.paths()) == 1, 15, "a file seen by the new observer")
+
+
+# ------------------------------------------------------------- acquisition habits (issue 12)
+
+from acquisition import set_xml, write_pages, write_set_member  # noqa: E402
+
+@pytest.mark.parametrize("polling, page_seconds",
+                         [(False, 0.8), (False, 2.0), (True, 1.5)],
+                         ids=["native, a page every 0.8 s", "native, a page every 2 s",
+                              "polling, a page every 1.5 s"])
+def test_page_by_page_writers_are_taken_once_when_complete(tmp_path, polling, page_seconds):
+    """Stacks written one flushed page at a time, with pauses longer than the settle time:
+    declared by OME, ImageJ or Micro-Manager metadata (any observer), or declaring nothing
+    until the writer closes the file (case 06: native observer only, which sees the
+    close). Each becomes exactly one job, of the finished file; while being written each
+    is shown as acquiring (planes present of declared) or being written."""
+    import threading
+
+    kinds = ["ome", "imagej", "micromanager"] + ([] if polling else ["none"])
+    with Harness(tmp_path, polling=polling, poll_interval_seconds=0.2) as h:
+        paths = {kind: h.root / f"{kind}-stack.ome.tif" if kind in ("ome", "none")
+                 else h.root / f"{kind}-stack.tif" for kind in kinds}
+        # Each pause between pages is longer than the settle time: it looks "settled".
+        assert page_seconds > 1.5 * SETTLE
+        writers = [threading.Thread(target=write_pages, args=(paths[kind], 4, kind, page_seconds),
+                                    kwargs={"seed": number})
+                   for number, kind in enumerate(kinds)]
+        for writer in writers:
+            writer.start()
+        seen: dict[str, set] = {str(p): set() for p in paths.values()}
+        while any(writer.is_alive() for writer in writers):
+            assert h.paths() == [], "a file was taken before it was complete"
+            for item in h.queue.waiting():
+                detail = item["detail"] or {}
+                seen.setdefault(item["path"], set()).add(
+                    (item["state"], detail.get("planes_present"), detail.get("planes_declared")))
+            time.sleep(0.1)
+        for writer in writers:
+            writer.join()
+        wait_for(lambda: len(h.paths()) == len(kinds), 20, "one job per finished stack")
+        time.sleep(3 * SETTLE)
+        jobs = h.queue.jobs()
+        assert sorted(job.path for job in jobs) == sorted(str(p) for p in paths.values())
+        for job in jobs:
+            assert job.state == "queued" and job.missing is None
+            assert job.size == Path(job.path).stat().st_size
+            with tifffile.TiffFile(job.path) as tif:
+                assert len(tif.pages) == 4
+    for kind in ("ome", "imagej", "micromanager"):
+        states = seen[str(paths[kind])]
+        assert any(state == "acquiring" and declared == 4 and present < 4
+                   for state, present, declared in states), (kind, states)
+    if not polling:
+        assert {state for state, *_ in seen[str(paths["none"])]} <= {"settling", "writing"}
+        assert ("writing", None, None) in seen[str(paths["none"])], seen[str(paths["none"])]
+
+
+def test_incomplete_files_are_taken_as_they_are_after_a_while(tmp_path):
+    """An aborted acquisition (fewer planes than declared), an OME set whose member never
+    arrives (case 18), and a file whose writer never closes it are shown as acquiring or
+    waiting, then, unchanged for incomplete_after_seconds, queued with what is missing.
+    A set member whose first file never arrives gets the visible state "incomplete". A
+    later complete version is a new job that supersedes the queued incomplete one."""
+    with Harness(tmp_path, incomplete_after_seconds=2.5) as h:
+        aborted = h.root / "aborted.ome.tif"
+        write_pages(aborted, 5, "ome", stop_after=2)
+        aborted_ij = h.root / "aborted-ij.tif"
+        write_pages(aborted_ij, 6, "imagej", stop_after=3)
+        names = ["cells_C0.ome.tif", "cells_C1.ome.tif"]
+        xml, uuids = set_xml(names)
+        first = write_set_member(h.root, names, 0, xml, uuids)
+        orphan_names = ["other_C0.ome.tif", "other_C1.ome.tif"]
+        orphan_xml, orphan_uuids = set_xml(orphan_names)
+        orphan = write_set_member(h.root, orphan_names, 1, orphan_xml, orphan_uuids)
+        source = tiny_tiff(tmp_path / "plain.tif").read_bytes()
+        held = open(h.root / "held-open.tif", "wb")  # a writer that never closes its file
+        held.write(source)
+        held.flush()
+        try:
+            wait_for(lambda: {w["path"]: w["state"] for w in h.queue.waiting()}.get(str(aborted))
+                     == "acquiring", 10, "the aborted stack shown as acquiring")
+            states = {w["path"]: w for w in h.queue.waiting()}
+            assert states[str(aborted)]["detail"]["planes_present"] == 2
+            assert states[str(aborted)]["detail"]["planes_declared"] == 5
+            assert "2 of 5 planes" in states[str(aborted)]["reason"]
+            assert states[str(first)]["state"] == "waiting-set"
+            assert "cells_C1.ome.tif" in states[str(first)]["reason"]
+            assert states[str(h.root / "held-open.tif")]["state"] == "writing"
+            assert h.paths() == []
+            wanted = sorted(map(str, [aborted, aborted_ij, first, h.root / "held-open.tif"]))
+            wait_for(lambda: h.paths() == wanted, 20, "the incomplete files taken as they are")
+            jobs = {job.path: job for job in h.queue.jobs()}
+            assert jobs[str(aborted)].missing_info()["planes_present"] == 2
+            assert jobs[str(aborted_ij)].missing_info()["planes_declared"] == 6
+            assert jobs[str(first)].missing_info()["files"] == ["cells_C1.ome.tif"]
+            assert jobs[str(first)].member_paths() == []
+            assert jobs[str(h.root / "held-open.tif")].missing_info()["writer_open"] is True
+            assert all("unchanged for" in job.missing_info()["reason"] for job in jobs.values())
+            wait_for(lambda: {w["path"]: w["state"] for w in h.queue.waiting()}.get(str(orphan))
+                     == "incomplete", 10, "the orphaned member shown as incomplete")
+            assert "other_C0.ome.tif" in {w["path"]: w for w in h.queue.waiting()}[str(orphan)][
+                "reason"]
+            # The missing member arrives: the set is a new, complete job.
+            second = write_set_member(h.root, names, 1, xml, uuids)
+            wait_for(lambda: len([j for j in h.queue.jobs() if j.path == str(first)]) == 2, 15,
+                     "the complete set as a new job")
+            older, newer = [j for j in h.queue.jobs() if j.path == str(first)]
+            assert newer.missing is None and newer.member_paths() == [str(second)]
+            assert h.queue.get(older.id).state == "skipped"  # superseded, never run
+        finally:
+            held.close()
+
+
+def test_only_new_content_is_a_new_version(tmp_path):
+    """touch and cp -p of identical bytes add no job (the job takes the new times); new
+    content with an OLDER mtime is a new job."""
+    import shutil
+
+    with Harness(tmp_path) as h:
+        raw = tiny_tiff(h.root / "a.ome.tif", seed=1)
+        wait_for(lambda: len(h.paths()) == 1, 15, "the first version")
+        job = h.queue.jobs()[0]
+        output = h.root / "a.autodip.ome.tif"
+        output.write_bytes(b"stands in for the output")  # only its presence matters here
+        h.queue.claim("w")
+        h.queue.finish(job.id, str(output), None, 1.0, 1)
+        original_mtime = raw.stat().st_mtime_ns
+        os.utime(raw, ns=(time.time_ns(), original_mtime + 10_000_000_000))  # touch
+        wait_for(lambda: h.queue.get(job.id).mtime_ns == original_mtime + 10_000_000_000, 15,
+                 "the touch recorded on the job")
+        copy = tmp_path / "copy.tif"
+        shutil.copy2(raw, copy)  # cp -p: same bytes, same times, new inode and ctime
+        os.utime(copy, ns=(time.time_ns(), original_mtime - 10_000_000_000))
+        os.replace(copy, raw)
+        wait_for(lambda: h.queue.get(job.id).mtime_ns == original_mtime - 10_000_000_000, 15,
+                 "the copy with identical bytes recorded on the job")
+        time.sleep(3 * SETTLE)
+        assert [j.id for j in h.queue.jobs()] == [job.id] and h.queue.get(job.id).state == "done"
+        notes = [e["message"] for e in h.queue.events(job.id)]
+        assert sum("same content" in (note or "") for note in notes) == 2
+        # New content, with a modification time older than the output's and the old one's.
+        tiny_tiff(raw, seed=2)
+        os.utime(raw, ns=(time.time_ns(), original_mtime - 3600 * 10**9))
+        wait_for(lambda: len(h.queue.jobs()) == 2, 15, "a job for the new content")
+        assert h.queue.jobs()[-1].sha256 != job.sha256

@@ -1,0 +1,150 @@
+"""`denoise` as people and schedulers use it: --out folders, a second run, SIGTERM, full
+and read-only disks. Real files and, for signals, a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from acquisition import remount, tiny_filesystem
+from autodip_watch.cli import app
+
+FAST = ["--depth", "4", "--width", "16", "--skip", "4", "--iterations", "2", "--device", "cpu"]
+
+
+def raw(path: Path, seed: int = 0, shape=(24, 24)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.random.default_rng(seed).poisson(100, shape).astype(np.uint16),
+                     metadata={"axes": "YX"})
+    return path
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def squashed(text: str) -> str:
+    """Without any white space: rich wraps long paths anywhere."""
+    return "".join(text.split())
+
+
+@pytest.mark.parametrize("form", ["missing folder with a slash", "existing folder",
+                                  "nested missing folder with a slash"])
+def test_out_is_a_folder_when_it_says_so(tmp_path, form):
+    """The README's own example, `--out denoised/`: a folder, created if missing; a second
+    run of another file adds its output beside the first instead of replacing it."""
+    target = {"missing folder with a slash": tmp_path / "denoised",
+              "existing folder": tmp_path / "denoised",
+              "nested missing folder with a slash": tmp_path / "a" / "b" / "denoised"}[form]
+    if form == "existing folder":
+        target.mkdir()
+    argument = str(target) + ("/" if "slash" in form else "")
+    runner = CliRunner()
+    for name in ("one.ome.tif", "two.tif"):
+        result = runner.invoke(app, ["denoise", str(raw(tmp_path / name)), *FAST,
+                                     "--out", argument])
+        assert result.exit_code == 0, result.output
+    assert target.is_dir()
+    assert sorted(p.name for p in target.iterdir()) == ["one.autodip.ome.tif",
+                                                        "two.tif.autodip.ome.tif"]
+
+
+def test_out_as_a_file_and_the_refusals(tmp_path):
+    runner = CliRunner()
+    source = raw(tmp_path / "cells.ome.tif")
+    result = runner.invoke(app, ["denoise", str(source), *FAST, "--out",
+                                 str(tmp_path / "result.ome.tif")])
+    assert result.exit_code == 0 and (tmp_path / "result.ome.tif").is_file()
+    before = (tmp_path / "result.ome.tif").read_bytes()
+    # Another input onto that output: refused, named, untouched.
+    other = raw(tmp_path / "other.ome.tif", seed=1)
+    refused = runner.invoke(app, ["denoise", str(other), *FAST, "--out",
+                                  str(tmp_path / "result.ome.tif")])
+    assert refused.exit_code == 1
+    assert str(source) in squashed(refused.output) and "notoverwritten" in squashed(refused.output)
+    assert (tmp_path / "result.ome.tif").read_bytes() == before
+    # The same input again: its own output is replaced.
+    assert runner.invoke(app, ["denoise", str(source), *FAST, "--out",
+                               str(tmp_path / "result.ome.tif")]).exit_code == 0
+    # A slash on a file; two inputs onto one name.
+    assert runner.invoke(app, ["denoise", str(source), *FAST, "--out",
+                               str(tmp_path / "result.ome.tif") + "/"]).exit_code == 2
+    twin = raw(tmp_path / "elsewhere" / "cells.ome.tif", seed=2)
+    clash = runner.invoke(app, ["denoise", str(source), str(twin), *FAST, "--out",
+                                str(tmp_path / "out") + "/"])
+    assert clash.exit_code == 2 and "would both be written" in clash.output
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_os_errors_name_the_reason_and_the_path(tmp_path):
+    source = raw(tmp_path / "cells.ome.tif", shape=(256, 256))
+    runner = CliRunner()
+    with tiny_filesystem("96k") as disk:
+        full = runner.invoke(app, ["denoise", str(source), *FAST, "--out", str(disk) + "/"])
+        assert full.exit_code == 1
+        text = one_line(full.output)
+        assert "No space left on device" in text
+        assert str(disk / "cells.autodip.ome.tif") in squashed(full.output)
+        assert list(disk.iterdir()) == []
+        remount(disk, "ro")
+        read_only = runner.invoke(app, ["denoise", str(source), *FAST, "--out",
+                                        str(disk) + "/"])
+        assert read_only.exit_code == 1
+        assert "Read-only file system" in one_line(read_only.output)
+        nested = runner.invoke(app, ["denoise", str(source), *FAST, "--out",
+                                     str(disk / "new") + "/"])
+        assert nested.exit_code == 1 and "cannot create the folder" in one_line(nested.output)
+
+
+def _wait_for_temporary(folder: Path, process: subprocess.Popen, count: int = 1,
+                        timeout: float = 180) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        temporaries = list(folder.glob(".*.tmp"))
+        if len(temporaries) >= count:
+            return temporaries
+        if process.poll() is not None:
+            raise AssertionError(f"denoise ended ({process.returncode}) before fitting: "
+                                 f"{process.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError("no temporary output appeared")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("files, signum", [(1, signal.SIGTERM), (2, signal.SIGTERM),
+                                           (2, signal.SIGINT)],
+                         ids=["one file, SIGTERM", "side by side, SIGTERM",
+                              "side by side, Ctrl-C"])
+def test_a_signal_during_denoise_leaves_no_temporary_file(tmp_path, files, signum):
+    """systemd, a batch scheduler or `timeout` send SIGTERM: like Ctrl-C, the run stops,
+    removes its temporary outputs, writes no output and exits 128+signal. Files denoised
+    side by side (threads sharing batches) stop at their next iteration and clean up too."""
+    sources = [raw(tmp_path / f"cells{n}.ome.tif", seed=n) for n in range(files)]
+    command = [sys.executable, "-m", "autodip_watch.cli", "denoise", *map(str, sources),
+               "--depth", "4", "--width", "16", "--iterations", "1000000", "--device", "cpu"]
+    if files > 1:
+        command += ["--batching", "on", "--jobs-together", str(files)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _wait_for_temporary(tmp_path, process, count=files)
+        time.sleep(1.0)  # well inside the fit
+        process.send_signal(signum)
+        code = process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = process.stderr.read()
+    assert code == 128 + signum, stderr
+    assert signal.Signals(signum).name in stderr
+    assert list(tmp_path.glob(".*.tmp")) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in sources)
