@@ -100,7 +100,9 @@ LIGHT_COMMANDS = {
     "config check": lambda s: ["config", "check", str(s["config"])],
     "config check --json": lambda s: ["config", "check", "--json", str(s["config"])],
 }
-EXPECTED_CODE = {"inspect of a missing file": 1}
+#: status exits 3 when the daemon is not running (systemctl's convention; README).
+EXPECTED_CODE = {"inspect of a missing file": 1, "status": 3, "status --json --config": 3,
+                 "status of a state dir never used": 3}
 
 
 def test_light_commands_import_nothing_heavy(site, tmp_path):

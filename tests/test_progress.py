@@ -171,6 +171,7 @@ def test_status_eta_comes_from_the_rate_not_from_elapsed_time(tmp_path):
     """A job that spent 1000 s starting up and is 10 % through at 1 %/s: about 90 s left,
     not the 9000 s an elapsed-time estimate gives."""
     queue = JobQueue(tmp_path)
+    queue.register_daemon(heartbeat_seconds=5)  # a live daemon: its running job is current
     job = queue.enqueue("/data/a.tif", 1, 1, "aa")
     queue.claim("cpu@1")
     queue._connect().execute("UPDATE jobs SET started = ? WHERE id = ?", (time.time() - 1000, job.id))
@@ -228,6 +229,7 @@ def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
     pixels = np.random.default_rng(0).poisson(100, (2, 32, 32)).astype(np.uint16)
     tifffile.imwrite(raw, pixels, metadata={"axes": "CYX"})
     queue = JobQueue(tmp_path / "state")
+    queue.register_daemon(heartbeat_seconds=5)  # a live daemon: its running job is current
     queued = queue.enqueue(str(raw), raw.stat().st_size, raw.stat().st_mtime_ns, "aa")
     config = Config(devices=("cpu",))
     worker = worker_module.Worker(config, queue, "auto", CalibrationTable.load(),
