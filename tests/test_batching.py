@@ -303,7 +303,8 @@ def zstack(path, planes=6):
 def test_pipeline_batches_planes_of_a_file(tmp_path):
     source = tmp_path / "stack.ome.tif"
     zstack(source)
-    common = dict(depth=4, width="16", skip=4, iterations=3, device="cpu")
+    # One fit per plane (no ensemble): the batches are the planes' own.
+    common = dict(depth=4, width="16", skip=4, iterations=3, device="cpu", members=1)
     fitter = BatchedFitter("cpu", 1 << 40, max_batch=4, dtype=torch.float64)
     batched = denoise_file(source, DenoiseSettings(**common), out=tmp_path / "batched.ome.tif",
                            fitter=fitter)

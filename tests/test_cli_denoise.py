@@ -171,7 +171,7 @@ def test_denoise_batching_on_fits_planes_together(tmp_path, runner):
     data = structured((5, 40, 36), np.uint16)
     tifffile.imwrite(source, data, ome=True, metadata={"axes": "ZYX"})
     result = runner.invoke(app, ["denoise", str(source), *FAST, "--batching", "on",
-                                 "--max-batch", "3", "--json"])
+                                 "--max-batch", "3", "--members", "1", "--json"])
     assert result.exit_code == 0, result.output
     notes = [plane["note"] for plane in json.loads(result.stdout)["planes"]]
     assert notes == ["fitted in a batch of 3"] * 3 + ["fitted in a batch of 2"] * 2
@@ -195,7 +195,7 @@ def test_denoise_of_several_files_fits_their_planes_together(tmp_path, runner):
     assert runner.invoke(app, ["denoise", str(sources[0]), *FAST, "--out",
                                str(tmp_path / "warm.ome.tif")]).exit_code == 0
     result = runner.invoke(app, ["denoise", *map(str, sources), *FAST, "--batching", "on",
-                                 "--jobs-together", "4", "--json"])
+                                 "--jobs-together", "4", "--members", "1", "--json"])
     assert result.exit_code == 1, result.output
     summaries = json.loads(result.stdout)
     assert [Path(s["input"]).name for s in summaries] == [p.name for p in sources]

@@ -178,7 +178,8 @@ def cluster(tmp_path_factory):
 class Site:
     """A microscope daemon sending its jobs to the loopback cluster."""
 
-    def __init__(self, root: Path, cluster: LoopbackCluster, tables: str = "") -> None:
+    def __init__(self, root: Path, cluster: LoopbackCluster, tables: str = "",
+                 dip: str = "") -> None:
         self.root = root
         self.cluster = cluster
         self.folder = root / "in"
@@ -187,7 +188,8 @@ class Site:
         self.config = write_config(
             root / "config.toml", self.state,
             f'[[watch]]\npath = "{self.folder}"\nsettle_seconds = 0.5\n',
-            TINY_FIT + "[dask]\nconnect_timeout_seconds = 2\nreconnect_max_seconds = 2\n" + tables)
+            TINY_FIT + dip + "[dask]\nconnect_timeout_seconds = 2\nreconnect_max_seconds = 2\n"
+            + tables)
         # Top-level keys go before the tables.
         self.config.write_text(f'executor = "dask"\nscheduler = "{cluster.address}"\n'
                                + self.config.read_text())
@@ -402,7 +404,7 @@ def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path
 
     cluster.wait_workers(2)
     site = Site(tmp_path, cluster, '[batching]\nmode = "on"\njobs_together = 4\n'
-                                   'linger_seconds = 30\n')
+                                   'linger_seconds = 30\n', dip="members = 1\n")
     shapes = {"a1": (48, 40), "b1": (64, 64), "a2": (48, 40), "broken": (48, 40),
               "a3": (48, 40)}
     images = {name: site.raw.write(site.folder / f"{name}.ome.tif", shape, seed=i)

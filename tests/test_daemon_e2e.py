@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow
 
 TINY_FIT = "[dip]\ndepth = 4\nwidth = 16\niterations = 2\n"
 ENDLESS_FIT = "[dip]\ndepth = 4\nwidth = 16\niterations = 1000000\n"
+#: One fit per plane (no ensemble), for tests that count what shares a batch.
+ONE_FIT = "members = 1\n"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -518,7 +520,8 @@ def test_queued_files_of_one_group_share_batches(tmp_path):
 
     # 1. SIGTERM while three jobs share one endless batch: all three go back unharmed.
     enqueue(images)
-    endless = write_config(tmp_path / "endless.toml", state, watches, ENDLESS_FIT + batching)
+    endless = write_config(tmp_path / "endless.toml", state, watches,
+                           ENDLESS_FIT + ONE_FIT + batching)
     daemon = DaemonProcess(endless, tmp_path / "daemon.log")
     try:
         def all_fitting():
@@ -534,7 +537,7 @@ def test_queued_files_of_one_group_share_batches(tmp_path):
     assert not any(output_of(image).exists() for image in images)
 
     # 2. A fresh daemon runs them together to the end: one batch of three networks.
-    tiny = write_config(tmp_path / "tiny.toml", state, watches, TINY_FIT + batching)
+    tiny = write_config(tmp_path / "tiny.toml", state, watches, TINY_FIT + ONE_FIT + batching)
     daemon = DaemonProcess(tiny, tmp_path / "daemon.log")
     try:
         wait_for(lambda: all(j.state == "done" for j in JobQueue(state, create=False).jobs()),
@@ -565,7 +568,7 @@ def test_batching_worker_runs_files_of_one_fit_key_together(tmp_path):
     folder.mkdir()
     state = tmp_path / "state"
     watches = f'[[watch]]\npath = "{folder}"\nsettle_seconds = 0.5\n'
-    config_path = write_config(tmp_path / "config.toml", state, watches, TINY_FIT +
+    config_path = write_config(tmp_path / "config.toml", state, watches, TINY_FIT + ONE_FIT +
                                "[batching]\nmode = \"on\"\njobs_together = 2\nlinger_seconds = 30\n")
     raw = Raw()
     shapes = {"a1": (48, 40), "b1": (64, 64), "a2": (48, 40), "b2": (64, 64)}

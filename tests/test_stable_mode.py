@@ -151,7 +151,8 @@ def test_a_planted_spike_is_rolled_back():
     spike_at = 30
     kept, stabiliser, _, _ = _fit_with_planted_spike(rollback=True, spike_at=spike_at)
     free, unguarded, _, _ = _fit_with_planted_spike(rollback=False, spike_at=spike_at)
-    assert stabiliser.rollbacks == [1] and unguarded.rollbacks == [0]
+    # (Later small spikes may be rolled back too: only the first is planted.)
+    assert stabiliser.rollbacks[0] >= 1 and unguarded.rollbacks == [0]
     healthy = kept[spike_at - 2]
     assert free[spike_at - 1] > 1.5 * healthy  # the planted spike is a spike
     # Rolled back at the check of its own iteration to the weights of iteration 21:
@@ -334,3 +335,16 @@ def test_inspect_shows_the_mode(tmp_path):
     assert "fit mode: stable" in text.output and "ensemble of 3 fits on CPU" in text.output
     data = json.loads(CliRunner().invoke(app, ["inspect", "--json", str(source)]).stdout)
     assert data["images"][0]["mode"]["name"] == STABLE
+
+
+def test_a_batching_fitter_fits_the_members_together():
+    from autodip_watch.dip.batching import BatchedFitter
+
+    _, noisy = cells()
+    plane = np.clip(noisy * 20, 0, 65535).astype(np.uint16)
+    job = PlaneJob(plane, SMALL, FitOptions(seed=1, average_fraction=0.25), members=3)
+    fitter = BatchedFitter("cpu", 1 << 40, max_batch=8, dtype=torch.float64)
+    together = denoise_planes([job], fitter)[0]
+    apart = denoise_planes([job], SingleFitter("cpu", dtype=torch.float64))[0]
+    assert list(fitter.batches) == [3] and together.batch == 3 and apart.batch == 1
+    assert np.abs(together.output.astype(int) - apart.output.astype(int)).max() <= 1
