@@ -35,7 +35,8 @@ from .metadata import (POLICY_COPY, ChannelGroup, FolderDefaults, InferenceRules
                        validate_microscope, validate_specimen)
 from .ometiff import ImageFile, OmeTiffWriter, PlaneKey, SeriesInfo
 from .provenance import (PROVENANCE_DESCRIPTION, PROVENANCE_NAMESPACE, ChannelRecord,
-                         describe_sources, provenance_entries, unchanged, utc_now)
+                         describe_sources, provenance_entries, sha256_file, software_versions,
+                         unchanged, utc_now)
 from .transfer import CalibrationTable, Transfer, apply_overrides
 
 OUTPUT_SUFFIX = ".autodip.ome.tif"
@@ -89,6 +90,8 @@ class DenoiseSettings:
     memory_budget: int | None = None
     # Comma-separated SPEED_SETTINGS, e.g. "channels_last,bf16"; "" = the plain fp32 path.
     speed: str = ""
+    # What ran, for the provenance (None: this process's command line).
+    command: str | None = None
 
     def speed_settings(self, device: torch.device | None = None) -> list[str]:
         """The requested speed settings (``ValueError`` for unknown ones), limited to
@@ -308,6 +311,11 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         if without:  # never drop an image silently
             raise PipelineError(f"{input_path}: image(s) {without} have no readable pixel data "
                                 f"({'; '.join(image.warnings[-3:]) or 'metadata only'})")
+        if image.unreferenced_pages:  # planes the metadata does not place: never dropped silently
+            raise PipelineError(f"{input_path}: TIFF pages (IFD) "
+                                f"{', '.join(map(str, image.unreferenced_pages[:20]))} hold planes "
+                                f"that no OME image declares; not denoised, so that no plane "
+                                f"is dropped silently (fix the OME-XML or split the file)")
         device = choose_device(settings.device) if fitter is None else fitter.device
         device_name = describe_device(device)
         if fitter is None:
@@ -333,12 +341,17 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
             if not unchanged(sources):
                 raise PipelineError(f"{input_path}: the input changed while it was being "
                                     f"denoised; output discarded")
+            versions = software_versions(torch)
+            table_hash = _table_sha256(settings.table)
+            command = settings.command or _command_line()
             annotations = {
                 info.index: provenance_entries(
                     software="autodip-watch", version=__version__, torch_version=torch.__version__,
                     device=device_name, sources=sources, started=started, finished=finished,
                     image_name=info.name, channels=records[info.index],
-                    settings=_settings_record(settings, fitter), host=host, worker=worker)
+                    settings=_settings_record(settings, fitter), host=host, worker=worker,
+                    source_ome=image.source_identity(info.index), warnings=image.warnings,
+                    versions=versions, calibration_sha256=table_hash, command=command)
                 for info in pixel_series}
             writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
                           description=PROVENANCE_DESCRIPTION)
@@ -467,6 +480,29 @@ def _settings_record(settings: DenoiseSettings, fitter: TileFitter) -> dict[str,
             "skip_override": settings.skip, "iterations_override": settings.iterations,
             "seed": settings.seed, "reg_noise_std": settings.reg_noise_std,
             "ema_weight": settings.ema_weight, **fitter_record}
+
+
+def _table_sha256(table: CalibrationTable | None) -> str:
+    """SHA-256 of the calibration table file (of its canonical JSON when it has no file)."""
+    import hashlib
+    import json
+
+    if table is None:
+        return ""
+    if table.path is not None and Path(table.path).is_file():
+        return sha256_file(table.path)
+    return hashlib.sha256(json.dumps(table.document, sort_keys=True, default=str)
+                          .encode("utf-8")).hexdigest()
+
+
+def _command_line() -> str:
+    """This process's command line, the program named without its folder."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv) or ["python"]
+    argv[0] = Path(argv[0]).name
+    return shlex.join(argv)
 
 
 def torch_version() -> str:
