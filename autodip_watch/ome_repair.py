@@ -292,7 +292,7 @@ class _Repair:
         self.hints = dict(hints)
         self.notes: list[str] = []
         self.defined: set[tuple[str, str]] = set()      # (pattern, valid ID) defined
-        self.invalid: list[tuple[str, str]] = []        # (pattern, invalid ID) in order
+        self.invalid: list[tuple[str, str, str]] = []   # (pattern, invalid ID, class)
         self.renamed: dict[tuple[str, str], str] = {}
         self.drop: list[tuple[object, object, str]] = []
 
@@ -302,25 +302,27 @@ class _Repair:
         spec = schema.attributes.get("ID")
         if spec is not None and spec.pattern:
             value = element.get("ID")
-            if value is not None:
+            if value is not None and not _is_reference(cls):
                 if re.fullmatch(spec.pattern, value):
                     self.defined.add((spec.pattern, value))
-                elif not _is_reference(cls):
-                    self.invalid.append((spec.pattern, value))
+                else:
+                    self.invalid.append((spec.pattern, value, cls.__name__))
         for child in element:
             for child_cls in self._child_classes(schema, child):
                 self.collect(child, child_cls)
 
     def plan_ids(self) -> None:
-        for pattern, old in self.invalid:
-            self._new_id(pattern, old)
+        for pattern, old, kind in self.invalid:
+            self._new_id(pattern, old, kind)
 
-    def _new_id(self, pattern: str, old: str) -> str:
+    def _new_id(self, pattern: str, old: str, kind: str | None = None) -> str:
         key = (pattern, old)
         if key in self.renamed:
             return self.renamed[key]
         body = re.sub(r"\s+", "_", old.strip()) or "repaired"
-        prefix = _id_prefix(pattern)
+        # the model's pattern names the kind; where it does not (ROI: any non-space
+        # text, while the XSD wants Kind:N), the class name does
+        prefix = _id_prefix(pattern) or kind
         candidate = f"{prefix}:{body}" if prefix else body
         number = 1
         base = candidate
@@ -349,6 +351,21 @@ class _Repair:
         schema = _schema(cls)
         here = self.where(element, cls)
         label = f"{context}/{here}" if context and not element.get("ID") else here
+        spec = schema.attributes.get("ID")
+        if _is_reference(cls) and spec is not None and spec.pattern and ancestors:
+            value = element.get("ID")
+            if value is not None and not re.fullmatch(spec.pattern, value) and \
+                    (spec.pattern, value) in self.renamed:
+                new = self.renamed[(spec.pattern, value)]
+                element.set("ID", new)
+                self.notes.append(f"OME-XML {label}: reference ID={_quote(value)} does not "
+                                  f"match the schema's pattern; now {new}, as the element "
+                                  f"it refers to")
+            elif value is not None and (spec.pattern, value) not in self.defined:
+                # a reference to nothing makes the document invalid (XSD keyref)
+                self.drop_element(element, ancestors, f"OME-XML {label}: reference "
+                                                      f"ID={_quote(value)} names no element")
+                return
         for xml_name, spec in schema.attributes.items():
             text = element.get(xml_name)
             if text is None:
@@ -383,7 +400,8 @@ class _Repair:
         what = f"OME-XML {label}: {spec.xml}={_quote(text)} {problem}"
         xml = spec.xml
         if spec.pattern and xml == "ID":
-            new = self._new_id(spec.pattern, text)
+            kind = cls.__name__[:-3] if cls.__name__.endswith("Ref") else cls.__name__
+            new = self._new_id(spec.pattern, text, kind)
             element.set("ID", new)
             name_spec = _schema(cls).attributes.get("Name")
             kept = ""

@@ -25,6 +25,7 @@ Supported layouts
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -1297,9 +1298,10 @@ def output_ome(image: ImageFile, file_name: str, file_uuid: str, creator: str | 
                                               samples_per_pixel=info.samples, **extra))
             physical: dict = {}
             for letter, value in info.physical_sizes.items():
-                unit = info.physical_units.get(letter, "µm")
-                physical[f"physical_size_{letter.lower()}"] = _from_micrometres(value, unit)
-                physical[f"physical_size_{letter.lower()}_unit"] = model.UnitsLength(unit)
+                # in micrometres whatever unit the file used: readers that ignore
+                # PhysicalSize*Unit (bioio, napari plugins) then still read it right
+                physical[f"physical_size_{letter.lower()}"] = value
+                physical[f"physical_size_{letter.lower()}_unit"] = model.UnitsLength("µm")
             if info.time_increment is not None:
                 physical["time_increment"] = info.time_increment
                 physical["time_increment_unit"] = model.UnitsTime("s")
@@ -1333,15 +1335,6 @@ def output_ome(image: ImageFile, file_name: str, file_uuid: str, creator: str | 
             pixels.interleaved = not info.planar
         first_ifd += info.page_count
     return ome
-
-
-def _from_micrometres(value: float, unit: str) -> float:
-    """A length in micrometres expressed in ``unit`` (an OME length symbol)."""
-    if unit == "µm":
-        return value
-    from .ome_repair import normalise_unit, unit_registry
-
-    return float(unit_registry().Quantity(value, "micrometer").to(normalise_unit(unit)).magnitude)
 
 
 #: Lossless codecs kept as they are (tifffile COMPRESSION name -> tifffile codec name).
@@ -1462,6 +1455,9 @@ class OmeTiffWriter:
                                  f"refusing to overwrite it")
         self.file_uuid = new_uuid()
         self.ome = output_ome(image, self.out_path.name, self.file_uuid, creator=software)
+        #: Elements of the source's metadata left out so that the output is schema-valid.
+        self.notes: list[str] = []
+        self.ome = _schema_valid(self.ome, self.notes)
         self.software = software
         self._target: AtomicFile | None = None
         self._writer: tifffile.TiffWriter | None = None
@@ -1619,6 +1615,58 @@ class OmeTiffWriter:
             if self._target is not None:  # not committed: nothing may appear at out_path
                 self._target.discard()
                 self._target = None
+
+
+#: Elements an output cannot do without; a schema error in one of them is not repaired
+#: by dropping it (the commit then refuses to publish).
+_ESSENTIAL = {"OME", "Image", "Pixels", "Channel", "TiffData", "UUID", "StructuredAnnotations"}
+
+
+@functools.cache
+def _ome_schema():
+    from lxml import etree
+
+    import ome_types
+
+    return etree.XMLSchema(etree.parse(str(Path(ome_types.__file__).parent / "ome-2016-06.xsd")))
+
+
+def _schema_valid(ome, notes: list[str], attempts: int = 100):
+    """``ome``, with the elements that keep it from being schema-valid dropped.
+
+    The lenient reader accepts structure the XSD refuses (an ROI without a shape, a
+    BinaryFile with neither data nor a reference); the output must be valid, so each
+    such element (never an Image, Pixels, Channel or TiffData) is dropped, with a note.
+    A document whose fault is in an essential element is returned as it is (and the
+    commit refuses to publish it).
+    """
+    from lxml import etree
+
+    import ome_types
+
+    schema = _ome_schema()
+    text = ome_types.to_xml(ome).encode("utf-8")
+    dropped = False
+    for _ in range(attempts):
+        root = etree.fromstring(text)
+        if schema.validate(root):
+            break
+        error = schema.error_log[0]
+        culprit = next((e for e in root.iter() if isinstance(e.tag, str)
+                        and e.sourceline == error.line), None)
+        name = etree.QName(culprit).localname if culprit is not None else None
+        if culprit is None or name in _ESSENTIAL or culprit.getparent() is None:
+            break
+        notes.append(f"output OME-XML: {name} {culprit.get('ID', '')} left out, it is not "
+                     f"schema-valid ({error.message})".replace("  ", " "))
+        culprit.getparent().remove(culprit)
+        text = etree.tostring(root, pretty_print=True)
+        dropped = True
+    if not dropped:
+        return ome
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ome_types.from_xml(text, validate=False)
 
 
 def _store_levels(pages: Iterable[np.ndarray], levels: list, info: SeriesInfo) -> Iterator[np.ndarray]:

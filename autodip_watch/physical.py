@@ -64,7 +64,7 @@ def length_in_micrometres(value: float, unit: str) -> tuple[float, str] | None:
                 break
         except Exception:
             continue
-    return float(micrometres), symbol
+    return float(f"{micrometres:.12g}"), symbol
 
 
 def seconds(value: float, unit: str = "s") -> float | None:

@@ -235,6 +235,7 @@ def inspect_file(path: str | Path, settings: DenoiseSettings) -> list[dict]:
                 "name": info.name, "shape": list(info.shape), "axes": info.axes,
                 "dtype": str(info.dtype), "pixels": info.has_pixels,
                 "source_files": [str(p) for p in image.source_files],
+                "physical_sizes_um": dict(info.physical_sizes),
                 "warnings": list(image.warnings),
                 "channels": [plan.as_dict() for plan in plans]})
     return images
@@ -350,7 +351,8 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                     device=device_name, sources=sources, started=started, finished=finished,
                     image_name=info.name, channels=records[info.index],
                     settings=_settings_record(settings, fitter), host=host, worker=worker,
-                    source_ome=image.source_identity(info.index), warnings=image.warnings,
+                    source_ome=image.source_identity(info.index),
+                    warnings=image.warnings + writer.notes,
                     versions=versions, calibration_sha256=table_hash, command=command)
                 for info in pixel_series}
             writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
@@ -358,7 +360,8 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         return FileReport(str(input_path), str(output), device_name,
                           time.perf_counter() - started_clock, reports, started=started,
                           finished=finished, format=image.kind,
-                          sources=[s.as_dict() for s in sources], warnings=list(image.warnings),
+                          sources=[s.as_dict() for s in sources],
+                          warnings=list(image.warnings) + writer.notes,
                           host=host, worker=worker or "")
 
 

@@ -148,8 +148,13 @@ def _value_for(info, kind):
 
 
 def minimal(cls: type[BaseModel]) -> BaseModel:
-    """A valid instance of ``cls`` with only its required fields set."""
+    """A valid instance of ``cls`` with only its required fields set (plus what the XSD
+    requires and the model does not: a shape in an ROI, data in a BinaryFile)."""
     kwargs = {}
+    if cls is model.ROI:
+        kwargs["union"] = model.ROI.Union(rectangles=[minimal(model.Rectangle)])
+    if cls is model.BinaryFile:
+        kwargs["bin_data"] = model.BinData(length=0, big_endian=False, value=b"")
     for name, info in cls.model_fields.items():
         needs_item = any((getattr(m, "min_length", None) or 0) > 0 for m in info.metadata)
         if needs_item and _models(info):  # a list that must not be empty (ROIRef of a
@@ -193,6 +198,8 @@ def ome_with(cls: type[BaseModel], file_name: str, file_uuid: str) -> tuple[mode
         else:
             child, reuse = minimal(step.cls), False
             setattr(parent, step.field, child)
+            if step.cls is model.External:  # a BinaryFile holds External or BinData
+                parent.bin_data = None
         route.append((step.xml, reuse))
         parent = child
     return ome, route
