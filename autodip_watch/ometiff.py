@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .physical import length_in_micrometres, resolution_sizes, seconds, tiff_calibration
+from .physical import (SCREEN_DPI, length_in_micrometres, resolution_sizes, seconds,
+                       tiff_calibration)
 
 #: Largest plane (Y x X x samples) we agree to read; 10^6 x 10^6 and such are refused.
 MAX_PLANE_PIXELS = 1 << 30
@@ -1051,6 +1052,8 @@ class ImageFile:
             with Image.open(self.path) as image:
                 width, height = image.size
                 mode = image.mode
+                # PIL reports pHYs as dots per inch only when its unit is the metre
+                dpi = image.info.get("dpi")
         except (OSError, Image.UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise NotAnImageError(self.path, f"cannot read PNG: {error}") from None
         samples = {"RGB": 3, "RGBA": 4, "LA": 2}.get(mode, 1)
@@ -1061,6 +1064,13 @@ class ImageFile:
         info = SeriesInfo(index=0, name=self.path.name, shape=shape, dtype=np.dtype(dtype),
                           axes=axes, channel_names=_sample_names(None, samples),
                           dimension_order="XYZCT", sizes=sizes)
+        if dpi and all(float(d) > 0 for d in dpi[:2]):
+            if round(float(dpi[0])) in SCREEN_DPI:
+                self.warnings.append(f"PNG pHYs of {float(dpi[0]):g} dots per inch is a screen "
+                                     f"default, not a pixel size; ignored")
+            else:
+                info.physical_sizes = {"X": 25400.0 / float(dpi[0]), "Y": 25400.0 / float(dpi[1])}
+                info.physical_units = {"X": "µm", "Y": "µm"}
         self.series.append(info)
         self._sources.append(_PngPage(self.path, info, mode))
 

@@ -163,6 +163,19 @@ def test_resolution_tags_in_every_unit(tmp_path, unit, per_unit, expected):
             assert 1e4 / page.get_resolution()[0] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("pixels_per_metre,expected", [(4_000_000, 0.25), (2835, None)])
+def test_png_physical_size_from_phys(tmp_path, pixels_per_metre, expected):
+    """PNG pHYs (pixels per metre); 2835/m is 72 dpi, an editor's default."""
+    from PIL import Image
+
+    path = tmp_path / "nuclei.png"
+    dpi = pixels_per_metre * 0.0254
+    Image.fromarray(noisy((32, 32), mean=100, dtype=np.uint8)).save(path, dpi=(dpi, dpi))
+    with ImageFile(path) as image:
+        size = image.series[0].physical_sizes.get("X")
+    assert (size is None) if expected is None else size == pytest.approx(expected, rel=1e-3)
+
+
 @pytest.mark.parametrize("unit,per_px,expected_um", [
     ("nm", 20.0, 0.02), ("\\u00B5m", 0.1, 0.1), ("um", 0.25, 0.25), ("micron", 0.5, 0.5),
     ("microns", 0.5, 0.5), ("mm", 0.001, 1.0), ("cm", 0.0001, 1.0)])
