@@ -322,15 +322,16 @@ def parse_ome_xml(text: str, source: str | Path, warnings_out: list[str] | None 
 
     screen_xml(text, source)
     notes = warnings_out if warnings_out is not None else []
-    try:
-        return ome_types.from_xml(text, validate=True)
-    except ImportError:
-        raise
-    except Exception as error:  # schema-invalid: try the lenient parse, keep the reason
-        first_line = str(error).strip().splitlines()
-        detail = next((line.strip(" -") for line in first_line[1:] if line.strip()), "")
-        notes.append(f"OME-XML is not schema-valid ({detail or type(error).__name__}); "
-                     "parsed leniently")
+    problem = _schema_problem(text)
+    if problem is None:
+        try:
+            return ome_types.from_xml(text, validate=False)
+        except ImportError:
+            raise
+        except Exception as error:  # valid XML the model still refuses: repair it below
+            problem = str(error).strip().splitlines()[0]
+    if problem is not None:
+        notes.append(f"OME-XML is not schema-valid ({problem}); parsed leniently")
     repairs: list[str] = []
 
     def repair(tree):
@@ -347,6 +348,35 @@ def parse_ome_xml(text: str, source: str | Path, warnings_out: list[str] | None 
     except Exception as error:
         raise MalformedMetadataError(source, f"OME-XML cannot be read as an OME model: "
                                              f"{str(error).strip()[:500]}") from None
+
+
+def _schema_problem(text: str) -> str | None:
+    """None when ``text`` is valid against the OME 2016-06 schema, else the first error.
+
+    The compiled schema is cached (ome-types compiles it on every validating parse);
+    documents of older schema versions go through ome-types, which upgrades them first.
+    """
+    import ome_types
+    from lxml import etree
+
+    try:
+        root = etree.fromstring(text.encode("utf-8"))
+    except etree.XMLSyntaxError as error:
+        return str(error)
+    if root.tag.startswith("{http://www.openmicroscopy.org/Schemas/OME/2016-06}"):
+        schema = _ome_schema()
+        if schema.validate(root):
+            return None
+        error = schema.error_log[0]
+        return f"line {error.line}: {error.message}"
+    try:
+        ome_types.from_xml(text, validate=True)
+    except ImportError:
+        raise
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        return next((line.strip(" -") for line in lines[1:] if line.strip()), type(error).__name__)
+    return None
 
 
 def _member_path(base: Path, file_name: str, source: Path) -> Path:
@@ -1518,7 +1548,8 @@ class OmeTiffWriter:
                 options["extrasamples"] = ["unspecified"] * extra
         layout = output_layout(info)
         self.layouts[series] = layout
-        options.update(compression=layout.compression,
+        # one thread: pages are encoded as they stream in, without a pool buffering them
+        options.update(compression=layout.compression, maxworkers=1,
                        predictor=layout.predictor if layout.predictor > 1 else None)
         size_x, size_y = info.physical_sizes.get("X"), info.physical_sizes.get("Y")
         resolution = None
@@ -1605,10 +1636,9 @@ class OmeTiffWriter:
             self.ome.structured_annotations.append(annotation)
             target.annotation_refs.append(model.AnnotationRef(id=annotation.id))
         xml = ome_types.to_xml(self.ome)
-        try:
-            ome_types.from_xml(xml, validate=True)
-        except Exception as error:  # never publish an output that is not schema-valid
-            raise RuntimeError(f"output OME-XML is not schema-valid: {error}") from error
+        problem = _schema_problem(xml)
+        if problem is not None:  # never publish an output that is not schema-valid
+            raise RuntimeError(f"output OME-XML is not schema-valid: {problem}")
         self._writer.close()
         self._writer = None
         tifffile.tiffcomment(self._target.temp, comment=xml.encode("utf-8"))

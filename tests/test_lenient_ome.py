@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 import ome_kinds
 from autodip_watch.cli import app
-from autodip_watch.ometiff import ImageFile, OmeTiffWriter, _ome_schema, parse_ome_xml
+from autodip_watch.ometiff import (ImageFile, OmeTiffWriter, _ome_schema, _schema_problem,
+                                   parse_ome_xml)
 from autodip_watch.pipeline import DenoiseSettings, denoise_file, inspect_file
 from autodip_watch.provenance import read_provenance
 
@@ -55,8 +56,9 @@ def test_the_enumeration_covers_every_kind_of_constraint():
 def test_every_constrained_attribute_is_read_with_a_warning(tmp_path, case):
     path = ome_kinds.write_case(tmp_path, case)
     xml = tifffile.TiffFile(path).pages.first.description
-    with pytest.raises(Exception):  # the value really is one the strict model refuses
-        ome_types.from_xml(xml, validate=True)
+    if _schema_problem(xml) is None:  # the value really is one the schema or model refuses
+        with pytest.raises(Exception):
+            ome_types.from_xml(xml, validate=False)
     images = inspect_file(path, SETTINGS)
     assert images and images[0]["pixels"]
     assert images[0]["shape"] == [32, 32] and images[0]["dtype"] == "uint16"
