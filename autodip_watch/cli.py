@@ -118,6 +118,10 @@ def denoise(
                                max_batch=max_batch, speed=speed, mode=mode, members=members)
     settings.transfer, settings.within_group = transfer, within_group
     _check_transfer(settings)
+    inputs, same_set = _one_per_set(inputs)
+    for member, first in same_set:
+        console.print(f"{member}: same multi-file OME set as {first}; the set is denoised "
+                      f"once, with {first}")
     shared, slots = _files_together(settings, len(inputs), jobs_together)
     failed: list[Path] = []
     stopping = _Stopping(immediate=slots == 1)
@@ -158,6 +162,12 @@ def denoise(
         name = signal.Signals(stopping.signal or signal.SIGINT).name
         console.print(f"[yellow]stopped by {name}; unfinished outputs removed[/yellow]")
         raise typer.Exit(128 + (stopping.signal or signal.SIGINT)) from None
+    if same_set:  # say what happened to every input given
+        outputs = {str(path): summary.get("output") for path, summary in zip(inputs, summaries)}
+        summaries = list(summaries) + [
+            {"input": str(member), "same_set_as": str(first), "output": outputs.get(str(first)),
+             "note": "member of a multi-file OME set given more than once; denoised once"}
+            for member, first in same_set]
     if as_json:
         typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
     if failed:
@@ -231,6 +241,32 @@ class _Stopping:
                 raise KeyboardInterrupt
             progress(*args)
         return check
+
+
+def _one_per_set(inputs: list[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """The inputs with each multi-file OME set once (its first file given), and the
+    (member, first file given) pairs left out. Two inputs are of one set when they are
+    read from the same files (a ``BinaryOnly`` member and its master, or files that
+    each carry the whole set's OME-XML); plain files are their own set."""
+    from .ometiff import ImageFile, ImageReadError
+
+    first_of: dict[object, Path] = {}
+    kept: list[Path] = []
+    left_out: list[tuple[Path, Path]] = []
+    for path in inputs:
+        key: object = path
+        try:
+            with ImageFile(path) as image:
+                if len(image.source_files) > 1:
+                    key = frozenset(p.resolve() for p in image.source_files)
+        except (ImageReadError, OSError):
+            pass  # denoise reports it
+        if key in first_of:
+            left_out.append((path, first_of[key]))
+            continue
+        first_of[key] = path
+        kept.append(path)
+    return kept, left_out
 
 
 def _files_together(settings, files: int, jobs_together: int):
@@ -355,6 +391,10 @@ def _print_inspection(images: list[dict]) -> None:
         typer.echo(f"{image['file']} - image {image['index']} {image['name']!r}: {image['axes']} "
                    f"{shape} {image['dtype']} ({image['format']}"
                    f"{'' if image['pixels'] else ', metadata only'})")
+        sizes = image.get("physical_sizes_um") or {}
+        if sizes:
+            typer.echo("  pixel size: " + ", ".join(f"{axis} {value:.6g} µm"
+                                                   for axis, value in sizes.items()))
         rows = [headers]
         for channel in image["channels"]:
             params = channel["params"]

@@ -25,6 +25,7 @@ Supported layouts
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -37,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from .physical import (SCREEN_DPI, length_in_micrometres, resolution_sizes, seconds,
+                       tiff_calibration)
 
 #: Largest plane (Y x X x samples) we agree to read; 10^6 x 10^6 and such are refused.
 MAX_PLANE_PIXELS = 1 << 30
@@ -136,6 +140,11 @@ class SeriesInfo:
     ome_index: int | None = None  # the Image's index in the OME model, if any
     fixed: dict[str, int] = field(default_factory=dict)  # axes of the source split into series
     physical_sizes: dict[str, float] = field(default_factory=dict)  # X, Y, Z in micrometres
+    physical_units: dict[str, str] = field(default_factory=dict)  # unit the source used
+    time_increment: float | None = None  # seconds between time points
+    channel_colors: list[tuple[int, int, int] | None] = field(default_factory=list)
+    display_ranges: list[tuple[float, float] | None] = field(default_factory=list)
+    storage: "Storage | None" = None  # how the source stored the pixels
 
     @property
     def samples(self) -> int:
@@ -203,6 +212,40 @@ class SeriesInfo:
         return np.stack(planes, axis=0 if self.planar else -1)
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How the source's TIFF pages of one image are stored, for an output as good.
+
+    ``compression`` is the tifffile ``COMPRESSION`` name (``NONE``, ``ADOBE_DEFLATE``,
+    ``LZW``, ``ZSTD``, ``JPEG``...), ``predictor`` its TIFF code, ``tile`` the
+    (length, width) of its tiles or None for strips, ``levels`` the (Y, X) shape of each
+    sub-resolution (SubIFDs or reduced pages of a pyramid), largest first.
+    """
+
+    compression: str = "NONE"
+    predictor: int = 1
+    tile: tuple[int, int] | None = None
+    levels: tuple[tuple[int, int], ...] = ()
+
+
+def _storage_of(page, levels: Sequence[tuple[int, int]] | None = None) -> Storage:
+    """The ``Storage`` of a TIFF page; ``levels`` when already known (tifffile series)."""
+    keyframe = page.keyframe if hasattr(page, "keyframe") else page
+    compression = getattr(keyframe.compression, "name", str(keyframe.compression))
+    predictor = int(getattr(keyframe, "predictor", 1) or 1)
+    tile = (keyframe.tilelength, keyframe.tilewidth) if keyframe.is_tiled else None
+    if levels is None:
+        levels = []
+        for offset in getattr(page, "subifds", None) or ():
+            try:
+                page.parent.filehandle.seek(offset)
+                sub = tifffile.TiffPage(page.parent, index=0)
+            except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+                break
+            levels.append((sub.imagelength, sub.imagewidth))
+    return Storage(compression, predictor, tile, tuple(levels))
+
+
 def _layout(order: str, sizes: Mapping[str, int], planar: bool) -> tuple[str, tuple[int, ...]]:
     """tifffile-style squeezed axes and shape for pages stored in dimension ``order``."""
     axes = "".join(a for a in reversed(order[2:]) if sizes.get(a, 1) > 1)
@@ -257,35 +300,83 @@ def screen_xml(text: str, source: str | Path) -> None:
         raise MalformedMetadataError(source, f"XML root element is <{tag}>, not <OME>")
 
 
-def parse_ome_xml(text: str, source: str | Path, warnings_out: list[str] | None = None):
+def parse_ome_xml(text: str, source: str | Path, warnings_out: list[str] | None = None,
+                  hints: Mapping[str, object] | None = None):
     """Screened, parsed OME model of ``text``; schema violations become warnings.
 
     Real acquisition software writes OME-XML that breaks the schema in small ways
-    (Micro-Manager's ``Instrument ID="Microscope"``); ome-types repairs those, and the
-    repair is recorded in ``warnings_out`` instead of refusing the file.
+    (Micro-Manager's ``Instrument ID="Microscope"``, ``PhysicalSizeX="0.0"``, enum values
+    of newer schemas). A document that is not schema-valid is repaired value by value
+    (:func:`autodip_watch.ome_repair.repair_tree`: out-of-range numbers dropped, unknown
+    enum values mapped to ``Other``, invalid IDs made valid with their references) and
+    each repair is recorded in ``warnings_out`` instead of refusing the file. ``hints``
+    (``Type``, ``SizeX``, ``SizeY`` of the TIFF pages) repair required ``Pixels`` values.
+
+    Raises
+    ------
+    UnsafeMetadataError, MalformedMetadataError, DimensionError
     """
     import ome_types
 
+    from .ome_repair import repair_tree
+
     screen_xml(text, source)
     notes = warnings_out if warnings_out is not None else []
-    try:
-        return ome_types.from_xml(text, validate=True)
-    except ImportError:
-        raise
-    except Exception as error:  # schema-invalid: try the lenient parse, keep the reason
-        first_line = str(error).strip().splitlines()
-        detail = next((line.strip(" -") for line in first_line[1:] if line.strip()), "")
-        notes.append(f"OME-XML is not schema-valid ({detail or type(error).__name__}); "
-                     "parsed leniently")
+    problem = _schema_problem(text)
+    if problem is None:
+        try:
+            return ome_types.from_xml(text, validate=False)
+        except ImportError:
+            raise
+        except Exception as error:  # valid XML the model still refuses: repair it below
+            problem = str(error).strip().splitlines()[0]
+    if problem is not None:
+        notes.append(f"OME-XML is not schema-valid ({problem}); parsed leniently")
+    repairs: list[str] = []
+
+    def repair(tree):
+        repairs.extend(repair_tree(tree, hints))
+        return tree
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ome = ome_types.from_xml(text, validate=False)
+            ome = ome_types.from_xml(text, validate=False, transformations=[repair])
+        notes.extend(repairs)
         notes.extend(str(w.message) for w in caught if "unclosed file" not in str(w.message))
         return ome
     except Exception as error:
         raise MalformedMetadataError(source, f"OME-XML cannot be read as an OME model: "
                                              f"{str(error).strip()[:500]}") from None
+
+
+def _schema_problem(text: str) -> str | None:
+    """None when ``text`` is valid against the OME 2016-06 schema, else the first error.
+
+    The compiled schema is cached (ome-types compiles it on every validating parse);
+    documents of older schema versions go through ome-types, which upgrades them first.
+    """
+    import ome_types
+    from lxml import etree
+
+    try:
+        root = etree.fromstring(text.encode("utf-8"))
+    except etree.XMLSyntaxError as error:
+        return str(error)
+    if root.tag.startswith("{http://www.openmicroscopy.org/Schemas/OME/2016-06}"):
+        schema = _ome_schema()
+        if schema.validate(root):
+            return None
+        error = schema.error_log[0]
+        return f"line {error.line}: {error.message}"
+    try:
+        ome_types.from_xml(text, validate=True)
+    except ImportError:
+        raise
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        return next((line.strip(" -") for line in lines[1:] if line.strip()), type(error).__name__)
+    return None
 
 
 def _member_path(base: Path, file_name: str, source: Path) -> Path:
@@ -515,6 +606,8 @@ class ImageFile:
         self.source_files: list[Path] = [self.path]
         self.series: list[SeriesInfo] = []
         self.warnings: list[str] = []
+        #: IFDs of a single-file OME-TIFF with planes no OME image declares.
+        self.unreferenced_pages: list[int] = []
         self._sources: list = []
         self._cache = _TiffCache()
         try:
@@ -607,9 +700,23 @@ class ImageFile:
             raise MalformedMetadataError(path, f"OME-XML is not UTF-8 text: {error}") from None
 
     def _parse(self, text: str, source: Path):
-        ome = parse_ome_xml(text, source, self.warnings)
+        ome = parse_ome_xml(text, source, self.warnings, hints=self._page_hints(source))
         self.ome_xml = text
         return ome
+
+    def _page_hints(self, source: Path) -> dict[str, object]:
+        """What the first TIFF page of ``source`` says about Pixels (for repairs)."""
+        if not _is_tiff(source):
+            return {}
+        try:
+            keyframe = self._cache.get(source).pages.first.keyframe
+            hints: dict[str, object] = {"SizeX": keyframe.imagewidth,
+                                        "SizeY": keyframe.imagelength}
+            if keyframe.dtype is not None and np.dtype(keyframe.dtype).newbyteorder("=") in _DTYPE_OME:
+                hints["Type"] = _DTYPE_OME[np.dtype(keyframe.dtype).newbyteorder("=")]
+            return hints
+        except (ImageReadError, IndexError, tifffile.TiffFileError, ValueError):
+            return {}
 
     def _open_xml(self) -> None:
         text = self._metadata_text(self.path)
@@ -624,10 +731,18 @@ class ImageFile:
         base = xml_path.parent
         files: list[Path] = [xml_path]
         pixel_images = 0
+        named = {block.uuid.file_name for image in ome.images for block in image.pixels.tiff_data_blocks
+                 if block.uuid is not None and block.uuid.file_name}
+        self._single_name = next(iter(named)) if len(named) == 1 else None
+        self._renamed: set[str] = set()
+        referenced: dict[Path, set[int]] = {}
         for image_index, image in enumerate(ome.images):
             pixels = image.pixels
+            self._extend_to_tiffdata(image_index, pixels, base, xml_path, xml_is_tiff)
             info = self._ome_series(image_index, image)
             mapping = self._tiffdata_mapping(pixels, info, base, xml_path, xml_is_tiff)
+            for path, ifd in mapping or ():
+                referenced.setdefault(path, set()).add(ifd)
             if mapping is None:  # no TiffData: metadata only, or pixels in BinData
                 info.has_pixels = False
                 self.series.append(info)
@@ -667,10 +782,27 @@ class ImageFile:
                 info.planar = page.keyframe.planarconfig == 2
                 info.axes, info.shape = _layout(info.dimension_order, info.sizes, info.planar)
             _check_page(page, info, f"image {image_index}", path)
+            info.storage = _storage_of(page)
+            if "X" not in info.physical_sizes:  # calibration that lives in the TIFF tags
+                sizes, notes = resolution_sizes(page)
+                self.warnings.extend(f"image {image_index}: {note}" for note in notes)
+                for letter, value in sizes.items():
+                    info.physical_sizes[letter], info.physical_units[letter] = value, "µm"
+                    setattr(pixels, f"physical_size_{letter.lower()}", value)
+                    from ome_types.model import UnitsLength
+
+                    setattr(pixels, f"physical_size_{letter.lower()}_unit", UnitsLength("µm"))
             pixel_images += 1
             self.series.append(info)
             self._sources.append(source)
         self.source_files = files
+        if xml_is_tiff and xml_path in referenced:
+            self.unreferenced_pages = self._unreferenced(xml_path, referenced[xml_path])
+            if self.unreferenced_pages:
+                self.warnings.append(
+                    f"{xml_path.name}: TIFF pages (IFD) {_ranges(self.unreferenced_pages)} hold "
+                    f"full-resolution planes that no OME image declares; they cannot be "
+                    f"placed in the output, so the file is not denoised")
         data_files = [p for p in files if p != xml_path or xml_is_tiff]
         if not xml_is_tiff:
             self.kind = "ome-companion" if pixel_images else "ome-xml"
@@ -708,6 +840,90 @@ class ImageFile:
             self.missing.append(f"file {name} of the set is missing")
         return present
 
+    def _block_path(self, block, base: Path, xml_path: Path, xml_is_tiff: bool) -> Path | None:
+        """The file a TiffData block points into; None when it names none (and the XML is
+        not in a TIFF). A single file renamed after acquisition still names its old name:
+        a block whose UUID is the document's own (or, without UUIDs, the only name any
+        block gives) is read from the file itself, with a warning."""
+        if block.uuid is None or not block.uuid.file_name:
+            return xml_path if xml_is_tiff else None
+        path = _member_path(base, block.uuid.file_name, xml_path)
+        if not xml_is_tiff or path.exists() or path == xml_path:
+            return path
+        own = self.ome.uuid if self.ome is not None else None
+        value = (block.uuid.value or "").strip()
+        if (value and own and value == own) or (
+                (not value or not own) and block.uuid.file_name == self._single_name):
+            if block.uuid.file_name not in self._renamed:
+                self._renamed.add(block.uuid.file_name)
+                self.warnings.append(
+                    f"TiffData names {block.uuid.file_name!r}, which is not here; "
+                    f"{'its UUID is this file' + chr(39) + 's own' if value and own else 'it is the only file the OME-XML names'}"
+                    f" (renamed after acquisition?), so its planes are read from {xml_path.name}")
+            return xml_path
+        return path
+
+    def _extend_to_tiffdata(self, image_index: int, pixels, base: Path, xml_path: Path,
+                            xml_is_tiff: bool) -> None:
+        """Planes that TiffData places beyond SizeZ/SizeC/SizeT, in IFDs that exist, are
+        kept: the dimension grows to hold them (a Micro-Manager multi-camera save with
+        SizeC=1 and the second camera's plane at FirstC=1 becomes a 2-channel image) and
+        a Channel is added for each new channel. Blocks whose IFD does not exist (an
+        acquisition stopped early) are left to :meth:`_tiffdata_mapping`, which ignores
+        them with a warning."""
+        from ome_types import model
+
+        sizes = {"Z": pixels.size_z, "C": pixels.size_c, "T": pixels.size_t}
+        samples = int(pixels.channels[0].samples_per_pixel or 1) if pixels.channels else 1
+        sizes["C"] = max(1, sizes["C"] // max(samples, 1))
+        extent = dict(sizes)
+        found = []
+        for block in pixels.tiff_data_blocks:
+            first = {"Z": block.first_z or 0, "C": block.first_c or 0, "T": block.first_t or 0}
+            beyond = [letter for letter in "ZCT" if first[letter] >= sizes[letter]]
+            if not beyond or (block.plane_count or 1) != 1:
+                continue
+            path = self._block_path(block, base, xml_path, xml_is_tiff)
+            if path is None or not path.exists() or not _is_tiff(path):
+                continue
+            try:
+                pages = len(self._cache.get(path).pages)
+            except ImageReadError:
+                continue
+            if (block.ifd or 0) >= pages:
+                continue
+            for letter in beyond:
+                extent[letter] = max(extent[letter], first[letter] + 1)
+            found.append(f"{','.join(f'{a}={first[a]}' for a in beyond)} in IFD {block.ifd or 0}")
+        if extent == sizes:
+            return
+        grown = [f"Size{a} {sizes[a] * (samples if a == 'C' else 1)} -> "
+                 f"{extent[a] * (samples if a == 'C' else 1)}" for a in "ZCT" if extent[a] != sizes[a]]
+        pixels.size_z, pixels.size_t = extent["Z"], extent["T"]
+        pixels.size_c = extent["C"] * samples
+        for channel in range(len(pixels.channels), extent["C"]):
+            if channel >= sizes["C"]:
+                pixels.channels.append(model.Channel(
+                    id=f"Channel:{image_index}:{channel}:autodip", samples_per_pixel=samples))
+        self.warnings.append(f"image {image_index}: TiffData places planes beyond the declared "
+                             f"dimensions ({'; '.join(found)}); kept as part of the image "
+                             f"({', '.join(grown)}), no plane dropped")
+
+    def _unreferenced(self, path: Path, referenced: set[int]) -> list[int]:
+        """IFDs of ``path`` holding full-resolution planes that no TiffData names."""
+        tif = self._cache.get(path)
+        missing = []
+        for index in range(len(tif.pages)):
+            if index in referenced:
+                continue
+            try:
+                page = tif.pages[index]
+            except (IndexError, tifffile.TiffFileError):
+                continue
+            if page is not None and not (int(page.subfiletype) & 1):  # 1: reduced resolution
+                missing.append(index)
+        return missing
+
     def _ome_series(self, image_index: int, image) -> SeriesInfo:
         pixels = image.pixels
         path = self.metadata_path
@@ -737,13 +953,29 @@ class ImageFile:
         for c in range(stored_c):
             base_name = channels[c].name if c < len(channels) else None
             names.extend(_sample_names(base_name, samples))
-        physical = {letter: float(value) for letter, value in (
-            ("X", pixels.physical_size_x), ("Y", pixels.physical_size_y),
-            ("Z", pixels.physical_size_z)) if value is not None}
+        physical, units = {}, {}
+        for letter in "XYZ":
+            value = getattr(pixels, f"physical_size_{letter.lower()}")
+            unit = getattr(pixels, f"physical_size_{letter.lower()}_unit")
+            if value is None:
+                continue
+            unit_text = getattr(unit, "value", unit) or "µm"
+            converted = length_in_micrometres(float(value), str(unit_text))
+            if converted is None:  # pixel or reference-frame units: no physical length
+                self.warnings.append(f"image {image_index}: PhysicalSize{letter} is in "
+                                     f"{unit_text!r}, not a length; not used for the TIFF "
+                                     f"resolution")
+                continue
+            physical[letter], units[letter] = converted[0], str(unit_text)
+        increment = None
+        if pixels.time_increment is not None:
+            unit = getattr(pixels.time_increment_unit, "value", pixels.time_increment_unit) or "s"
+            increment = seconds(float(pixels.time_increment), str(unit))
         return SeriesInfo(index=image_index, name=image.name or self.path.name, shape=shape,
                           dtype=np.dtype(_OME_DTYPES[type_name]), axes=axes,
                           channel_names=names, dimension_order=order, sizes=sizes,
-                          planar=planar, ome_index=image_index, physical_sizes=physical)
+                          planar=planar, ome_index=image_index, physical_sizes=physical,
+                          physical_units=units, time_increment=increment)
 
     def _tiffdata_mapping(self, pixels, info: SeriesInfo, base: Path, xml_path: Path,
                           xml_is_tiff: bool) -> list[tuple[Path, int]] | None:
@@ -770,11 +1002,8 @@ class ImageFile:
             for letter in order:
                 start += first[letter] * stride
                 stride *= info.sizes[letter]
-            if block.uuid is not None and block.uuid.file_name:
-                path = _member_path(base, block.uuid.file_name, xml_path)
-            elif xml_is_tiff:
-                path = xml_path
-            else:  # XML saved from an OME-TIFF: its pixels stayed in that TIFF
+            path = self._block_path(block, base, xml_path, xml_is_tiff)
+            if path is None:  # XML saved from an OME-TIFF: its pixels stayed in that TIFF
                 self.warnings.append(f"image {info.index}: TiffData names no file; "
                                      f"metadata only")
                 return None
@@ -857,7 +1086,14 @@ class ImageFile:
             array = array.reshape(tuple(leading_shape) + tuple(shape[len(leading_axes):]))
         split_letters = [letter for letter in renamed if letter in split]
         split_sizes = [leading_shape[renamed.index(letter)] for letter in split_letters]
-        physical = _tiff_physical_sizes(tif, tiff_series)
+        calibration = tiff_calibration(tif, tiff_series.keyframe, sizes["C"],
+                                       sizes["Z"] * sizes["T"])
+        self.warnings.extend(note for note in calibration.notes if "ignored" in note
+                             or "no physical size" in note)
+        levels = [tuple(level.shape[level.axes.index(a)] for a in "YX")
+                  for level in getattr(tiff_series, "levels", [])[1:]
+                  if "Y" in level.axes and "X" in level.axes]
+        storage = _storage_of(tiff_series.keyframe, levels or None)
         base_name = tiff_series.name or self.path.name
         for combo in np.ndindex(*split_sizes) if split_letters else [()]:
             fixed = dict(zip(split_letters, (int(v) for v in combo)))
@@ -867,10 +1103,16 @@ class ImageFile:
             info = SeriesInfo(index=len(self.series),
                               name=f"{base_name} ({suffix})" if suffix else base_name,
                               shape=view_shape, dtype=dtype, axes=view_axes,
-                              channel_names=[name for _ in range(sizes["C"])
-                                             for name in _sample_names(None, sizes["S"])],
+                              channel_names=[name for c in range(sizes["C"])
+                                             for name in _sample_names(
+                                                 calibration.channel_names[c], sizes["S"])],
                               dimension_order=order, sizes=view_sizes, planar=planar,
-                              fixed=fixed, physical_sizes=physical)
+                              fixed=fixed, physical_sizes=dict(calibration.sizes),
+                              physical_units=dict(calibration.units),
+                              time_increment=calibration.time_increment,
+                              channel_colors=list(calibration.channel_colors),
+                              display_ranges=list(calibration.display_ranges),
+                              storage=storage)
             source = _SeriesPages(self.path, renamed, tuple(leading_shape), info,
                                   pages=reader_pages, array=array)
             if reader_pages is not None:
@@ -886,6 +1128,8 @@ class ImageFile:
             with Image.open(self.path) as image:
                 width, height = image.size
                 mode = image.mode
+                # PIL reports pHYs as dots per inch only when its unit is the metre
+                dpi = image.info.get("dpi")
         except (OSError, Image.UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise NotAnImageError(self.path, f"cannot read PNG: {error}") from None
         samples = {"RGB": 3, "RGBA": 4, "LA": 2}.get(mode, 1)
@@ -896,8 +1140,30 @@ class ImageFile:
         info = SeriesInfo(index=0, name=self.path.name, shape=shape, dtype=np.dtype(dtype),
                           axes=axes, channel_names=_sample_names(None, samples),
                           dimension_order="XYZCT", sizes=sizes)
+        if dpi and all(float(d) > 0 for d in dpi[:2]):
+            if round(float(dpi[0])) in SCREEN_DPI:
+                self.warnings.append(f"PNG pHYs of {float(dpi[0]):g} dots per inch is a screen "
+                                     f"default, not a pixel size; ignored")
+            else:
+                info.physical_sizes = {"X": 25400.0 / float(dpi[0]), "Y": 25400.0 / float(dpi[1])}
+                info.physical_units = {"X": "µm", "Y": "µm"}
         self.series.append(info)
         self._sources.append(_PngPage(self.path, info, mode))
+
+    def source_identity(self, series: int) -> dict[str, str]:
+        """The source's ``creator`` (OME Creator, else the TIFF Software tag), OME ``uuid``
+        and ``image_id`` of ``series``, for the provenance."""
+        info = self.series[series]
+        creator = uuid_text = image_id = ""
+        if self.ome is not None:
+            creator = self.ome.creator or ""
+            uuid_text = self.ome.uuid or ""
+            if info.ome_index is not None and info.ome_index < len(self.ome.images):
+                image_id = self.ome.images[info.ome_index].id
+        if not creator and _is_tiff(self.path):
+            with contextlib.suppress(ImageReadError, IndexError, tifffile.TiffFileError):
+                creator = str(self._cache.get(self.path).pages.first.software or "")
+        return {"creator": creator, "uuid": uuid_text, "image_id": image_id}
 
     # -- reading
     def pages(self, series: int = 0) -> Iterator[tuple[list[PlaneKey], np.ndarray]]:
@@ -967,6 +1233,18 @@ def _is_tiff(path: Path) -> bool:
         return False
 
 
+def _ranges(numbers: Sequence[int]) -> str:
+    """``1-3, 7`` for [1, 2, 3, 7]."""
+    parts, start = [], None
+    for index, number in enumerate(numbers):
+        if start is None:
+            start = number
+        if index + 1 == len(numbers) or numbers[index + 1] != number + 1:
+            parts.append(f"{start}" if start == number else f"{start}-{number}")
+            start = None
+    return ", ".join(parts)
+
+
 def _sample_names(channel_name: str | None, samples: int) -> list[str | None]:
     if samples == 1:
         return [channel_name]
@@ -996,27 +1274,6 @@ def _rename_axes(axes: str) -> tuple[str, dict[str, str]]:
             taken.add(free)
             renamed.append(free)
     return "".join(renamed), split
-
-
-def _tiff_physical_sizes(tif: tifffile.TiffFile, tiff_series) -> dict[str, float]:
-    """Pixel size in micrometres from ImageJ metadata and the resolution tags, if stated."""
-    metadata = tif.imagej_metadata or {}
-    unit = str(metadata.get("unit", "")).strip().lower().replace("\\u00b5", "µ")
-    if unit not in ("micron", "microns", "um", "µm", "μm"):
-        return {}
-    sizes: dict[str, float] = {}
-    try:
-        page = tiff_series.keyframe
-        x_resolution, y_resolution = page.get_resolution()
-        if x_resolution:
-            sizes["X"] = 1.0 / float(x_resolution)
-        if y_resolution:
-            sizes["Y"] = 1.0 / float(y_resolution)
-    except (AttributeError, ValueError, ZeroDivisionError, TypeError):
-        pass
-    if metadata.get("spacing"):
-        sizes["Z"] = float(metadata["spacing"])
-    return {k: v for k, v in sizes.items() if v > 0 and np.isfinite(v)}
 
 
 # --------------------------------------------------------------------------- writing
@@ -1094,15 +1351,18 @@ def denoised_name(name: str | None) -> str:
     return f"{name or 'image'} (AUTO-DIP denoised)"
 
 
-def output_ome(image: ImageFile, file_name: str, file_uuid: str):
+def output_ome(image: ImageFile, file_name: str, file_uuid: str, creator: str | None = None):
     """The output's OME model: the source's, with what must change for the new file changed.
 
     Kept: instruments, channels, physical sizes, planes, annotations, everything else.
-    Changed: the document UUID, each written image's name (marked denoised), its TiffData
-    (one block pointing into the single output file), ``BigEndian`` (outputs are
-    little-endian), ``Interleaved`` (the sample layout written), and ``BinaryOnly`` is
-    dropped (the output holds its own metadata). Files without OME get an OME model
-    built from what tifffile or PIL report.
+    Changed: the document UUID, ``Creator`` (the software that wrote the file), each
+    written image's name (marked denoised), its TiffData (one block pointing into the
+    single output file), ``BigEndian`` (outputs are little-endian), ``Interleaved`` (the
+    sample layout written), and ``BinaryOnly`` is dropped (the output holds its own
+    metadata). Files without OME get an OME model built from what the file states:
+    dimensions, pixel type, physical sizes with their units (ImageJ ``unit``, TIFF
+    resolution tags), ``TimeIncrement`` (ImageJ ``finterval``), channel names (ImageJ
+    labels) and colours (ImageJ LUTs).
     """
     from ome_types import model
 
@@ -1112,18 +1372,37 @@ def output_ome(image: ImageFile, file_name: str, file_uuid: str):
     else:
         ome = model.OME()
         for info in image.series:
-            channels = [model.Channel(id=f"Channel:{info.index}:{c}",
-                                      samples_per_pixel=info.samples)
-                        for c in range(info.sizes["C"])]
+            channels = []
+            for c in range(info.sizes["C"]):
+                extra: dict = {}
+                name = info.channel_names[c * info.samples] if info.samples == 1 and \
+                    c < len(info.channel_names) else None
+                if name:
+                    extra["name"] = name
+                colour = info.channel_colors[c] if c < len(info.channel_colors) else None
+                if colour is not None:
+                    extra["color"] = model.Color(tuple(colour))
+                channels.append(model.Channel(id=f"Channel:{info.index}:{c}",
+                                              samples_per_pixel=info.samples, **extra))
+            physical: dict = {}
+            for letter, value in info.physical_sizes.items():
+                # in micrometres whatever unit the file used: readers that ignore
+                # PhysicalSize*Unit (bioio, napari plugins) then still read it right
+                physical[f"physical_size_{letter.lower()}"] = value
+                physical[f"physical_size_{letter.lower()}_unit"] = model.UnitsLength("µm")
+            if info.time_increment is not None:
+                physical["time_increment"] = info.time_increment
+                physical["time_increment_unit"] = model.UnitsTime("s")
             pixels = model.Pixels(
                 id=f"Pixels:{info.index}", dimension_order=info.dimension_order,
                 type=_DTYPE_OME[np.dtype(info.dtype)], size_x=info.sizes["X"],
                 size_y=info.sizes["Y"], size_z=info.sizes["Z"],
                 size_c=info.sizes["C"] * info.samples, size_t=info.sizes["T"],
-                channels=channels, metadata_only=None,
-                **{f"physical_size_{k.lower()}": v for k, v in info.physical_sizes.items()})
+                channels=channels, metadata_only=None, **physical)
             ome.images.append(model.Image(id=f"Image:{info.index}", name=info.name, pixels=pixels))
     ome.uuid = file_uuid
+    if creator:
+        ome.creator = creator
     first_ifd = 0
     for info in image.series:
         target = ome.images[info.ome_index if info.ome_index is not None else info.index]
@@ -1144,6 +1423,96 @@ def output_ome(image: ImageFile, file_name: str, file_uuid: str):
             pixels.interleaved = not info.planar
         first_ifd += info.page_count
     return ome
+
+
+#: Lossless codecs kept as they are (tifffile COMPRESSION name -> tifffile codec name).
+LOSSLESS_CODECS = {"ADOBE_DEFLATE": "zlib", "DEFLATE": "zlib", "LZW": "lzw", "ZSTD": "zstd",
+                   "LZMA": "lzma", "PACKBITS": "packbits"}
+#: Codec for inputs stored uncompressed or with a lossy codec (JPEG, WebP...): Adobe
+#: Deflate (zlib) with the horizontal-differencing predictor. Lossless, and the one
+#: codec every TIFF reader has (Bio-Formats, ImageJ 1, libtiff, tifffile, QuPath, OMERO);
+#: zstd compresses a little better and faster but older readers cannot open it.
+DEFAULT_CODEC = "zlib"
+#: Planes larger than this on either side are written in tiles (when the source was
+#: not tiled): the tile layout large-image viewers (QuPath, OMERO) read region by region.
+TILE_ABOVE = 1024
+DEFAULT_TILE = (512, 512)
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """How one output series is stored: codec, predictor, tiles, pyramid levels."""
+
+    compression: str
+    predictor: int
+    tile: tuple[int, int] | None
+    levels: tuple[tuple[int, int], ...]
+    note: str = ""
+
+
+def output_layout(info: SeriesInfo) -> OutputLayout:
+    """The storage of the output of ``info``: as good as the source's.
+
+    Lossless compression is kept; lossy or no compression becomes :data:`DEFAULT_CODEC`.
+    Integer pixels get the horizontal predictor (TIFF predictor 2; floating-point
+    sources keep theirs). Tiles: the source's tile size, or :data:`DEFAULT_TILE` for
+    planes larger than :data:`TILE_ABOVE`. Pyramid levels: as many, of the same shapes,
+    as the source had.
+    """
+    storage = info.storage or Storage()
+    codec = LOSSLESS_CODECS.get(storage.compression)
+    note = ""
+    if codec is None:
+        codec = DEFAULT_CODEC
+        if storage.compression not in ("NONE", ""):
+            note = (f"source compression {storage.compression} is not lossless; written "
+                    f"with {codec}")
+    kind = np.dtype(info.dtype).kind
+    if kind in "iu":
+        predictor = 2 if codec != "packbits" else 1
+    else:
+        predictor = 3 if storage.predictor == 3 else 1
+    tile = storage.tile
+    if tile is not None and (tile[0] % 16 or tile[1] % 16):
+        tile = DEFAULT_TILE
+    if tile is None and max(info.sizes["Y"], info.sizes["X"]) > TILE_ABOVE:
+        tile = DEFAULT_TILE
+    return OutputLayout(codec, predictor, tile, tuple(storage.levels), note)
+
+
+def downsample(page: np.ndarray, factor: tuple[int, int], shape: tuple[int, int],
+               samples_axis: int | None) -> np.ndarray:
+    """Block mean of a 2-D plane (or a page of samples) by integer ``factor`` (Y, X),
+    edges replicated, cut to ``shape`` (Y, X); rounded and clipped for integer dtypes."""
+    data = np.asarray(page)
+    if samples_axis == 0:
+        return np.stack([downsample(plane, factor, shape, None) for plane in data])
+    if samples_axis is not None:
+        return np.stack([downsample(data[..., s], factor, shape, None)
+                         for s in range(data.shape[-1])], axis=-1)
+    fy, fx = factor
+    height, width = shape
+    need_y, need_x = height * fy, width * fx
+    padded = np.pad(data.astype(np.float64), ((0, max(0, need_y - data.shape[0])),
+                                              (0, max(0, need_x - data.shape[1]))), mode="edge")
+    padded = padded[:need_y, :need_x]
+    reduced = padded.reshape(height, fy, width, fx).mean(axis=(1, 3))
+    if data.dtype.kind in "iu":
+        info = np.iinfo(data.dtype)
+        reduced = np.clip(np.rint(reduced), info.min, info.max)
+    return reduced.astype(data.dtype)
+
+
+def _tiles(pages: Iterable[np.ndarray], tile: tuple[int, int], planar: bool,
+           samples: int) -> Iterator[np.ndarray]:
+    """The tiles of each page in TIFF order (per sample plane when planar)."""
+    length, width = tile
+    for page in pages:
+        planes = [page[s] for s in range(samples)] if planar and samples > 1 else [page]
+        for plane in planes:
+            for y in range(0, plane.shape[0], length):
+                for x in range(0, plane.shape[1], width):
+                    yield plane[y:y + length, x:x + width]
 
 
 def _unused_annotation_id(ome, stem: str) -> str:
@@ -1173,11 +1542,17 @@ class OmeTiffWriter:
                 raise ValueError(f"output path {self.out_path} is an input file; "
                                  f"refusing to overwrite it")
         self.file_uuid = new_uuid()
-        self.ome = output_ome(image, self.out_path.name, self.file_uuid)
+        self.ome = output_ome(image, self.out_path.name, self.file_uuid, creator=software)
+        #: Elements of the source's metadata left out so that the output is schema-valid.
+        self.notes: list[str] = []
+        self.ome = _schema_valid(self.ome, self.notes)
         self.software = software
         self._target: AtomicFile | None = None
         self._writer: tifffile.TiffWriter | None = None
         self._written: list[int] = []
+        self._scratch: list[Path] = []
+        #: Per written series: codec, predictor, tiles and pyramid levels (for reports).
+        self.layouts: dict[int, OutputLayout] = {}
 
     def __enter__(self) -> "OmeTiffWriter":
         import ome_types
@@ -1219,13 +1594,73 @@ class OmeTiffWriter:
             extra = info.samples - (3 if photometric == "rgb" else 1)
             if extra:
                 options["extrasamples"] = ["unspecified"] * extra
-        self._writer.write(checked(), shape=(info.page_count, *info.page_shape),
+        layout = output_layout(info)
+        self.layouts[series] = layout
+        # one thread: pages are encoded as they stream in, without a pool buffering them
+        options.update(compression=layout.compression, maxworkers=1,
+                       predictor=layout.predictor if layout.predictor > 1 else None)
+        size_x, size_y = info.physical_sizes.get("X"), info.physical_sizes.get("Y")
+        resolution = None
+        if size_x and size_y:  # the OME physical size, as TIFF readers without OME see it
+            resolution = (1e4 / size_x, 1e4 / size_y)
+            options.update(resolutionunit="CENTIMETER")
+        levels = self._level_stores(info, layout)
+        stream = checked() if not levels else _store_levels(checked(), levels, info)
+        if layout.tile is not None:
+            stream = _tiles(stream, layout.tile, info.planar, info.samples)
+        self._writer.write(stream, shape=(info.page_count, *info.page_shape),
                            dtype=info.dtype, photometric=photometric, metadata=None,
-                           software=self.software,
+                           software=self.software, tile=layout.tile, resolution=resolution,
+                           subifds=len(levels) or None,
                            description=None if self._written else self._placeholder, **options)
         if count != info.page_count:
             raise ValueError(f"series {series}: {count} pages given, {info.page_count} expected")
+        for (shape, factor, store) in levels:  # sub-resolutions, each a SubIFD of its page
+            level_tile = layout.tile if layout.tile and min(shape) > max(layout.tile) else None
+            level_pages = (store[index] for index in range(info.page_count))
+            if level_tile is not None:
+                level_pages = _tiles(level_pages, level_tile, info.planar, info.samples)
+            level_resolution = None if resolution is None else (
+                resolution[0] / factor[1], resolution[1] / factor[0])
+            self._writer.write(level_pages, shape=store.shape, dtype=info.dtype,
+                               photometric=photometric, metadata=None, subfiletype=1,
+                               tile=level_tile, resolution=level_resolution,
+                               software=self.software, **options)
+            store.flush()
+        self._drop_scratch()
         self._written.append(series)
+
+    def _level_stores(self, info: SeriesInfo, layout: OutputLayout) -> list:
+        """(shape, factor, memory-mapped scratch array) per pyramid level, beside the output.
+
+        Levels are recomputed from the denoised full-resolution pages as they stream
+        past; they are kept on disk (not in memory) until the full-resolution pages are
+        written, because TIFF puts a page's SubIFDs after it.
+        """
+        stores = []
+        for shape in layout.levels:
+            factor = (max(1, round(info.sizes["Y"] / shape[0])),
+                      max(1, round(info.sizes["X"] / shape[1])))
+            if info.samples == 1:
+                page_shape = shape
+            elif info.planar:
+                page_shape = (info.samples, *shape)
+            else:
+                page_shape = (*shape, info.samples)
+            descriptor, name = tempfile.mkstemp(prefix=f".{self.out_path.name}.level.",
+                                                suffix=".tmp", dir=self.out_path.parent)
+            os.close(descriptor)
+            scratch = Path(name)
+            self._scratch.append(scratch)
+            store = np.memmap(scratch, dtype=info.dtype, mode="w+",
+                              shape=(info.page_count, *page_shape))
+            stores.append((tuple(shape), factor, store))
+        return stores
+
+    def _drop_scratch(self) -> None:
+        for scratch in self._scratch:
+            scratch.unlink(missing_ok=True)
+        self._scratch.clear()
 
     def commit(self, annotations: Mapping[int, Sequence[tuple[str, str]]] | None = None,
                namespace: str | None = None, description: str | None = None) -> None:
@@ -1249,10 +1684,9 @@ class OmeTiffWriter:
             self.ome.structured_annotations.append(annotation)
             target.annotation_refs.append(model.AnnotationRef(id=annotation.id))
         xml = ome_types.to_xml(self.ome)
-        try:
-            ome_types.from_xml(xml, validate=True)
-        except Exception as error:  # never publish an output that is not schema-valid
-            raise RuntimeError(f"output OME-XML is not schema-valid: {error}") from error
+        problem = _schema_problem(xml)
+        if problem is not None:  # never publish an output that is not schema-valid
+            raise RuntimeError(f"output OME-XML is not schema-valid: {problem}")
         self._writer.close()
         self._writer = None
         tifffile.tiffcomment(self._target.temp, comment=xml.encode("utf-8"))
@@ -1260,6 +1694,7 @@ class OmeTiffWriter:
         self._target = None
 
     def __exit__(self, *exc) -> None:
+        self._drop_scratch()
         try:
             if self._writer is not None:
                 writer, self._writer = self._writer, None
@@ -1268,6 +1703,67 @@ class OmeTiffWriter:
             if self._target is not None:  # not committed: nothing may appear at out_path
                 self._target.discard()
                 self._target = None
+
+
+#: Elements an output cannot do without; a schema error in one of them is not repaired
+#: by dropping it (the commit then refuses to publish).
+_ESSENTIAL = {"OME", "Image", "Pixels", "Channel", "TiffData", "UUID", "StructuredAnnotations"}
+
+
+@functools.cache
+def _ome_schema():
+    from lxml import etree
+
+    import ome_types
+
+    return etree.XMLSchema(etree.parse(str(Path(ome_types.__file__).parent / "ome-2016-06.xsd")))
+
+
+def _schema_valid(ome, notes: list[str], attempts: int = 100):
+    """``ome``, with the elements that keep it from being schema-valid dropped.
+
+    The lenient reader accepts structure the XSD refuses (an ROI without a shape, a
+    BinaryFile with neither data nor a reference); the output must be valid, so each
+    such element (never an Image, Pixels, Channel or TiffData) is dropped, with a note.
+    A document whose fault is in an essential element is returned as it is (and the
+    commit refuses to publish it).
+    """
+    from lxml import etree
+
+    import ome_types
+
+    schema = _ome_schema()
+    text = ome_types.to_xml(ome).encode("utf-8")
+    dropped = False
+    for _ in range(attempts):
+        root = etree.fromstring(text)
+        if schema.validate(root):
+            break
+        error = schema.error_log[0]
+        culprit = next((e for e in root.iter() if isinstance(e.tag, str)
+                        and e.sourceline == error.line), None)
+        name = etree.QName(culprit).localname if culprit is not None else None
+        if culprit is None or name in _ESSENTIAL or culprit.getparent() is None:
+            break
+        notes.append(f"output OME-XML: {name} {culprit.get('ID', '')} left out, it is not "
+                     f"schema-valid ({error.message})".replace("  ", " "))
+        culprit.getparent().remove(culprit)
+        text = etree.tostring(root, pretty_print=True)
+        dropped = True
+    if not dropped:
+        return ome
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ome_types.from_xml(text, validate=False)
+
+
+def _store_levels(pages: Iterable[np.ndarray], levels: list, info: SeriesInfo) -> Iterator[np.ndarray]:
+    """Pass pages through, writing each page's downsampled levels to their stores."""
+    samples_axis = None if info.samples == 1 else (0 if info.planar else -1)
+    for index, page in enumerate(pages):
+        for shape, factor, store in levels:
+            store[index] = downsample(page, factor, shape, samples_axis)
+        yield page
 
 
 def _same_file(source: Path, out_path: Path) -> bool:

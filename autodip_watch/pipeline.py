@@ -32,7 +32,8 @@ from .metadata import (POLICY_COPY, ChannelGroup, FolderDefaults, InferenceRules
                        validate_microscope, validate_specimen)
 from .ometiff import ImageFile, OmeTiffWriter, PlaneKey, SeriesInfo
 from .provenance import (PROVENANCE_DESCRIPTION, PROVENANCE_NAMESPACE, ChannelRecord,
-                         describe_sources, provenance_entries, unchanged, utc_now)
+                         describe_sources, provenance_entries, sha256_file, software_versions,
+                         unchanged, utc_now)
 from .transfer import CalibrationTable, Transfer, apply_overrides
 
 if TYPE_CHECKING:  # torch is imported where a fit needs it: `inspect` never loads it
@@ -99,6 +100,8 @@ class DenoiseSettings:
     memory_budget: int | None = None
     # Comma-separated SPEED_SETTINGS, e.g. "channels_last,bf16"; "" = the plain fp32 path.
     speed: str = ""
+    # What ran, for the provenance (None: this process's command line).
+    command: str | None = None
     # Fit mode (dip/modes.py): "paper" or "stable"; None = the default. ``members``
     # overrides the mode's ensemble size for the device.
     mode: str | None = None
@@ -266,6 +269,7 @@ def inspect_file(path: str | Path, settings: DenoiseSettings) -> list[dict]:
                 "name": info.name, "shape": list(info.shape), "axes": info.axes,
                 "dtype": str(info.dtype), "pixels": info.has_pixels,
                 "source_files": [str(p) for p in image.source_files],
+                "physical_sizes_um": dict(info.physical_sizes),
                 "warnings": list(image.warnings),
                 "mode": _mode_record(settings),
                 "channels": [plan.as_dict() for plan in plans]})
@@ -366,6 +370,11 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         if without:  # never drop an image silently
             raise PipelineError(f"{input_path}: image(s) {without} have no readable pixel data "
                                 f"({'; '.join(image.warnings[-3:]) or 'metadata only'})")
+        if image.unreferenced_pages:  # planes the metadata does not place: never dropped silently
+            raise PipelineError(f"{input_path}: TIFF pages (IFD) "
+                                f"{', '.join(map(str, image.unreferenced_pages[:20]))} hold planes "
+                                f"that no OME image declares; not denoised, so that no plane "
+                                f"is dropped silently (fix the OME-XML or split the file)")
         import torch
 
         from .dip.batching import make_fitter
@@ -411,13 +420,19 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
                 if not unchanged(sources):
                     raise PipelineError(f"{input_path}: the input changed while it was being "
                                         f"denoised; output discarded")
+                versions = software_versions(torch)
+                table_hash = _table_sha256(settings.table)
+                command = settings.command or _command_line()
                 annotations = {
                     info.index: provenance_entries(
                         software="autodip-watch", version=__version__,
                         torch_version=torch.__version__, device=device_name, sources=sources,
                         started=started, finished=finished, image_name=info.name,
                         channels=records[info.index], settings=_settings_record(settings, fitter),
-                        host=host, worker=worker, input_path=input_path, missing=missing)
+                        host=host, worker=worker, input_path=input_path, missing=missing,
+                        source_ome=image.source_identity(info.index),
+                        warnings=image.warnings + writer.notes, versions=versions,
+                        calibration_sha256=table_hash, command=command)
                     for info in pixel_series}
                 writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
                               description=PROVENANCE_DESCRIPTION)
@@ -426,7 +441,8 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         return FileReport(str(input_path), str(output), device_name,
                           time.perf_counter() - started_clock, reports, started=started,
                           finished=finished, format=image.kind,
-                          sources=[s.as_dict() for s in sources], warnings=list(image.warnings),
+                          sources=[s.as_dict() for s in sources],
+                          warnings=list(image.warnings) + writer.notes,
                           host=host, worker=worker or "", missing=missing)
 
 
@@ -576,6 +592,29 @@ def _mode_record(settings: DenoiseSettings) -> dict:
     record["members"] = {"cpu": settings.members or mode.members_cpu,
                          "cuda": settings.members or mode.members_cuda}
     return record
+
+
+def _table_sha256(table: CalibrationTable | None) -> str:
+    """SHA-256 of the calibration table file (of its canonical JSON when it has no file)."""
+    import hashlib
+    import json
+
+    if table is None:
+        return ""
+    if table.path is not None and Path(table.path).is_file():
+        return sha256_file(table.path)
+    return hashlib.sha256(json.dumps(table.document, sort_keys=True, default=str)
+                          .encode("utf-8")).hexdigest()
+
+
+def _command_line() -> str:
+    """This process's command line, the program named without its folder."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv) or ["python"]
+    argv[0] = Path(argv[0]).name
+    return shlex.join(argv)
 
 
 def torch_version() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,7 +144,10 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
                        image_name: str | None, channels: Sequence[ChannelRecord],
                        settings: dict[str, object], host: str | None = None,
                        worker: str | None = None, input_path: Path | None = None,
-                       missing: Sequence[str] = ()) -> list[tuple[str, str]]:
+                       missing: Sequence[str] = (), source_ome: Mapping[str, str] | None = None,
+                       warnings: Sequence[str] = (), versions: Mapping[str, str] | None = None,
+                       calibration_sha256: str | None = None,
+                       command: str | None = None) -> list[tuple[str, str]]:
     """The flat key/value list of one image's MapAnnotation, in a stable order.
 
     ``host`` is the machine that ran the fit (default: this one); ``worker`` the
@@ -154,6 +157,12 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
     a file made for another source is never overwritten (outputs.check_output).
     ``missing`` names what an incomplete input lacked (planes, member files): the
     output then holds only what was there, and says so.
+    ``source_ome`` names the source's ``creator``, OME ``uuid`` and ``image_id``;
+    ``warnings`` are the reader's warnings (repairs of the source's metadata, planes
+    beyond its declared dimensions, ...); ``versions`` the software that made the file
+    (Python, numpy, tifffile, ome-types, torch, CUDA, ...); ``calibration_sha256`` the
+    hash of the calibration table; ``command`` the command line that ran. Keys added
+    later come after the original ones, which keep their names.
     """
     entries: list[tuple[str, str]] = [
         ("software", software), ("software.version", version),
@@ -199,7 +208,37 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
             (f"{prefix}.planes", str(channel.planes)),
             (f"{prefix}.largest_batch", str(channel.largest_batch)),
         ]
+    for key, value in (source_ome or {}).items():
+        entries.append((f"source.{key}", "" if value is None else str(value)))
+    for key, value in (versions or {}).items():
+        entries.append((f"version.{key}", "" if value is None else str(value)))
+    if calibration_sha256:
+        entries.append(("calibration_table.sha256", calibration_sha256))
+    if command:
+        entries.append(("command", command))
+    entries.append(("source.warnings", str(len(warnings))))
+    entries += [(f"source.warning.{number}", text) for number, text in enumerate(warnings)]
     return entries
+
+
+def software_versions(torch_module=None) -> dict[str, str]:
+    """Versions of what made an output: Python, numpy, tifffile, imagecodecs, ome-types,
+    pint, and torch and CUDA when ``torch_module`` is given (kept out of light imports)."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "tifffile", "imagecodecs", "ome-types", "pint"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = ""
+    if torch_module is not None:
+        versions["torch"] = torch_module.__version__
+        versions["cuda"] = str(torch_module.version.cuda or "none")
+        if torch_module.cuda.is_available():
+            versions["cudnn"] = str(torch_module.backends.cudnn.version() or "")
+    return versions
 
 
 def read_provenance(path: str | Path) -> list[dict]:

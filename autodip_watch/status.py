@@ -156,7 +156,8 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20,
     throughput = queue.throughput()
     done = [{"id": job.id, "path": job.path, "output": job.output, "state": job.state,
              "seconds": round(job.seconds, 3) if job.seconds is not None else None,
-             "planes": job.planes, "finished": job.finished}
+             "planes": job.planes, "finished": job.finished,
+             "warnings": _warnings_of(job)}
             for job in queue.jobs(["done", "partial"], limit=recent, newest_first=True,
                                   order="finished")]
     # Only the newest job of each file: a version that was superseded is no problem.
@@ -267,6 +268,19 @@ def status_json(value):
     if isinstance(value, list):
         return [status_json(item) for item in value]
     return value
+
+
+def _warnings_of(job) -> list[str]:
+    """The reader's warnings recorded in a finished job's report (metadata repairs,
+    planes beyond the declared dimensions, ...)."""
+    import json
+
+    try:
+        report = json.loads(job.report) if job.report else {}
+    except (TypeError, ValueError):
+        return []
+    warnings = report.get("warnings") if isinstance(report, dict) else None
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []
 
 
 def _age(seconds: float | None) -> str:
@@ -394,6 +408,9 @@ def render_status(status: dict, console) -> None:
                           f"{job['seconds']:.1f}" if job["seconds"] is not None else "",
                           (job["output"] or "") + partial)
         console.print(table)
+        for job in status["recent"]:
+            for warning in job.get("warnings") or []:
+                console.print(f"  [yellow]warning[/yellow] #{job['id']}: {warning}")
     if status["problems"]:
         table = Table(title="failed, quarantined and skipped", title_justify="left")
         for column in ("id", "state", "tries", "path", "error"):

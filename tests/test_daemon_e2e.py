@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -431,7 +432,10 @@ def test_sigterm_and_kill_during_a_job(tmp_path):
 
     def running_job(daemon):
         def check():
-            jobs = JobQueue(state, create=False).jobs(["running"]) if (state / "queue.sqlite3").exists() else []
+            try:  # the database file can exist a moment before its tables do
+                jobs = JobQueue(state, create=False).jobs(["running"]) if (state / "queue.sqlite3").exists() else []
+            except sqlite3.OperationalError:
+                return None
             return jobs[0] if jobs and jobs[0].iteration else None
         return wait_for(check, 90, "a running job with progress", daemon)
 

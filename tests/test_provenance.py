@@ -82,6 +82,7 @@ def test_output_metadata_differs_only_where_intended(denoised):
     after = ome_types.from_tiff(report.output)
     assert sorted(diff_ome(before, after)) == sorted([
         "uuid",                                              # a new file
+        "creator",                                           # autodip-watch wrote it
         "images[0].name",                                    # marked as denoised
         "images[0].annotation_refs",                         # -> the provenance
         "images[0].pixels.tiff_data_blocks[0].uuid.value",   # points into the new file
@@ -94,6 +95,7 @@ def test_output_metadata_differs_only_where_intended(denoised):
     assert after.images[0].pixels.channels == before.images[0].pixels.channels
     assert after.images[0].pixels.planes == before.images[0].pixels.planes
     assert after.images[0].pixels.physical_size_x == 0.1625
+    assert after.creator == f"autodip-watch {__version__}"
 
 
 def test_provenance_records_what_why_on_what_and_when(denoised):
