@@ -88,7 +88,7 @@ def test_out_as_a_file_and_the_refusals(tmp_path):
 def test_os_errors_name_the_reason_and_the_path(tmp_path):
     source = raw(tmp_path / "cells.ome.tif", shape=(256, 256))
     runner = CliRunner()
-    with tiny_filesystem("96k") as disk:
+    with tiny_filesystem("16k") as disk:  # smaller than the (compressed) output
         full = runner.invoke(app, ["denoise", str(source), *FAST, "--out", str(disk) + "/"])
         assert full.exit_code == 1
         text = one_line(full.output)

@@ -218,7 +218,7 @@ def test_a_full_disk_is_named_with_the_path(tmp_path):
     """numpy under tifffile says only "N requested and M written": the message must say
     "No space left on device" and which file, and leave nothing behind."""
     raw = _raw(tmp_path)
-    with tiny_filesystem("96k") as disk:
+    with tiny_filesystem("16k") as disk:  # smaller than the (compressed) output
         with pytest.raises(PipelineError) as failed:
             denoise_file(raw, DenoiseSettings(**FAST), out=disk / "out.ome.tif")
         message = str(failed.value)
