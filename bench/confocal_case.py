@@ -38,8 +38,10 @@ CHANNELS = [("MitoTracker", "MitoTracker Red CMXRos", "fmd-confocal-mito"),
             ("DAPI", "DAPI", "fmd-widefield-rgb-nucleus")]
 
 
-def write_case(path: Path) -> tuple[np.ndarray, list[Scorer]]:
-    """Write the 3-channel OME-TIFF; return its (C, Y, X) pixels and a scorer per channel."""
+def write_case(path: Path, crop: int | None = None) -> tuple[np.ndarray, list[Scorer]]:
+    """Write the 3-channel OME-TIFF; return its (C, Y, X) pixels and a scorer per channel.
+
+    ``crop``: only the top-left crop x crop pixels (smoke runs of bench/gpu_session.sh)."""
     import ome_types
     from ome_types import model
 
@@ -47,6 +49,8 @@ def write_case(path: Path) -> tuple[np.ndarray, list[Scorer]]:
     for _, _, pair_name in CHANNELS:
         pair = PAIRS[pair_name]
         noisy, truth = load(pair)
+        if crop:
+            noisy, truth = noisy[:crop, :crop], truth[:crop, :crop]
         planes.append(noisy.astype(np.uint8))
         scorers.append(Scorer(pair, noisy, truth))
     data = np.stack(planes)  # C, Y, X
@@ -68,10 +72,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("extra", nargs="*", help="arguments for autodip-watch denoise")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
+    parser.add_argument("--append", action="store_true",
+                        help="add this run to the 'runs' list of the --out JSON (several "
+                             "settings in one file)")
+    parser.add_argument("--label", default=None, help="name of this run in the JSON")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="top-left crop x crop pixels only (smoke runs)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "confocal-bpae.ome.tif"
-        noisy, scorers = write_case(source)
+        noisy, scorers = write_case(source, args.crop)
         out = Path(folder) / "denoised.ome.tif"
         summary, seconds = run_denoise([str(source), "--out", str(out), *args.extra])
         denoised = tifffile.imread(out)
@@ -82,14 +92,23 @@ def main() -> None:
         channels.append({"channel": name, "pixels_from": pair_name,
                          "group": plane["group"], "params": plane["params"],
                          "seconds": plane["seconds"], "note": plane["note"],
+                         "members": plane.get("members"),
                          "psnr_noisy": round(scorer.psnr(noisy[index]), 2),
                          "psnr": round(scorer.psnr(denoised[index]), 2)})
-    result = {"command": "autodip-watch denoise confocal-bpae.ome.tif " + " ".join(args.extra),
+    result = {"label": args.label,
+              "command": "autodip-watch denoise confocal-bpae.ome.tif " + " ".join(args.extra),
               "device": summary["device"], "wall_seconds": round(seconds, 2),
-              "pipeline_seconds": summary["seconds"], "channels": channels}
+              "pipeline_seconds": summary["seconds"], "crop": args.crop, "channels": channels}
     print(json.dumps(result, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        out = Path(args.out)
+        document = result
+        if args.append:
+            earlier = json.loads(out.read_text())["runs"] if out.exists() else []
+            document = {"runs": [*earlier, result]}
+        partial = out.with_name(out.name + ".part")
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.replace(out)
 
 
 if __name__ == "__main__":

@@ -188,6 +188,11 @@ def main() -> None:
                              "a lower-variance view of a fit than its last iterate alone")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--out", default=None, help="JSON results path")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="override every DIP method's iteration count (smoke runs of "
+                             "bench/gpu_session.sh: the scores then say nothing)")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="score only the top-left CROP x CROP of each pair (smoke runs)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS and v != BATCHED]
@@ -212,11 +217,15 @@ def main() -> None:
                     "autodip_watch": __version__, "python": platform.python_version(),
                     "variants": variants, "complete": complete, "rows": rows,
                     "paired": paired_differences(rows, variants)}
-        out.write_text(json.dumps(document, indent=2) + "\n")
+        partial = out.with_name(out.name + ".part")  # atomic: a cut run leaves valid JSON
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.replace(out)
 
     for name in args.pairs.split(","):
         pair = PAIRS[name]
         noisy, truth = load(pair)
+        if args.crop:
+            noisy, truth = noisy[:args.crop, :args.crop], truth[:args.crop, :args.crop]
         scorer = Scorer(pair, noisy, truth)
         if "noisy" in methods:
             rows.append({"pair": name, "method": "noisy", "psnr": scorer.psnr(noisy),
@@ -243,6 +252,9 @@ def main() -> None:
         if "autodip" in methods:
             transfer = table.lookup(pair.microscope, pair.specimen)
             configs.append(("auto-dip", transfer.params, f"{transfer.level} {transfer.group}"))
+        if args.iterations:
+            configs = [(label, dataclasses.replace(params, iterations=args.iterations), why)
+                       for label, params, why in configs]
         for label, params, why in configs:
             # Variants innermost: each seed's runs are adjacent, so a partial run is paired.
             for seed in seeds:

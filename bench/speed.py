@@ -192,6 +192,27 @@ def main() -> None:
           + ", ".join(f"{k} {s * 1e6:.2f}" for k, s in rates["launch_seconds"].items())
           + f"; memory {rates['memory_bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
     rows = []
+    date = datetime.date.today().isoformat()
+    out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results" /
+                                           f"speed-{device.type}-{date}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(complete: bool) -> None:
+        """Write every row so far, atomically: a run cut by a timeout (a GPU session's
+        step) leaves the rows it measured."""
+        try:
+            load = os.getloadavg()
+        except OSError:
+            load = None
+        document = {"command": " ".join(["python", *sys.argv]), "date": date,
+                    "device": describe_device(device), "threads": torch.get_num_threads(),
+                    "cpu_count": os.cpu_count(), "loadavg_at_end": load,
+                    "torch": torch.__version__, "autodip_watch": __version__,
+                    "complete": complete, "rates": rates, "rows": rows}
+        partial = out.with_name(out.name + ".part")
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.replace(out)
+
     wanted = None if args.configs == "all" else set(args.configs.split(","))
     for groups, params in configurations(table):
         if wanted is not None and f"{params.depth}/{params.width}/{params.skip}" not in wanted:
@@ -201,6 +222,7 @@ def main() -> None:
             # A plane is padded to a size the depth runs on (d8 needs >= 512 px).
             shape = runnable_shape((size, size), params.depth)
             macs = forward_macs(meta_network(params), shape)
+            eager_rate = None  # planes/s of the eager fit at K=1: the issue's reference
             for variant in variants:
                 options = VARIANTS[variant]
                 warmup = warmup_for(options, args.warmup)
@@ -218,6 +240,8 @@ def main() -> None:
                     planes_per_s = planes / (median * params.iterations)
                     if planes == 1:
                         single_rate = planes_per_s
+                        if variant == "eager":
+                            eager_rate = planes_per_s
                     row = {"groups": groups, "depth": params.depth, "width": params.width,
                            "skip": params.skip, "size": size, "padded": list(shape),
                            "variant": variant, "gmac_forward": macs / 1e9,
@@ -229,27 +253,19 @@ def main() -> None:
                            "kernels_per_iteration": kernels,
                            "planes_per_s": planes_per_s,
                            "speedup_over_k1": (planes_per_s / single_rate
-                                               if single_rate else None)}
+                                               if single_rate else None),
+                           # planes/s over the single eager fit of the same run (list
+                           # "eager" first in --variants to get it for every row)
+                           "speedup_over_eager_k1": (planes_per_s / eager_rate
+                                                     if eager_rate else None)}
                     row.update(floor_fields(options, flops, kernels, traffic, rates, device,
                                             median))
                     rows.append(row)
+                    save(complete=False)
                     print(f"{groups:50s} d{params.depth}/w{params.width}/s{params.skip} {size} "
                           f"{variant} K={planes}: {median:.4f} s/it, floor {row['floor_s']:.4f} s "
                           f"({row['bound']}), {planes_per_s:.4f} planes/s", flush=True)
-    date = datetime.date.today().isoformat()
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    document = {"command": " ".join(["python", *sys.argv]), "date": date,
-                "device": describe_device(device), "threads": torch.get_num_threads(),
-                "cpu_count": os.cpu_count(), "loadavg_at_end": load,
-                "torch": torch.__version__, "autodip_watch": __version__,
-                "rates": rates, "rows": rows}
-    out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results" /
-                                           f"speed-{device.type}-{date}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=2) + "\n")
+    save(complete=True)
     print(f"\nwritten {out}\n")
     print("| configuration | used by | plane (padded) | variant | K | GMAC fwd | median s/iter "
           "| achieved GFLOP/s | s per plane (group iterations) | compute floor s "

@@ -18,6 +18,20 @@ SHARED_REFERENCE = SHARED / "reference" / "autodip"
 torch.set_num_threads(int(os.environ.get("AUTODIP_TEST_THREADS", "1")))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip, with the reason, where no CUDA GPU is available.
+
+    One marker instead of a skipif per module, so that a GPU session can select every
+    CUDA test of the suite with ``-m cuda`` (bench/gpu_session.sh).
+    """
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The ``../shared/data`` folder, or a skip that says why."""

@@ -354,7 +354,7 @@ def test_speed_settings_reach_the_fit_and_the_provenance(tmp_path):
     assert not (tmp_path / "never.ome.tif").exists()
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.cuda
 
 
 @needs_cuda
@@ -385,6 +385,24 @@ def test_cuda_batched_planes_are_as_good_as_single_fits():
     for a, b in zip(batched, single):
         difference = np.abs(a.output.astype(float) - b.output.astype(float)).mean()
         assert difference < 0.05 * (planes[0].max() - planes[0].min())
+
+
+@needs_cuda
+def test_cuda_ensemble_members_share_one_batch_in_the_default_mode():
+    """The default mode on a GPU: the members of a tile are one batch of the pipeline's
+    fitter, and the ensemble is as good as the same members fitted one by one."""
+    from autodip_watch.dip.modes import MODES, STABLE
+
+    stable = MODES[STABLE]
+    plane = structured((96, 80), np.uint16, seed=3)
+    job = PlaneJob(plane, DipParams(4, "16", 4, 30), stable.fit_options(FitOptions(seed=1)),
+                   members=stable.members("cuda"))
+    fitter = make_fitter(torch.device("cuda"))
+    together = denoise_planes([job], fitter)[0]
+    apart = denoise_planes([job], SingleFitter("cuda"))[0]
+    assert list(fitter.batches) == [stable.members_cuda] and together.members == stable.members_cuda
+    difference = np.abs(together.output.astype(float) - apart.output.astype(float)).mean()
+    assert difference < 0.05 * (plane.max() - plane.min())
 
 
 def test_fit_key_from_metadata_and_none_when_unknowable(tmp_path):

@@ -108,7 +108,7 @@ def test_device_choice():
         choose_device("tpu")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_fit_matches_cpu_closely():
     tile = noisy_blobs()
     cpu = fit_tile(tile, SMALL, "cpu", FitOptions(seed=0))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from autodip_watch.dip.fit import GRAPH_WARMUP_ITERATIONS, FitOptions, fit_tile, fit_tiles
+from autodip_watch.dip.modes import MODES, STABLE
 from autodip_watch.dip.network import DipParams
 
 from test_fit import noisy_blobs
@@ -45,7 +46,7 @@ def test_tf32_setting_is_restored_after_the_fit():
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_tf32_on_cuda_is_restored_and_close():
     tile = noisy_blobs()
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -76,7 +77,11 @@ def test_cuda_graphs_do_not_combine_with_compile():
 # The graphed fit runs GRAPH_WARMUP_ITERATIONS eager steps, captures, then replays: 10
 # iterations replay the graph 7 times.
 GRAPHED = DipParams(4, "16", 4, GRAPH_WARMUP_ITERATIONS + 7)
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.cuda
+#: The default (stable) mode's fit settings (dip/modes.py), and with rollback, which it
+#: leaves off but a user may turn on: the parts of the loop that only these options run.
+STABLE_OPTIONS = MODES[STABLE].fit_options(FitOptions())
+STABLE_ROLLBACK_OPTIONS = dataclasses.replace(STABLE_OPTIONS, rollback=True)
 
 
 @pytest.fixture
@@ -118,13 +123,15 @@ def _assert_as_good_a_fit(eager, graphed):
 
 @needs_cuda
 @pytest.mark.parametrize("options",
-                         [FitOptions(), FitOptions(ema_weight=0.9, reg_noise_std=1 / 30)],
-                         ids=["plain", "ema-and-input-noise"])
+                         [FitOptions(), FitOptions(ema_weight=0.9, reg_noise_std=1 / 30),
+                          STABLE_OPTIONS, STABLE_ROLLBACK_OPTIONS],
+                         ids=["plain", "ema-and-input-noise", "stable", "stable-rollback"])
 @pytest.mark.parametrize("count", [1, 3])
 def test_graphed_fit_equals_eager_fit_in_float64(float64_default, options, count):
     """Every iteration's loss and the output, K=1 and K=3 stacked. The input noise is
     drawn inside the graph from the fit's registered generator, so it follows the eager
-    draws; the EMA reads the graph's output tensor after each replay."""
+    draws; the EMA and the stable mode's late-window mean read the graph's output tensor
+    after each replay; a rollback writes the weights the graph reads."""
     tiles = [noisy_blobs(seed=s) for s in range(count)]
     eager, graphed = _eager_and_graphed(tiles, options, dtype=torch.float64)
     _assert_same_digits(eager, graphed)
@@ -171,8 +178,10 @@ def test_graphed_fit_calls_back_every_iteration_with_that_iterations_output(floa
 @needs_cuda
 @pytest.mark.parametrize("options", [FitOptions(), FitOptions(cuda_graphs=True),
                                      FitOptions(bf16=True, channels_last=True,
-                                                ema_weight=0.9)],
-                         ids=["eager", "graphed", "bf16-ema"])
+                                                ema_weight=0.9),
+                                     STABLE_OPTIONS,
+                                     dataclasses.replace(STABLE_OPTIONS, cuda_graphs=True)],
+                         ids=["eager", "graphed", "bf16-ema", "stable", "stable-graphed"])
 def test_fit_loop_never_waits_for_the_gpu(options):
     """No host sync inside the loop: CUDA's sync debug mode turns any (an ``.item()``, a
     device-to-host copy) into an error for the iterations after the graph capture

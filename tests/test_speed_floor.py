@@ -147,7 +147,7 @@ def test_cpu_matrix_rate_and_launch_cost_are_measured():
         cost.measure_matrix_rate("cpu", "fp8")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_rates_and_graphed_launches():
     rates = {p: cost.measure_matrix_rate("cuda", p, size=2048) for p in cost.PRECISIONS}
     assert rates["bf16"] > rates["fp32"]
