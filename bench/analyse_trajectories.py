@@ -32,7 +32,8 @@ from pairs import PAIRS, Scorer, load  # noqa: E402
 from trajectories import DEFAULT_STORE  # noqa: E402
 
 from autodip_watch.dip.noise import Anscombe, NoiseModel  # noqa: E402
-from autodip_watch.dip.plane import denormalise, normalise  # noqa: E402
+from autodip_watch.dip.plane import (MEMBER_SEED_STRIDE, denormalise,  # noqa: E402
+                                     member_seed, normalise)
 
 
 def spikes(losses: np.ndarray, window: int = 20, factor: float = 1.1) -> np.ndarray:
@@ -144,6 +145,37 @@ def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype,
                 width = max(1, int(round(fraction * stop)))
                 add(f"ensemble {k} window {fraction:.2f} clean", score(np.mean(
                     [r.mean(stop - width + 1, stop, ~spikes(r.losses)) for r in group], axis=0)))
+    rows.update(stable_mode(runs, score))
+    return rows
+
+
+def stable_mode(runs: list[Run], score, members: int = 3, spike_factor: float = 1.05) -> dict:
+    """The product's stable mode rebuilt from paper-mode trajectories of the member seeds.
+
+    Stable seed s is the ensemble of seeds ``member_seed(s, k)``, k < ``members``, each
+    giving the mean of its clean outputs over the last F x end iterations (spikes judged as
+    ``_Stabiliser`` does: a loss above ``spike_factor`` x the lowest of the 20 before).
+    Only stable seeds whose every member was recorded are scored.
+    """
+    by_seed = {run.record["seed"]: run for run in runs}
+    rows: dict[str, list[float]] = {}
+    longest = min(len(run.frames) for run in runs)
+    for seed in sorted(s for s in by_seed if s < MEMBER_SEED_STRIDE):
+        group = [by_seed.get(member_seed(seed, k)) for k in range(members)]
+        if any(run is None for run in group):
+            continue
+        stop = group[0].stop
+        for factor in (1.0, 1.25):
+            end = int(round(factor * stop))
+            if end > longest:
+                continue
+            for fraction in (0.1, 0.2, 1 / 3):
+                width = max(1, int(round(fraction * end)))
+                mean = np.mean([r.mean(end - width + 1, end,
+                                       ~spikes(r.losses, factor=spike_factor)) for r in group],
+                               axis=0)
+                rows.setdefault(f"stable K={members} window {fraction:.2f} at {factor:.2f} N",
+                                []).append(score(mean))
     return rows
 
 
@@ -151,11 +183,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+")
     parser.add_argument("--store", default=str(DEFAULT_STORE))
+    parser.add_argument("--peers", default=None,
+                        help="quality.py JSON with the classical peers: print the bench table")
     parser.add_argument("--es", action="store_true",
                         help="also the ES-WMV stopping rule (slow: a variance per window)")
     args = parser.parse_args()
     store = Path(args.store)
     records = [r for path in args.results for r in json.loads(Path(path).read_text())["runs"]]
+    table: dict[str, dict] = {}
     for name in dict.fromkeys(r["pair"] for r in records):
         pair = PAIRS[name]
         noisy, truth = load(pair)
@@ -166,6 +201,9 @@ def main() -> None:
         for variant in dict.fromkeys(run.variant for run in mine):
             runs = [run for run in mine if run.variant == variant]
             rows = summarise(runs, scorer, low, high, noisy.dtype, args.es)
+            if variant == "paper":
+                table[name] = {"paper": rows["last"], "N": runs[0].stop,
+                               "stable": rows.get(STABLE_ROW, [])}
             print(f"\n{name} [{variant}]: {len(runs)} seeds, N = {runs[0].stop}, "
                   f"noisy {scorer.psnr(noisy):.2f}")
             for key, values in rows.items():
@@ -173,6 +211,31 @@ def main() -> None:
                 spread = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
                 print(f"  {key:32s} {values.mean():7.2f}{spread}   "
                       + " ".join(f"{v:.2f}" for v in values))
+    if args.peers:
+        print_table(table, json.loads(Path(args.peers).read_text())["rows"])
+
+
+#: The rule of the product's stable mode (dip/modes.py) in ``stable_mode``'s row names.
+STABLE_ROW = "stable K=3 window 0.20 at 1.00 N"
+PEERS = ("noisy", "tv (oracle weight)", "bm3d", "bm3d-vst", "tv-discrepancy")
+
+
+def print_table(table: dict[str, dict], peers: list[dict]) -> None:
+    """The bench README's table: peers, paper and stable mode (mean ± sd over seeds)."""
+    def spread(values: list[float]) -> str:
+        if not values:
+            return "waiting"
+        text = f"{np.mean(values):.2f}"
+        return text + (f" ± {np.std(values, ddof=1):.2f} (n={len(values)})"
+                       if len(values) > 1 else " (n=1)")
+
+    print("\n| pair | " + " | ".join(PEERS) + " | paper | stable |")
+    print("|---" * (len(PEERS) + 3) + "|")
+    for name, row in table.items():
+        found = {r["method"]: r["psnr"] for r in peers if r["pair"] == name}
+        cells = [f"{found[m]:.2f}" if m in found else "-" for m in PEERS]
+        print(f"| {name} | " + " | ".join(cells)
+              + f" | {spread(row['paper'])} | {spread(row['stable'])} |")
 
 
 if __name__ == "__main__":
