@@ -21,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PREVIEW_SUFFIX
-from .ometiff import AtomicFile, ImageFile, SeriesInfo
-from .provenance import read_provenance, sha256_file
+from .settings.config import PREVIEW_SUFFIX
+from .io.atomic import AtomicFile
+from .io.reader import ImageFile
+from .io.model import SeriesInfo
+from .provenance import read_provenance
+from .io.checksums import sha256_file
 
 __all__ = ["PreviewError", "PreviewFigure", "build_preview", "find_pair", "preview_path",
            "structured_region", "write_preview"]
@@ -104,7 +107,7 @@ def find_pair(path: str | Path, raw: str | Path | None = None,
     (size, or SHA-256 for files up to :data:`VERIFY_BYTES`, differ from the provenance).
     Raises :class:`PreviewError` naming what is missing.
     """
-    from .pipeline import output_path_for
+    from .io.outputs import output_path_for
 
     path = Path(path)
     if not path.exists():

@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from autodip_watch.dip.cost import (floor_seconds, iteration_flops,  # noqa: E402
-                                    kernels_per_iteration, traffic_per_iteration)
+from cost import (floor_seconds, iteration_flops,  # noqa: E402
+                  kernels_per_iteration, traffic_per_iteration)
 from autodip_watch.dip.tiling import runnable_shape  # noqa: E402
-from autodip_watch.transfer import CalibrationTable  # noqa: E402
+from autodip_watch.transfer.table import CalibrationTable  # noqa: E402
 from speed import configurations  # noqa: E402
 
 

@@ -44,7 +44,7 @@ def _lpips_torch_home(tmp_path_factory) -> Path:
     """
     import torchvision
 
-    from autodip_watch.metrics import ALEXNET_CHECKPOINT
+    from autodip_watch.perceptual import ALEXNET_CHECKPOINT
 
     home = tmp_path_factory.mktemp("torch_home")
     with torch.random.fork_rng(devices=[]):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from autodip_watch.dip.fit import FitOptions, build_network, fit_tile, fit_tiles
+from autodip_watch.dip.options import FitOptions
+from autodip_watch.dip.fit import build_network, fit_tile, fit_tiles
 from autodip_watch.dip.network import DipParams, SkipNet
 
 from test_fit import noisy_blobs

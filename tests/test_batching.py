@@ -21,10 +21,11 @@ from autodip_watch.dip.batching import (BATCH_OVERHEAD_BYTES, ESTIMATE_MARGIN, B
                                         FitRequest, SharedFitter, SingleFitter,
                                         fit_memory_bytes, make_fitter, make_shared_fitter,
                                         run_together)
-from autodip_watch.dip.fit import FitOptions
+from autodip_watch.dip.options import FitOptions
 from autodip_watch.dip.params import DipParams
 from autodip_watch.dip.plane import PlaneJob, denoise_planes
-from autodip_watch.pipeline import DenoiseSettings, denoise_file
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
 from autodip_watch.provenance import read_provenance
 from omefiles import structured, write_ome_tiff
 from test_fit import noisy_blobs
@@ -388,7 +389,7 @@ def test_cuda_batched_planes_are_as_good_as_single_fits():
 
 
 def test_fit_key_from_metadata_and_none_when_unknowable(tmp_path):
-    from autodip_watch.pipeline import fit_key
+    from autodip_watch.pipeline.plan import fit_key
 
     source = tmp_path / "stack.ome.tif"
     zstack(source, planes=2)

@@ -14,8 +14,8 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from autodip_watch.cli import app
-from autodip_watch.ometiff import ImageFile
+from autodip_watch.cli.app import app
+from autodip_watch.io.reader import ImageFile
 
 FAST = ["--depth", "4", "--width", "16", "--skip", "4", "--iterations", "2", "--device", "cpu"]
 

@@ -23,9 +23,9 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from autodip_watch.config import ConfigError, Config, parse_config, with_cli_executor  # noqa: E402
+from autodip_watch.settings.config import (ConfigError, Config, parse_config, with_cli_executor)  # noqa: E402
 from autodip_watch.provenance import read_provenance  # noqa: E402
-from autodip_watch.queue import JobQueue  # noqa: E402
+from autodip_watch.daemon.queue import JobQueue  # noqa: E402
 from children import spawn  # noqa: E402
 from test_daemon_e2e import (TINY_FIT, DaemonProcess, Raw, _env, cli, free_port,  # noqa: E402
                              output_of, temp_files, wait_for, write_config)
@@ -225,7 +225,7 @@ class Site:
         return wait_for(check, timeout, "a job running on a worker with progress", self.daemon)
 
     def status(self) -> dict:
-        from autodip_watch.status import exit_status
+        from autodip_watch.daemon.status import exit_status
 
         result = cli("status", "--json", "--config", str(self.config), check=False)
         report = json.loads(result.stdout)
@@ -400,7 +400,7 @@ def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path
     the broken one fails alone; b1 (another plane size) goes as its own task."""
     from test_daemon_e2e import sha256
 
-    from autodip_watch.pipeline import fit_key
+    from autodip_watch.pipeline.plan import fit_key
 
     cluster.wait_workers(2)
     site = Site(tmp_path, cluster, '[batching]\nmode = "on"\njobs_together = 4\n'
@@ -416,8 +416,8 @@ def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path
     broken.chmod(0o644)
     broken.write_bytes(broken.read_bytes()[:-200])
     site.raw.hashes[broken] = sha256(broken)
-    from autodip_watch.config import load_config
-    from autodip_watch.transfer import CalibrationTable
+    from autodip_watch.settings.config import load_config
+    from autodip_watch.transfer.table import CalibrationTable
 
     config = load_config(site.config)
     settings = config.denoise_settings(config.watch[0], "auto", CalibrationTable.load())
@@ -478,14 +478,16 @@ def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path
 
 @pytest.mark.slow
 def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
-    from autodip_watch import calibrate as cal
+    from autodip_watch.calibration.grid import CalibrationGrid
+    from autodip_watch.calibration.run import calibrate
+    from autodip_watch.calibration.state import CalibrationState
     from test_calibrate import make_pairs
 
     cluster.wait_workers(2)
     pairs = make_pairs(tmp_path / "pairs")
-    grid = cal.CalibrationGrid(depths=(4,), widths=("16",), skips=(0, 4), max_iterations=4,
+    grid = CalibrationGrid(depths=(4,), widths=("16",), skips=(0, 4), max_iterations=4,
                                every=2)
-    local = cal.calibrate(pairs, tmp_path / "local.toml", grid, device="cpu", with_lpips=False)
+    local = calibrate(pairs, tmp_path / "local.toml", grid, device="cpu", with_lpips=False)
     command = [sys.executable, "-m", "autodip_watch.cli", "calibrate", str(pairs), "--out",
                str(tmp_path / "dask.toml"), "--depths", "4", "--widths", "16", "--skips", "0,4",
                "--max-iterations", "4", "--every", "2", "--no-lpips", "--device", "cpu",
@@ -504,7 +506,7 @@ def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
     provenance = tomllib.loads((tmp_path / "dask.toml").read_text())["provenance"]
     assert provenance["device"] == report["device"] == f"Dask cluster {cluster.address}"
     # Each fit recorded where it ran, as it arrived.
-    with cal.CalibrationState(tmp_path / "dask.calibration.sqlite") as state:
+    with CalibrationState(tmp_path / "dask.calibration.sqlite") as state:
         devices = {row[0] for row in state.connection.execute("SELECT device FROM fits")}
     addresses = {cluster.worker_address(name) for name in cluster.worker_ports}
     assert devices and all(any(a in device for a in addresses) for device in devices), devices

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autodip_watch.config import (DEFAULT_PATTERNS, ConfigError, check_runtime, default_state_dir,
-                                  load_config, parse_config, resolve_state_dir, with_cli_folders)
+from autodip_watch.settings.config import (DEFAULT_PATTERNS, ConfigError, check_runtime, default_state_dir, load_config, parse_config, resolve_state_dir, with_cli_folders)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "autodip-watch.example.toml"
 

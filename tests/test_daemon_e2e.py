@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from autodip_watch.queue import JobQueue
+from autodip_watch.daemon.queue import JobQueue
 from children import spawn
 
 pytestmark = pytest.mark.slow
@@ -563,10 +563,10 @@ def test_batching_worker_runs_files_of_one_fit_key_together(tmp_path):
     """Queued a1, b1, a2, b2 (two plane sizes): two at a time, the worker takes a1 with
     a2 and b1 with b2, so each pair shares one batch; the watcher records the key of a
     file dropped while the daemon runs."""
-    from autodip_watch.config import load_config
-    from autodip_watch.pipeline import fit_key
+    from autodip_watch.settings.config import load_config
+    from autodip_watch.pipeline.plan import fit_key
     from autodip_watch.provenance import read_provenance
-    from autodip_watch.transfer import CalibrationTable
+    from autodip_watch.transfer.table import CalibrationTable
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -18,10 +18,13 @@ from ome_types import model
 from typer.testing import CliRunner
 
 from autodip_watch import __version__
-from autodip_watch.cli import app
-from autodip_watch.ometiff import DimensionError, ImageFile, MissingFileError
-from autodip_watch.pipeline import DenoiseSettings, PipelineError, denoise_file
-from autodip_watch.provenance import read_provenance, sha256_file
+from autodip_watch.cli.app import app
+from autodip_watch.io.errors import DimensionError, MissingFileError
+from autodip_watch.io.reader import ImageFile
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import PipelineError, denoise_file
+from autodip_watch.provenance import read_provenance
+from autodip_watch.io.checksums import sha256_file
 from omefiles import ome_model, structured, write_pages
 
 SETTINGS = DenoiseSettings(iterations=2, depth=4, width="16", device="cpu")
@@ -191,7 +194,7 @@ def test_imagej_units_in_every_spelling(tmp_path, unit, per_px, expected_um):
 def test_every_spelling_of_micrometre(unit):
     """ImageJ descriptions are ASCII (\\u00B5m); other writers use the micro sign or the
     Greek mu; all are micrometres."""
-    from autodip_watch.physical import length_in_micrometres
+    from autodip_watch.io.physical import length_in_micrometres
 
     assert length_in_micrometres(0.3, unit) == (pytest.approx(0.3), "µm")
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from autodip_watch.dip.device import choose_device
-from autodip_watch.dip.fit import FitOptions, fit_tile
+from autodip_watch.dip.options import FitOptions
+from autodip_watch.dip.fit import fit_tile
 from autodip_watch.dip.network import DipParams
 from autodip_watch.dip.plane import denoise_plane
 

@@ -9,9 +9,10 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from autodip_watch.cli import app
-from autodip_watch.ometiff import ImageReadError
-from autodip_watch.pipeline import DenoiseSettings, inspect_file
+from autodip_watch.cli.app import app
+from autodip_watch.io.errors import ImageReadError
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.plan import inspect_file
 from omefiles import structured, write_ome_tiff
 
 CHANNEL_KEYS = {"index", "name", "microscope", "specimen", "evidence", "level", "params"}

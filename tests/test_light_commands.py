@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from autodip_watch.queue import JobQueue
+from autodip_watch.daemon.queue import JobQueue
 
 #: Modules a metadata or queue question never needs.
 #: Modules a light command must not load. Not listed: ``dask`` (core) and ``scipy``, which
@@ -139,8 +139,9 @@ def test_inspect_answers_what_denoise_would_do(site, tmp_path):
         "widefield", "nucleus", "widefield/nucleus")
 
 
-LIGHT_MODULES = ("metadata", "ometiff", "queue", "status", "config", "watcher", "provenance",
-                 "transfer", "pipeline", "similarity", "progress", "log", "exporter")
+LIGHT_MODULES = ("metadata.infer", "io.reader", "daemon.queue", "daemon.status", "settings.config",
+                 "daemon.watcher", "provenance", "transfer.table", "transfer.images",
+                 "pipeline.plan", "daemon.progress", "daemon.log", "daemon.exporter")
 
 
 def test_modules_the_light_commands_use_do_not_import_torch():

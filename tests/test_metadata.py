@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from ome_types import model
 
-from autodip_watch.metadata import (ACQUISITION_MODES, DEFAULT_RULES, NON_FLUORESCENCE,
-                                    POLICY_COPY, POLICY_DENOISE, ChannelContext, FolderDefaults,
-                                    InferenceRules, LabelRule, LightSourceHint, channel_contexts,
-                                    infer_channel, infer_channels, infer_image)
-from autodip_watch.ometiff import ImageFile
-from autodip_watch.transfer import CalibrationTable
+from autodip_watch.metadata.labels import (ACQUISITION_MODES, NON_FLUORESCENCE, POLICY_COPY, POLICY_DENOISE)
+from autodip_watch.metadata.rules import DEFAULT_RULES, FolderDefaults, InferenceRules, LabelRule
+from autodip_watch.metadata.context import ChannelContext, LightSourceHint, channel_contexts
+from autodip_watch.metadata.infer import infer_channel, infer_channels, infer_image
+from autodip_watch.io.reader import ImageFile
+from autodip_watch.transfer.table import CalibrationTable
 from omefiles import ome_model, structured, write_ome_tiff
 
 

@@ -13,7 +13,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from autodip_watch.pipeline import DenoiseSettings, denoise_file
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
 from autodip_watch.preview import (HIGH_PERCENTILE, LOW_PERCENTILE, PreviewError, build_preview,
                                    find_pair, preview_path, structured_region)
 
@@ -164,7 +165,7 @@ def test_the_zoom_goes_where_the_structure_is(corner):
 ])
 def test_previews_are_the_daemons_own_outputs(suffix, name, own):
     """A watch pattern such as *.png must never take a preview as a raw image."""
-    from autodip_watch.config import Config
+    from autodip_watch.settings.config import Config
 
     config = Config(output_suffix=suffix)
     assert config.is_output(Path("/data") / name) is own

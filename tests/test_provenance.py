@@ -16,9 +16,10 @@ from ome_types import model
 from PIL import Image
 
 from autodip_watch import __version__
-from autodip_watch.metadata import InferenceRules
-from autodip_watch.ometiff import diff_ome
-from autodip_watch.pipeline import DenoiseSettings, PipelineError, denoise_file
+from autodip_watch.metadata.rules import InferenceRules
+from helpers.ome_diff import diff_ome
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import PipelineError, denoise_file
 from autodip_watch.provenance import PROVENANCE_NAMESPACE, read_provenance
 from omefiles import structured, write_ome_tiff
 

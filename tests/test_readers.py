@@ -30,7 +30,8 @@ import pytest
 import tifffile
 from ome_types import model
 
-from autodip_watch.pipeline import DenoiseSettings, denoise_file
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
 from omefiles import ome_model, write_ome_tiff, write_pages
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,19 +2,25 @@
 
 Counts run on the meta device, so even the large configurations are instant; the rate
 measurements run small on the CPU (their GPU numbers come from ``bench/speed.py``).
+``cost.py`` lives beside the benchmarks that use it (``bench/``).
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from autodip_watch.dip import cost
-from autodip_watch.dip.fit import FitOptions, training_step
+from autodip_watch.dip.fit import training_step
 from autodip_watch.dip.network import DipParams, SkipNet
+from autodip_watch.dip.options import FitOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import cost  # noqa: E402
 
 CONFIGS = [DipParams(4, "16", 4, 1), DipParams(5, "128", 4, 1), DipParams(8, "asc", 4, 1),
            DipParams(4, "64", 0, 1)]

@@ -11,16 +11,17 @@ import tifffile
 import torch
 from typer.testing import CliRunner
 
-from autodip_watch.cli import app
+from autodip_watch.cli.app import app
 from autodip_watch.dip.batching import SingleFitter
-from autodip_watch.dip.fit import (ROLLBACK_CHECK_EVERY, FitOptions, _Stabiliser, build_network,
-                                   fit_tile, fit_tiles, make_input, training_step)
+from autodip_watch.dip.fit import (ROLLBACK_CHECK_EVERY, _Stabiliser, build_network, fit_tile, fit_tiles, make_input, training_step)
+from autodip_watch.dip.options import FitOptions
 from autodip_watch.dip.modes import MODES, PAPER, STABLE, fit_mode
 from autodip_watch.dip.noise import Anscombe, NoiseModel, estimate_noise
 from autodip_watch.dip.params import DipParams
-from autodip_watch.dip.plane import (PlaneJob, VarianceStabilised, denoise_planes, denormalise,
-                                     member_seed, normalise)
-from autodip_watch.pipeline import DenoiseSettings, denoise_file
+from autodip_watch.dip.plane import PlaneJob, VarianceStabilised, denoise_planes, member_seed
+from autodip_watch.dip.intensity import denormalise, normalise
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
 from autodip_watch.provenance import PROVENANCE_NAMESPACE
 
 SMALL = DipParams(depth=4, width="16", skip=4, iterations=12)

@@ -12,9 +12,9 @@ import pytest
 import tifffile
 from structlog.testing import capture_logs
 
-from autodip_watch.config import parse_config
-from autodip_watch.queue import JobQueue
-from autodip_watch.watcher import UnreadableImage, Watcher, inspect_image
+from autodip_watch.settings.config import parse_config
+from autodip_watch.daemon.queue import JobQueue
+from autodip_watch.daemon.watcher import UnreadableImage, Watcher, inspect_image
 
 SETTLE = 0.4
 

@@ -1,0 +1,206 @@
+"""The worker side of the daemon's Dask executor: jobs run on a cluster's GPU worker.
+
+:func:`denoise_task` runs the same :func:`~autodip_watch.pipeline.denoise.denoise_file` as
+``denoise`` and the local worker, reading the input and writing the output (to a
+temporary file, then renamed) on storage shared under the same paths on every machine;
+the jobs of a task side by side, sharing batches. It reports where each job runs and
+its progress as Dask worker events, and stops at the next fit iteration once its task is
+cancelled (SIGTERM of the daemon, or the daemon's client gone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cluster import WORKER_STOPPING, this_worker
+from ..settings.config import BatchingSettings
+
+
+#: Progress events from a task, at most one per this many seconds.
+EVENT_SECONDS = 1.0
+
+
+class WorkerStorageError(RuntimeError):
+    """The input is not visible on a worker: shared storage is missing or mounted elsewhere."""
+
+
+def settings_payload(settings, inference: dict | None = None) -> dict:
+    """A :class:`DenoiseSettings` as plain data for a task: scalars, table, inference rules.
+
+    The calibration table travels as its parsed document, so workers need not have the
+    daemon's table file (nearest-* transfer still reads the table's calibration images,
+    which must then be under the same path on the workers).
+    """
+    payload = {}
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if isinstance(value, (str, int, float, bool, type(None))):
+            payload[item.name] = value
+    table = settings.table
+    payload["table"] = {"document": table.document,
+                        "path": str(table.path) if table.path is not None else None}
+    payload["inference"] = dict(inference) if inference else None
+    return payload
+
+
+def settings_from_payload(payload: dict):
+    """The :class:`DenoiseSettings` that :func:`settings_payload` described."""
+    from ..metadata.rules import InferenceRules
+    from ..settings.denoise import DenoiseSettings
+    from ..transfer.table import CalibrationTable
+
+    payload = dict(payload)
+    table = payload.pop("table")
+    inference = payload.pop("inference", None)
+    names = {item.name for item in dataclasses.fields(DenoiseSettings)}
+    settings = DenoiseSettings(
+        **{key: value for key, value in payload.items() if key in names},
+        table=CalibrationTable(table["document"],
+                               Path(table["path"]) if table["path"] else None))
+    if inference:
+        settings.rules = InferenceRules.from_mapping(inference)
+    return settings
+
+
+def _cancelled(worker, key: str | None) -> bool:
+    """Whether this task should stop: cancelled, released, or its worker shutting down."""
+    if worker is None or key is None:
+        return False
+    try:
+        if getattr(worker.status, "name", "") in WORKER_STOPPING:
+            return True
+        task = worker.state.tasks.get(key)
+        return task is None or task.state not in ("executing", "long-running")
+    except Exception:  # the worker's internals are not an API; never fail a fit on them
+        return False
+
+
+@dataclass
+class _TaskContext:
+    """Where a task runs and how it reports: shared by the jobs of one task."""
+
+    worker: object
+    topic: str | None
+    key: str | None
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+
+    @property
+    def address(self) -> str:
+        return self.worker.address if self.worker is not None else ""
+
+    def cancelled(self) -> bool:
+        return _cancelled(self.worker, self.key)
+
+    def send(self, message: dict) -> None:
+        if self.worker is not None and self.topic:
+            try:
+                self.worker.log_event(self.topic, {"key": self.key, "worker": self.address,
+                                                   "host": self.host, **message})
+            except Exception:  # progress is a courtesy; the fit goes on without it
+                pass
+
+
+def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: str | None = None,
+                 task_key: str | None = None,
+                 linger: float = BatchingSettings.linger_seconds) -> list[dict]:
+    """Daemon jobs on a Dask worker: :func:`denoise_file` from shared storage to shared storage.
+
+    ``jobs`` are files of one fit key (the dispatcher groups them), each a dict of
+    ``job`` (id), ``input``, ``output``, ``mtime_ns`` and ``settings`` (a key of
+    ``payloads``, see :func:`settings_payload`). Where batching is on for this worker's
+    device, several jobs run side by side in threads that hand their tiles to one shared
+    batching fitter, so their planes are fitted in the same batches, as in the local
+    daemon; otherwise they run one after the other.
+
+    Returns one plain dict per job, in order: ``status`` (``done``; ``kept`` when a
+    current output already exists; ``cancelled`` when stopped; ``error`` with ``error``
+    and ``traceback`` when the file failed, its temporary output removed) with
+    ``output``, ``report``, ``seconds``, ``planes``, ``worker`` (address), ``host`` and
+    ``device``. A file's error is its own: the other files of the task still finish.
+    """
+    from ..dip.batching import run_together
+    from ..pipeline.denoise import shared_fitter
+
+    context = _TaskContext(this_worker(), progress_topic, task_key)
+    settings = {key: settings_from_payload(payload) for key, payload in payloads.items()}
+    shared = (shared_fitter(settings[jobs[0]["settings"]], linger) if len(jobs) > 1
+              else None)
+    return run_together(shared, [functools.partial(_run_job, job, settings[job["settings"]],
+                                                   context) for job in jobs])
+
+
+def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict:
+    """One job of a task; errors of the file come back as a result, not an exception."""
+    from ..dip.device import choose_device, describe_device
+    from ..pipeline.denoise import denoise_file
+    from .progress import FitProgress
+    from .worker import JobCancelled, output_is_current
+    from ..io.atomic import remove_temporary_outputs
+
+    source, output = Path(job["input"]), Path(job["output"])
+    where = {"worker": context.address, "host": context.host}
+
+    def send(message: dict) -> None:
+        context.send({"job": job["job"], **message})
+
+    device = ""
+    try:
+        if context.cancelled():
+            return {"status": "cancelled", "output": job["output"], **where, "device": ""}
+        if not source.exists():
+            raise WorkerStorageError(
+                f"{source} does not exist on worker {context.address or 'here'} (host "
+                f"{context.host}): the microscope storage must be mounted under the same "
+                f"path on every worker")
+        hashes = [tuple(pair) for pair in job.get("hashes") or []]
+        if hashes and output_is_current(output, source, hashes):
+            # A rerun after the worker died between writing the output and reporting it.
+            return {"status": "kept", "output": job["output"], **where, "device": ""}
+        device = describe_device(choose_device(denoise_settings.device))
+        send({"event": "started", "device": device})
+        last_sent = [0.0]
+        measured = FitProgress()
+
+        def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
+                     iterations: int) -> None:
+            if context.cancelled():
+                raise JobCancelled()
+            now = time.monotonic()
+            measured.update(plane, planes, tile, tiles, iteration, iterations, now)
+            final = plane == planes and tile == tiles and iteration == iterations
+            if now - last_sent[0] >= EVENT_SECONDS or final:
+                last_sent[0] = now
+                send({"event": "progress", "device": device, "plane": plane,
+                      "planes": planes, "tile": tile, "tiles": tiles,
+                      "iteration": iteration, "iterations": iterations,
+                      "fraction": measured.fraction, "rate": measured.rate()})
+
+        remove_temporary_outputs(output)  # of an attempt on a worker that died
+        output.parent.mkdir(parents=True, exist_ok=True)
+        report = denoise_file(source, denoise_settings, out=output, progress=progress,
+                              worker=context.address or None, fitter=fitter,
+                              incomplete=job.get("incomplete"))
+    except JobCancelled:
+        remove_temporary_outputs(output)
+        return {"status": "cancelled", "output": job["output"], **where, "device": device}
+    except Exception as error:
+        remove_temporary_outputs(output)
+        _free_device_memory()
+        return {"status": "error", "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(limit=6), "output": job["output"], **where,
+                "device": device}
+    return {"status": "done", "output": str(report.output), "report": report.as_dict(),
+            "seconds": report.seconds, "planes": len(report.planes), **where,
+            "device": report.device}
+
+
+def _free_device_memory() -> None:
+    from ..dip.device import free_device_memory
+
+    free_device_memory()

@@ -1,0 +1,74 @@
+"""What denoising a file did, plane by plane: the report ``denoise --json`` prints and the
+daemon keeps with each job."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..io.model import PlaneKey
+from ..metadata.labels import POLICY_COPY
+from ..transfer.hierarchy import Transfer
+from .plan import ChannelPlan
+
+
+@dataclass
+class PlaneReport:
+    series: int
+    plane: str
+    channel: int
+    microscope: str
+    specimen: str
+    level: str
+    group: str
+    params: dict
+    seconds: float
+    tiles: int
+    note: str = ""
+    channel_name: str | None = None
+    policy: str = "denoise"
+    evidence: list[str] = field(default_factory=list)
+    members: int = 1  # ensemble size the plane was fitted with
+    rollbacks: int = 0  # weight restores after loss spikes over its fits
+    noise: dict | None = None  # the estimated noise-level function, when fitted on its VST
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FileReport:
+    input: str
+    output: str
+    device: str
+    seconds: float
+    planes: list[PlaneReport]
+    started: str = ""
+    finished: str = ""
+    format: str = ""
+    sources: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    host: str = ""  # the machine that ran the fit
+    worker: str = ""  # the executor that ran it, when not this process (a Dask worker)
+    #: What an incomplete input lacked (read with allow_missing): planes, member files.
+    missing: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"input": self.input, "output": self.output, "device": self.device,
+                "host": self.host, "worker": self.worker, "missing": self.missing,
+                "seconds": round(self.seconds, 3), "started": self.started,
+                "finished": self.finished, "format": self.format, "sources": self.sources,
+                "warnings": self.warnings,
+                "planes": [plane.as_dict() for plane in self.planes]}
+
+
+def plane_report(key: PlaneKey, plan: ChannelPlan, transfer: Transfer | None, seconds: float,
+                  tiles: int, note: str) -> PlaneReport:
+    group = plan.group
+    return PlaneReport(series=key.series, plane=key.label(), channel=key.channel,
+                       microscope=group.microscope, specimen=group.specimen,
+                       level=transfer.level if transfer else POLICY_COPY,
+                       group=transfer.group if transfer else "",
+                       params=transfer.params.as_dict() if transfer else {},
+                       seconds=round(seconds, 3), tiles=tiles, note=note,
+                       channel_name=group.name, policy=group.policy,
+                       evidence=list(group.evidence))
