@@ -97,7 +97,8 @@ def es_wmv(run: Run, window: int, patience: int) -> int:
     return best_at
 
 
-def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype) -> dict:
+def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype,
+              with_es: bool = False) -> dict:
     stop = runs[0].stop
 
     def score(unit: np.ndarray) -> float:
@@ -119,10 +120,21 @@ def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype) -
             width = max(1, int(round(fraction * stop)))
             add(f"window {fraction:.2f}", score(run.mean(stop - width + 1, stop)))
             add(f"window {fraction:.2f} clean", score(run.mean(stop - width + 1, stop, ~flagged)))
-        for window, patience in ((20, 50), (50, 100)):
+        for window, patience in ((20, 50), (50, 100)) if with_es else ():
             at = min(es_wmv(run, window, patience), len(run.frames))
             add(f"es-wmv {window}/{patience} at / N", at / stop)
             add(f"es-wmv {window}/{patience}", score(run.frame(at)))
+    # Later or earlier ends: is the transferred count still right for a mean of fits?
+    longest = min(len(run.frames) for run in runs)
+    for factor in (0.75, 1.0, 1.25, 1.5):
+        end = int(round(factor * stop))
+        if end > longest:
+            continue
+        width = max(1, int(round(0.2 * end)))
+        add(f"last at {factor:.2f} N", float(np.mean([run.psnr[end - 1] for run in runs])))
+        add(f"ensemble all at {factor:.2f} N", score(np.mean([r.frame(end) for r in runs], axis=0)))
+        add(f"ensemble all window 0.20 at {factor:.2f} N", score(np.mean(
+            [r.mean(end - width + 1, end, ~spikes(r.losses)) for r in runs], axis=0)))
     # Ensembles of K seeds: disjoint groups of the runs in seed order.
     for k in (2, 3, 4):
         for first in range(0, len(runs) - k + 1, k):
@@ -139,6 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+")
     parser.add_argument("--store", default=str(DEFAULT_STORE))
+    parser.add_argument("--es", action="store_true",
+                        help="also the ES-WMV stopping rule (slow: a variance per window)")
     args = parser.parse_args()
     store = Path(args.store)
     records = [r for path in args.results for r in json.loads(Path(path).read_text())["runs"]]
@@ -151,7 +165,7 @@ def main() -> None:
                 if r["pair"] == name]
         for variant in dict.fromkeys(run.variant for run in mine):
             runs = [run for run in mine if run.variant == variant]
-            rows = summarise(runs, scorer, low, high, noisy.dtype)
+            rows = summarise(runs, scorer, low, high, noisy.dtype, args.es)
             print(f"\n{name} [{variant}]: {len(runs)} seeds, N = {runs[0].stop}, "
                   f"noisy {scorer.psnr(noisy):.2f}")
             for key, values in rows.items():
