@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .settings.config import PREVIEW_SUFFIX
 from .io.atomic import AtomicFile
 from .io.reader import ImageFile
 from .io.model import SeriesInfo
 from .provenance import read_provenance
 from .io.checksums import sha256_file
+from .io.outputs import preview_path
 
-__all__ = ["PreviewError", "PreviewFigure", "build_preview", "find_pair", "preview_path",
+__all__ = ["PreviewError", "PreviewFigure", "build_preview", "find_pair",
            "structured_region", "write_preview"]
 
 #: Contrast stretch: these percentiles of the raw plane map to black and white.
@@ -82,17 +82,6 @@ class PreviewFigure:
         from matplotlib import pyplot as plt
 
         plt.close(self.figure)
-
-
-def preview_path(output: str | Path) -> Path:
-    """``x.autodip.ome.tif`` -> ``x.autodip.preview.png`` beside it."""
-    output = Path(output)
-    name = output.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return output.with_name(name + PREVIEW_SUFFIX)
 
 
 def find_pair(path: str | Path, raw: str | Path | None = None,

@@ -21,6 +21,7 @@ from autodip_watch.calibration.pairs import CalibrationPair, PreparedPair, load_
 from autodip_watch.calibration.run import calibrate
 from autodip_watch.calibration.selection import Candidate, average_ranks, criterion, group_members, group_optimum, image_optimum
 from autodip_watch.calibration.state import CalibrationState
+from autodip_watch.settings.base import ConfigError
 from autodip_watch.settings.calibrate import CalibrateSettings
 from autodip_watch.cli.app import app
 from autodip_watch.dip.options import FitOptions
@@ -142,13 +143,15 @@ def test_grid_validation_and_order():
 
 
 def test_config_section_sets_the_grid():
-    settings = CalibrateSettings.from_mapping(
+    settings = CalibrateSettings.parse(
         {"depths": "4,5", "widths": ["16", "asc"], "skips": [4], "max_iterations": 300,
          "every": 100, "lpips": False})
     assert settings.grid().points()[0] == GridPoint(4, "16", 4)
     assert settings.lpips is False
-    with pytest.raises(CalibrationError, match="unknown key"):
-        CalibrateSettings.from_mapping({"depth": 4})
+    with pytest.raises(ConfigError, match="depth: unknown key; did you mean 'depths'"):
+        CalibrateSettings.parse({"depth": 4})
+    with pytest.raises(ConfigError, match="multiple"):
+        CalibrateSettings.parse({"max_iterations": 250})
 
 
 # --------------------------------------------------------------------------- pairs

@@ -176,7 +176,7 @@ def test_denoise_batching_on_fits_planes_together(tmp_path, runner):
     notes = [plane["note"] for plane in json.loads(result.stdout)["planes"]]
     assert notes == ["fitted in a batch of 3"] * 3 + ["fitted in a batch of 2"] * 2
     bad = runner.invoke(app, ["denoise", str(source), *FAST, "--batching", "sometimes"])
-    assert bad.exit_code == 2 and "auto, on or off" in bad.output
+    assert bad.exit_code == 2 and "--batching: must be one of auto, on, off" in bad.output
 
 
 def test_denoise_of_several_files_fits_their_planes_together(tmp_path, runner):

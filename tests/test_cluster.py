@@ -23,7 +23,8 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from autodip_watch.settings.config import (ConfigError, Config, parse_config, with_cli_executor)  # noqa: E402
+from autodip_watch.settings.base import ConfigError  # noqa: E402
+from autodip_watch.settings.config import Config, parse_config, with_cli_executor  # noqa: E402
 from autodip_watch.provenance import read_provenance  # noqa: E402
 from autodip_watch.daemon.queue import JobQueue  # noqa: E402
 from children import spawn  # noqa: E402
@@ -42,10 +43,10 @@ LONG_PLANES = 240
 def test_executor_keys_are_validated_with_their_names():
     config = parse_config({"executor": "dask", "scheduler": "gpu-server:8786",
                            "max_in_flight": 3}, Path("."))
-    assert (config.cluster.executor, config.cluster.scheduler, config.cluster.max_in_flight) == \
+    assert (config.executor, config.scheduler, config.max_in_flight) == \
         ("dask", "tcp://gpu-server:8786", 3)
-    assert parse_config({"scheduler": "tcp://10.0.0.5:8786"}, Path(".")).cluster.executor == "dask"
-    assert parse_config({}, Path(".")).cluster.executor == "local"
+    assert parse_config({"scheduler": "tcp://10.0.0.5:8786"}, Path(".")).executor == "dask"
+    assert parse_config({}, Path(".")).executor == "local"
     cases = {
         "executor: must be one of local, dask": {"executor": "gpu"},
         "scheduler: missing; executor \"dask\"": {"executor": "dask"},
@@ -63,10 +64,10 @@ def test_executor_keys_are_validated_with_their_names():
 
 def test_command_line_executor_options():
     assert with_cli_executor(Config(), None, None, None) == Config()
-    dask = with_cli_executor(Config(), None, "127.0.0.1:8786", 2).cluster
+    dask = with_cli_executor(Config(), None, "127.0.0.1:8786", 2)
     assert (dask.executor, dask.scheduler, dask.max_in_flight) == ("dask", "tcp://127.0.0.1:8786", 2)
     configured = parse_config({"scheduler": "tcp://a:1"}, Path("."))
-    assert with_cli_executor(configured, "local", None, None).cluster.executor == "local"
+    assert with_cli_executor(configured, "local", None, None).executor == "local"
     with pytest.raises(ConfigError, match="--scheduler: missing"):
         with_cli_executor(Config(), "dask", None, None)
     with pytest.raises(ConfigError, match="--scheduler: must be"):

@@ -17,6 +17,7 @@ import tifffile
 from ome_types import model
 from typer.testing import CliRunner
 
+from autodip_watch.transfer.table import default_table_path
 from autodip_watch import __version__
 from autodip_watch.cli.app import app
 from autodip_watch.io.errors import DimensionError, MissingFileError
@@ -312,7 +313,7 @@ def test_attribution_and_provenance(tmp_path):
     assert entries["source.uuid"] == ome.uuid and entries["source.image_id"] == "Image:0"
     for name in ("python", "numpy", "tifffile", "ome-types", "torch", "cuda"):
         assert entries[f"version.{name}"], name
-    assert entries["calibration_table.sha256"] == sha256_file(SETTINGS.table.path)
+    assert entries["calibration_table.sha256"] == sha256_file(default_table_path())
     assert entries["command"]
     assert entries["source.sha256"] == sha256_file(path)  # existing keys keep their names
 

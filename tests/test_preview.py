@@ -15,8 +15,9 @@ from PIL import Image
 
 from autodip_watch.settings.denoise import DenoiseSettings
 from autodip_watch.pipeline.denoise import denoise_file
+from autodip_watch.io.outputs import preview_path
 from autodip_watch.preview import (HIGH_PERCENTILE, LOW_PERCENTILE, PreviewError, build_preview,
-                                   find_pair, preview_path, structured_region)
+                                   find_pair, structured_region)
 
 
 def cells(shape=(96, 96), seed: int = 0) -> np.ndarray:

@@ -18,7 +18,8 @@ from autodip_watch.settings.config import Config
 from autodip_watch.daemon.progress import FitProgress, IterationMeter, eta_seconds, format_duration
 from autodip_watch.cli.progress_view import DenoiseProgress, describe_event
 from autodip_watch.daemon.queue import JobQueue
-from autodip_watch.daemon.status import collect_status, queue_eta, render_status
+from autodip_watch.daemon.status import collect_status, queue_eta
+from autodip_watch.cli.status_view import render_status
 
 
 class Clock:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from autodip_watch.settings.config import RetryPolicy
+from autodip_watch.settings.sections import RetryPolicy
 from autodip_watch.daemon.queue import SCHEMA_VERSION, JobQueue, QueueError
 
 FAST_RETRY = RetryPolicy(max_attempts=3, backoff_seconds=0.2, backoff_factor=2,

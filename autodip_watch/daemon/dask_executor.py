@@ -29,7 +29,7 @@ from pathlib import Path
 from ..cluster import (GPU_RESOURCE, close_quietly, cluster_workers, connect,
                        is_connection_error, worker_device_type)
 from ..settings.config import Config, WatchFolder
-from .dask_tasks import denoise_task, settings_payload
+from .dask_tasks import denoise_task
 from .log import get_logger
 from .queue import Job, JobQueue
 
@@ -73,8 +73,7 @@ class DaskDispatcher:
     def __init__(self, config: Config, queue: JobQueue, table, stop: threading.Event,
                  wake: threading.Event, metrics=None) -> None:
         self.config = config
-        self.settings = config.cluster
-        self.scheduler = self.settings.scheduler
+        self.scheduler = config.scheduler
         self.queue = queue
         self.table = table
         self.stop = stop
@@ -119,8 +118,8 @@ class DaskDispatcher:
 
     def limit(self) -> int:
         """Tasks in flight at once: max_in_flight, or the cluster's GPUs (at least 1)."""
-        if self.settings.max_in_flight:
-            return self.settings.max_in_flight
+        if self.config.max_in_flight:
+            return self.config.max_in_flight
         return max(1, int(sum(worker["gpus"] for worker in self.workers)))
 
     def jobs_per_task(self) -> int:
@@ -161,7 +160,7 @@ class DaskDispatcher:
                 if self.client is None:
                     if not self._connect(delay):
                         self.stop.wait(delay)
-                        delay = min(delay * 2, self.settings.reconnect_max_seconds)
+                        delay = min(delay * 2, self.config.dask.reconnect_max_seconds)
                         continue
                     delay = 1.0
                 try:
@@ -185,7 +184,7 @@ class DaskDispatcher:
 
     def _connect(self, delay: float) -> bool:
         try:
-            client = connect(self.scheduler, self.settings.connect_timeout_seconds,
+            client = connect(self.scheduler, self.config.dask.connect_timeout_seconds,
                              name=f"autodip-watch {socket.gethostname()} pid {os.getpid()}")
             client.subscribe_topic(self.topic, self._on_event)
         except Exception as error:
@@ -333,7 +332,7 @@ class DaskDispatcher:
         key = str(folder.path) if folder is not None else None
         if key not in self._payloads:
             settings = self.config.denoise_settings(folder, "auto", self.table)
-            self._payloads[key] = settings_payload(settings, self.config.inference)
+            self._payloads[key] = settings.model_dump(mode="json")
         return self._payloads[key]
 
     def _submit(self) -> None:
@@ -523,7 +522,7 @@ class DaskDispatcher:
                    planes=result.get("planes"), worker=result.get("worker"),
                    host=result.get("host"), device=result.get("device"),
                    jobs_in_task=len(task.members))
-        if self.config.output_preview:
+        if self.config.output.preview:
             from .worker import write_job_preview
 
             write_job_preview(Path(result["output"]), Path(job.path), bound)

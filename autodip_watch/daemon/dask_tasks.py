@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cluster import WORKER_STOPPING, this_worker
-from ..settings.config import BatchingSettings
+from .. import defaults
+from ..settings.denoise import DenoiseSettings
 
 
 #: Progress events from a task, at most one per this many seconds.
@@ -28,44 +29,6 @@ EVENT_SECONDS = 1.0
 
 class WorkerStorageError(RuntimeError):
     """The input is not visible on a worker: shared storage is missing or mounted elsewhere."""
-
-
-def settings_payload(settings, inference: dict | None = None) -> dict:
-    """A :class:`DenoiseSettings` as plain data for a task: scalars, table, inference rules.
-
-    The calibration table travels as its parsed document, so workers need not have the
-    daemon's table file (nearest-* transfer still reads the table's calibration images,
-    which must then be under the same path on the workers).
-    """
-    payload = {}
-    for item in dataclasses.fields(settings):
-        value = getattr(settings, item.name)
-        if isinstance(value, (str, int, float, bool, type(None))):
-            payload[item.name] = value
-    table = settings.table
-    payload["table"] = {"document": table.document,
-                        "path": str(table.path) if table.path is not None else None}
-    payload["inference"] = dict(inference) if inference else None
-    return payload
-
-
-def settings_from_payload(payload: dict):
-    """The :class:`DenoiseSettings` that :func:`settings_payload` described."""
-    from ..metadata.rules import InferenceRules
-    from ..settings.denoise import DenoiseSettings
-    from ..transfer.table import CalibrationTable
-
-    payload = dict(payload)
-    table = payload.pop("table")
-    inference = payload.pop("inference", None)
-    names = {item.name for item in dataclasses.fields(DenoiseSettings)}
-    settings = DenoiseSettings(
-        **{key: value for key, value in payload.items() if key in names},
-        table=CalibrationTable(table["document"],
-                               Path(table["path"]) if table["path"] else None))
-    if inference:
-        settings.rules = InferenceRules.from_mapping(inference)
-    return settings
 
 
 def _cancelled(worker, key: str | None) -> bool:
@@ -108,12 +71,12 @@ class _TaskContext:
 
 def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: str | None = None,
                  task_key: str | None = None,
-                 linger: float = BatchingSettings.linger_seconds) -> list[dict]:
+                 linger: float = defaults.LINGER_SECONDS) -> list[dict]:
     """Daemon jobs on a Dask worker: :func:`denoise_file` from shared storage to shared storage.
 
     ``jobs`` are files of one fit key (the dispatcher groups them), each a dict of
     ``job`` (id), ``input``, ``output``, ``mtime_ns`` and ``settings`` (a key of
-    ``payloads``, see :func:`settings_payload`). Where batching is on for this worker's
+    ``payloads``: :class:`DenoiseSettings` as JSON, ``model_dump(mode="json")``). Where batching is on for this worker's
     device, several jobs run side by side in threads that hand their tiles to one shared
     batching fitter, so their planes are fitted in the same batches, as in the local
     daemon; otherwise they run one after the other.
@@ -128,7 +91,7 @@ def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: st
     from ..pipeline.denoise import shared_fitter
 
     context = _TaskContext(this_worker(), progress_topic, task_key)
-    settings = {key: settings_from_payload(payload) for key, payload in payloads.items()}
+    settings = {key: DenoiseSettings.model_validate(payload) for key, payload in payloads.items()}
     shared = (shared_fitter(settings[jobs[0]["settings"]], linger) if len(jobs) > 1
               else None)
     return run_together(shared, [functools.partial(_run_job, job, settings[job["settings"]],

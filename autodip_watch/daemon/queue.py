@@ -37,8 +37,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from ..settings.config import RetryPolicy
 
 DATABASE_NAME = "queue.sqlite3"
 STATES = ("queued", "running", "done", "partial", "failed", "quarantined", "skipped")
@@ -119,6 +119,17 @@ CREATE TABLE IF NOT EXISTS waiting (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+
+
+class RetryRule(Protocol):
+    """How often a job may fail, and how long it waits before the next attempt (the
+    configuration's ``[retry]`` table, ``settings.RetryPolicy``): the queue needs only
+    this, not the settings."""
+
+    max_attempts: int
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
 
 
 @dataclass(frozen=True)
@@ -498,7 +509,7 @@ class JobQueue:
         with self._transaction() as db:
             self._set(db, job_id, "quarantined", error, now, error=error, finished=now)
 
-    def fail(self, job_id: int, error: str, retry: RetryPolicy) -> str:
+    def fail(self, job_id: int, error: str, retry: RetryRule) -> str:
         """Record a failed attempt: failed with backoff, or quarantined after the last one."""
         now = time.time()
         with self._transaction() as db:
@@ -528,7 +539,7 @@ class JobQueue:
         with self._transaction() as db:
             self._set(db, job_id, "skipped", reason, now, error=reason, finished=now)
 
-    def recover(self, retry: RetryPolicy) -> list[Job]:
+    def recover(self, retry: RetryRule) -> list[Job]:
         """After a crash: running jobs go back to the queue (the crash counts as an attempt)."""
         now = time.time()
         recovered = []

@@ -22,7 +22,9 @@ from pathlib import Path
 import sdnotify
 
 from .. import __version__
-from ..settings.config import Config, ConfigError, check_runtime
+from ..settings.base import ConfigError
+from ..settings.config import Config
+from ..settings.runtime import check_runtime
 from .log import Condition, get_logger
 from .queue import JobQueue
 from .status import LOCK_NAME, read_lock_record
@@ -105,9 +107,9 @@ class Daemon:
             remove_temporary_outputs(self.config.output_for(Path(job.path), folder))
             log.warning("job.recovered", job_id=job.id, path=job.path, attempt=job.attempts,
                         note="was running when the daemon stopped uncleanly")
-        dask = self.config.cluster.executor == "dask"
+        dask = self.config.executor == "dask"
         if dask:  # the cluster's workers pick their GPUs; `status` shows them
-            devices = [f"dask {self.config.cluster.scheduler}"]
+            devices = [f"dask {self.config.scheduler}"]
         else:
             devices = [describe_device(choose_device(None if d == "auto" else d))
                        for d in self.config.devices]
@@ -142,7 +144,7 @@ class Daemon:
             worker.start()
             self.workers.append(worker)
         log.info("daemon.ready", pid=os.getpid(), version=__version__, devices=devices,
-                 executor=self.config.cluster.executor, scheduler=self.config.cluster.scheduler,
+                 executor=self.config.executor, scheduler=self.config.scheduler,
                  state_dir=str(self.state_dir), folders=[str(f.path) for f in self.config.watch],
                  metrics=(f"http://{self.config.metrics.address}:{self.config.metrics.port}/metrics"
                           if self.metrics else None))
@@ -153,7 +155,7 @@ class Daemon:
         """The watcher's fit-key function where a local worker batches, else None (the
         key costs a metadata read per file, and only batching workers use it)."""
         batching = self.config.batching
-        local = self.config.cluster.executor != "dask"
+        local = self.config.executor != "dask"
         if not local or not any(batching.jobs_for(_device_type(d)) > 1 for d in devices):
             return None
         from ..pipeline.plan import fit_key

@@ -31,10 +31,11 @@ import os
 import socket
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from .. import __version__
 from .progress import eta_seconds
-from .queue import Job, JobQueue
+from .queue import DATABASE_NAME, STATES, Job, JobQueue, QueueError
 
 #: A heartbeat older than this many periods (and at least STALE_MIN_SECONDS) means down.
 STALE_PERIODS = 3
@@ -52,8 +53,6 @@ TIME_KEYS = frozenset({"started", "finished", "updated", "created", "heartbeat",
 def read_lock_record(state_dir) -> dict | None:
     """The health record the daemon keeps in its lock file, or None (none, unreadable,
     or an older daemon's plain ``pid N on host`` line)."""
-    from pathlib import Path
-
     try:
         text = (Path(state_dir) / LOCK_NAME).read_text(encoding="utf-8", errors="replace")
         record = json.loads(text.strip() or "null")
@@ -249,6 +248,36 @@ def _incomplete(job) -> dict:
             "updated": job.updated}
 
 
+def read_status(state_dir: Path, recent: int = 10) -> dict:
+    """What ``status`` shows of ``state_dir``, whatever the daemon's condition: the
+    collected report (:func:`collect_status`), or, where no daemon ever ran there, a
+    ``never-ran`` report, or, where the state cannot be read, an ``unknown`` one with the
+    ``error``. Never raises for a state it cannot read: that is what ``status`` reports.
+    """
+    state_dir = Path(state_dir)
+    try:
+        os.stat(state_dir / DATABASE_NAME)
+        queue = JobQueue(state_dir, create=False)
+    except FileNotFoundError:
+        reason = (f"no queue database in {state_dir} (has the daemon run with this state "
+                  f"directory?)")
+        return {"version": __version__, "database": None, "state_dir": str(state_dir),
+                "daemon": {"up": False, "state": "never-ran", "reason": reason},
+                "counts": dict.fromkeys(STATES, 0)}
+    except (OSError, QueueError) as error:  # e.g. a folder this user may not enter
+        return _unreadable(state_dir, f"{error}")
+    try:
+        return collect_status(queue, recent=recent, lock=read_lock_record(state_dir))
+    except Exception as error:  # sqlite3.Error, OSError, a damaged row: one line, never a trace
+        return _unreadable(state_dir, f"{type(error).__name__}: {error}")
+
+
+def _unreadable(state_dir: Path, error: str) -> dict:
+    return {"version": __version__, "state_dir": str(state_dir),
+            "daemon": {"up": False, "state": "unknown"},
+            "error": f"cannot read the daemon's state in {state_dir}: {error}"}
+
+
 def exit_status(report: dict) -> int:
     """`autodip-watch status`'s exit status for a collected report (module docstring)."""
     return EXIT_STATUS.get(report.get("daemon", {}).get("state", "unknown"), 4)
@@ -273,8 +302,6 @@ def status_json(value):
 def _warnings_of(job) -> list[str]:
     """The reader's warnings recorded in a finished job's report (metadata repairs,
     planes beyond the declared dimensions, ...)."""
-    import json
-
     try:
         report = json.loads(job.report) if job.report else {}
     except (TypeError, ValueError):
@@ -283,150 +310,3 @@ def _warnings_of(job) -> list[str]:
     return [str(w) for w in warnings] if isinstance(warnings, list) else []
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def render_cluster(cluster: dict, console, now: float) -> None:
-    """The Dask cluster as the daemon last saw it: scheduler, workers, GPUs, busy or idle."""
-    if not cluster["connected"]:
-        retry = ""
-        if cluster.get("retry_at"):
-            retry = f"; next try in {_age(cluster['retry_at'] - now)}"
-        console.print(f"[red]cluster unreachable[/red]: Dask scheduler {cluster['scheduler']} "
-                      f"since {_age(now - cluster['since'])} ago ({cluster.get('error')}){retry}; "
-                      f"files are still watched and queued")
-        return
-    workers = cluster["workers"]
-    busy = sum(1 for worker in workers if worker["state"] == "busy")
-    console.print(f"cluster: Dask scheduler {cluster['scheduler']}, {len(workers)} worker(s), "
-                  f"{cluster['gpus']:g} GPU(s), {busy} busy; {cluster.get('tasks', 0)} of "
-                  f"{cluster['max_in_flight']} task(s) in flight, {cluster['in_flight']} "
-                  f"job(s); up to {cluster.get('jobs_per_task', 1)} job(s) of one fit key "
-                  f"per task")
-    if not workers:
-        console.print("  [yellow]no workers: jobs wait until a GPU worker joins[/yellow]")
-    elif not cluster["gpus"]:
-        console.print("  [yellow]no worker offers the GPU resource: start workers with "
-                      "--resources GPU=1[/yellow]")
-    for worker in workers:
-        jobs = f": job {', '.join(f'#{job}' for job in worker['jobs'])}" if worker["jobs"] else ""
-        others = worker["tasks"] - worker.get("our_tasks", len(worker["jobs"]))
-        other = f" (+{others} task(s) of other clients)" if others > 0 else ""
-        device = f", {worker['device']}" if worker.get("device") else ""
-        console.print(f"  {worker['address']} on {worker['host']} ({worker['name']}): "
-                      f"{worker['gpus']:g} GPU{device}, {worker['state']}{jobs}{other}")
-
-
-def render_status(status: dict, console) -> None:
-    """Print ``status`` for a person: the daemon line first, then what needs attention."""
-    from rich.table import Table
-
-    now = time.time()
-    daemon = status["daemon"]
-    if daemon["up"]:
-        problems = "; ".join(daemon.get("problems") or []) or daemon.get("status") or "?"
-        health = "" if daemon["healthy"] else f" [red]UNHEALTHY: {problems}[/red]"
-        console.print(f"[green]daemon up[/green]: pid {daemon['pid']} on {daemon['host']}, "
-                      f"heartbeat {_age(daemon['heartbeat_age_seconds'])} ago, "
-                      f"version {daemon['version']}, device {', '.join(daemon['devices'])}{health}")
-    else:
-        last = (f" (last heartbeat {_age(daemon['heartbeat_age_seconds'])} ago, pid "
-                f"{daemon['pid']})" if "pid" in daemon else "")
-        console.print(f"[red]daemon {daemon['state']}[/red]: {daemon['reason']}{last}")
-    access = {"read-only": " (opened read-only)",
-              "snapshot": " (read-only snapshot: the folder cannot be written, so changes "
-                          "not yet checkpointed by the daemon may be missing)"}
-    console.print(f"database: {status['database']}{access.get(status.get('database_access'), '')}")
-    if status.get("cluster"):
-        render_cluster(status["cluster"], console, now)
-    for watch in status["watches"]:
-        if watch.get("running") is False:
-            where = "[yellow]stopped[/yellow] (the daemon is not running)"
-        else:
-            where = {True: "[green]ok[/green]", False: "[red]unavailable[/red]",
-                     None: "starting"}[watch["available"]]
-        note = f" - {watch['note']}" if watch.get("note") else ""
-        console.print(f"watching {watch['path']} ({watch['observer']} observer, {where}){note}")
-    counts = status["counts"]
-    console.print("jobs: " + ", ".join(f"{count} {state}" for state, count in counts.items()))
-    for job in status.get("interrupted", []):
-        console.print(f"[yellow]interrupted[/yellow]: #{job['id']} {job['path']} (attempt "
-                      f"{job['attempt']} on {job['worker']}): {job['reason']}")
-    for job in status["current"]:
-        if job["plane"]:
-            where = (f"plane {job['plane']}/{job['planes']}"
-                     + (f", tile {job['tile']}/{job['tiles']}" if (job["tiles"] or 1) > 1 else "")
-                     + f", iteration {job['iteration']}/{job['iterations']}")
-            rate = job.get("iterations_per_second")
-            eta = (f", {rate:.2f} it/s" if rate else "") + (
-                f", ETA {_age(job['eta_seconds'])}" if job["eta_seconds"] is not None
-                else ", ETA after the second iteration")
-        else:
-            where, eta = "starting", ""
-        console.print(f"[bold]now[/bold]: #{job['id']} {job['path']} - {where}"
-                      f" ({_age(job['elapsed_seconds'])} elapsed{eta}) on {job['worker']}")
-    backlog = status.get("queue_eta")
-    if backlog and backlog["jobs"]:
-        if backlog["eta_seconds"] is not None:
-            console.print(f"queue: {backlog['jobs']} job(s), about {backlog['planes']:g} "
-                          f"plane(s); empty in about {_age(backlog['eta_seconds'])} "
-                          f"({backlog['seconds_per_plane']} s/plane recently, "
-                          f"{backlog['parallel']} at a time)")
-        else:
-            console.print(f"queue: {backlog['jobs']} job(s); no ETA yet "
-                          f"({backlog.get('reason', 'unknown')})")
-    if status["waiting"]:
-        console.print(f"waiting to settle or complete: {len(status['waiting'])} file(s)")
-        shown = sorted(status["waiting"], key=lambda item: item.get("state") != "incomplete")
-        for item in shown[:8]:
-            colour = "red" if item.get("state") == "incomplete" else "cyan"
-            console.print(f"  {item['path']}: [{colour}]{item['reason']}[/{colour}]")
-    for job in status.get("incomplete", []):
-        missing = job["missing"].get("reason") or "; ".join(job["found_missing"])
-        outcome = {"partial": f"denoised as it is -> {job['output']}",
-                   "queued": "queued to be denoised as it is", "running": "being denoised",
-                   "failed": "failed; retried"}.get(job["state"], job["state"])
-        console.print(f"[yellow]incomplete[/yellow]: #{job['id']} {job['path']}: {missing}; "
-                      f"{outcome}")
-    if status["recent"]:
-        table = Table(title="last completed", title_justify="left")
-        for column in ("id", "finished", "seconds", "output"):
-            table.add_column(column)
-        for job in status["recent"]:
-            partial = " [yellow](partial)[/yellow]" if job.get("state") == "partial" else ""
-            table.add_row(str(job["id"]), f"{_age(now - job['finished'])} ago",
-                          f"{job['seconds']:.1f}" if job["seconds"] is not None else "",
-                          (job["output"] or "") + partial)
-        console.print(table)
-        for job in status["recent"]:
-            for warning in job.get("warnings") or []:
-                console.print(f"  [yellow]warning[/yellow] #{job['id']}: {warning}")
-    if status["problems"]:
-        table = Table(title="failed, quarantined and skipped", title_justify="left")
-        for column in ("id", "state", "tries", "path", "error"):
-            table.add_column(column, overflow="fold")
-        for job in status["problems"]:
-            state = job["state"]
-            if state == "failed" and job["next_retry_seconds"] is not None:
-                state += f" (retry in {_age(job['next_retry_seconds'])})"
-            colour = "red" if job["state"] == "quarantined" else "yellow"
-            table.add_row(str(job["id"]), f"[{colour}]{state}[/{colour}]", str(job["attempts"]),
-                          job["path"], job["error"] or "")
-        console.print(table)
-    rate = status["throughput"]
-    if rate["sample_jobs"]:
-        console.print(f"throughput: {rate['images_last_hour']} image(s) in the last hour; "
-                      f"{rate['images_per_hour']} images/h and {rate['seconds_per_plane']} s/plane "
-                      f"over the last {rate['sample_jobs']} job(s)")
-    else:
-        console.print("throughput: no finished jobs yet")

@@ -247,7 +247,7 @@ class Worker:
         else:
             bound.info("job.done", output=str(report.output), seconds=round(seconds, 3),
                        planes=len(planes))
-        if self.config.output_preview:
+        if self.config.output.preview:
             write_job_preview(Path(report.output), path, bound)
 
     def _progress_for(self, job: Job):

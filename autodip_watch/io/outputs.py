@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-#: What outputs are called: ``<name><suffix>`` (see the module docstring).
-OUTPUT_SUFFIX = ".autodip.ome.tif"
+from ..defaults import OUTPUT_SUFFIX, PREVIEW_SUFFIX
+
 #: The one input ending that the output name drops (exact, lower case).
 CANONICAL_INPUT_SUFFIX = ".ome.tif"
 
@@ -66,6 +66,30 @@ def output_path_for(input_path: Path, out: Path | None = None,
     if out.is_dir():
         return out / default_name
     return out
+
+
+def preview_path(output: str | Path) -> Path:
+    """The before/after preview of an output: ``x.autodip.ome.tif`` ->
+    ``x.autodip.preview.png`` beside it."""
+    output = Path(output)
+    name = output.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(name + PREVIEW_SUFFIX)
+
+
+def is_output_name(name: str, suffix: str = OUTPUT_SUFFIX) -> bool:
+    """Whether a file called ``name`` is an output of autodip-watch, or an output's
+    preview, by its name: with ``suffix`` or the default one (case-insensitive)."""
+    lowered = name.lower()
+    for ending in {OUTPUT_SUFFIX, suffix.lower()}:
+        if lowered.endswith(ending):
+            return True
+        if lowered.endswith(ending.rsplit(".ome.tif", 1)[0] + PREVIEW_SUFFIX):
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------- ownership

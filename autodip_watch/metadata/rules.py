@@ -8,7 +8,6 @@ default rules know common dyes, tags and plain words.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,51 +149,6 @@ class InferenceRules:
                    and (label is None or getattr(d, label) is not None)]
         return max(holding, key=lambda d: len(d.folder.resolve().parts) if d.folder else 0,
                    default=None)
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping | None) -> "InferenceRules":
-        """Build from a config section (e.g. TOML ``[inference]``); ``ValueError`` says what is wrong.
-
-        Keys: ``specimen_rules`` and ``microscope_rules`` (lists of ``{pattern, label,
-        fields}``, tried before the defaults), ``replace_default_rules`` (drop the
-        defaults), ``folders`` (list of ``{path, microscope, specimen}``),
-        ``use_instrument_hints``, ``denoise_non_fluorescence``.
-        """
-        mapping = dict(mapping or {})
-        known = {"specimen_rules", "microscope_rules", "replace_default_rules", "folders",
-                 "use_instrument_hints", "denoise_non_fluorescence"}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
-        replace = bool(mapping.get("replace_default_rules", False))
-
-        def rules(key: str, defaults: tuple[LabelRule, ...]) -> tuple[LabelRule, ...]:
-            entries = mapping.get(key, [])
-            if not isinstance(entries, list):
-                raise ValueError(f"{key} must be a list of {{pattern, label, fields}} tables")
-            parsed = []
-            for number, entry in enumerate(entries):
-                if not isinstance(entry, Mapping) or not {"pattern", "label"} <= set(entry):
-                    raise ValueError(f"{key}[{number}] needs 'pattern' and 'label'")
-                extra = set(entry) - {"pattern", "label", "fields"}
-                if extra:
-                    raise ValueError(f"{key}[{number}]: unknown key(s) {', '.join(sorted(extra))}")
-                parsed.append(LabelRule(str(entry["pattern"]), str(entry["label"]),
-                                        tuple(entry.get("fields", TEXT_FIELDS))))
-            return tuple(parsed) + (() if replace else defaults)
-
-        folders = []
-        for number, entry in enumerate(mapping.get("folders", [])):
-            if not isinstance(entry, Mapping) or "path" not in entry:
-                raise ValueError(f"folders[{number}] needs 'path'")
-            folders.append(FolderDefaults(Path(entry["path"]), entry.get("microscope"),
-                                          entry.get("specimen")))
-        return cls(specimen_rules=rules("specimen_rules", DEFAULT_SPECIMEN_RULES),
-                   microscope_rules=rules("microscope_rules", DEFAULT_MICROSCOPE_RULES),
-                   folder_defaults=tuple(folders),
-                   use_instrument_hints=bool(mapping.get("use_instrument_hints", True)),
-                   denoise_non_fluorescence=bool(mapping.get("denoise_non_fluorescence", False)))
 
 
 DEFAULT_RULES = InferenceRules()

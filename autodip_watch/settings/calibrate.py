@@ -1,58 +1,81 @@
-"""The ``[calibrate]`` settings."""
+"""``[calibrate]``: the defaults of ``autodip-watch calibrate`` (paper §III-A).
+
+The grid (depths x widths x skips, scored every ``every`` of ``max_iterations``
+iterations) is checked by :class:`~autodip_watch.calibration.grid.CalibrationGrid`, its
+one home; the command line's options override these values.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from ..calibration.errors import CalibrationError
 from ..calibration.grid import CalibrationGrid, parse_list
-from ..calibration.pairs import MATCH_MODES
-from ..dip.modes import PAPER, fit_mode
+from ..dip.modes import MODES, PAPER
 from ..dip.params import DEPTHS, SKIPS, WIDTHS
+from .base import Flag, Settings, Text, Whole
 
 
-@dataclass
-class CalibrateSettings:
-    """The ``[calibrate]`` section of the configuration file (all keys optional)."""
+class CalibrateSettings(Settings):
+    """The calibration's search space and how each fit is scored (all keys optional)."""
 
-    depths: tuple[int, ...] = DEPTHS
-    widths: tuple[str, ...] = WIDTHS
-    skips: tuple[int, ...] = SKIPS
-    max_iterations: int = 3000
-    every: int = 100
-    crop: int | None = None
-    lpips: bool = True
-    match: str = "affine"
-    seed: int = 0
-    device: str | None = None
-    mode: str = PAPER  # the fit mode the grid is scored in (dip/modes.py)
-    members: int | None = None  # stable mode's ensemble size (None: the mode's for the device)
+    depths: tuple[int, ...] = Field(DEPTHS, description="Depths to search.", examples=[[4, 5]])
+    widths: tuple[str, ...] = Field(WIDTHS, description="Widths to search (16..512, asc).",
+                                    examples=[["16", "asc"]])
+    skips: tuple[int, ...] = Field(SKIPS, description="Skip channels to search.",
+                                   examples=[[4]])
+    max_iterations: Whole = Field(3000, ge=1, description="Iterations per fit.",
+                                  examples=[3000])
+    every: Whole = Field(100, ge=1, description="Score the output every this many "
+                         "iterations of the same run.", examples=[100])
+    crop: Whole | None = Field(None, ge=16, description="Centre-crop each pair to N x N "
+                               "(planes over 512 px are always cut to 512).", examples=[256])
+    lpips: Flag = Field(True, description="Compute LPIPS (needs the AlexNet weights).",
+                        examples=[True])
+    match: Literal["affine", "none"] = Field(
+        "affine", description="Ground truth onto noisy: a least-squares affine fit, or none.",
+        examples=["affine"])
+    seed: Whole = Field(0, examples=[0])
+    device: Text | None = Field(None, examples=["cuda"])
+    mode: Text = Field(PAPER, description="Fit mode the grid is scored in: paper (the "
+                       "AUTO-DIP calibration) or stable.",
+                       json_schema_extra={"enum": list(MODES)}, examples=["paper"])
+    members: Whole | None = Field(None, ge=1, description="stable mode: ensemble size.",
+                                  examples=[3])
 
-    KEYS: ClassVar[tuple[str, ...]] = ("depths", "widths", "skips", "max_iterations", "every",
-                                       "crop", "lpips", "match", "seed", "device", "mode",
-                                       "members")
-
+    @field_validator("depths", "skips", mode="before")
     @classmethod
-    def from_mapping(cls, section: dict) -> "CalibrateSettings":
-        unknown = set(section) - set(cls.KEYS)
-        if unknown:
-            raise CalibrationError(f"[calibrate]: unknown key(s) {', '.join(sorted(unknown))}; "
-                                   f"known: {', '.join(cls.KEYS)}")
-        values = dict(section)
-        for name, kind in (("depths", int), ("widths", str), ("skips", int)):
-            if name in values:
-                values[name] = parse_list(values[name], kind)
-        settings = cls(**values)
-        if settings.match not in MATCH_MODES:
-            raise CalibrationError(f"[calibrate] match must be one of {MATCH_MODES}")
+    def _whole_numbers(cls, value: Any) -> Any:
         try:
-            fit_mode(settings.mode)
-        except ValueError as error:
-            raise CalibrationError(f"[calibrate] mode: {error}") from None
-        settings.grid()  # validate now
-        return settings
+            return parse_list(value, int) if isinstance(value, str) else value
+        except CalibrationError as error:
+            raise ValueError(str(error)) from None
+
+    @field_validator("widths", mode="before")
+    @classmethod
+    def _widths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_list(value, str)
+        return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if value not in MODES:
+            raise ValueError(f"unknown fit mode {value!r}; choose from {', '.join(MODES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _a_grid(self) -> CalibrateSettings:
+        try:
+            self.grid()
+        except CalibrationError as error:
+            raise ValueError(str(error)) from None
+        return self
 
     def grid(self) -> CalibrationGrid:
+        """The search space these settings describe."""
         return CalibrationGrid(tuple(self.depths), tuple(self.widths), tuple(self.skips),
-                               int(self.max_iterations), int(self.every))
+                               self.max_iterations, self.every)
