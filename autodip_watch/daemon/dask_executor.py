@@ -30,6 +30,7 @@ from ..cluster import (GPU_RESOURCE, close_quietly, cluster_workers, connect,
                        is_connection_error, worker_device_type)
 from ..settings.config import Config, WatchFolder
 from .dask_tasks import denoise_task
+from .lifecycle import JobOutcomes, Outcome, incomplete_note, ready_to_run
 from .log import get_logger
 from .queue import Job, JobQueue
 
@@ -66,19 +67,20 @@ class _Task:
 
 
 class DaskDispatcher:
-    """The daemon's side of the Dask executor; one thread, same life cycle as a Worker."""
+    """The daemon's side of the Dask executor: an :class:`~.executor.Executor` whose
+    one thread hands jobs to the cluster and settles what comes back."""
 
     device = "dask"
 
     def __init__(self, config: Config, queue: JobQueue, table, stop: threading.Event,
-                 wake: threading.Event, metrics=None) -> None:
+                 wake: threading.Event, outcomes: JobOutcomes) -> None:
         self.config = config
+        self.outcomes = outcomes
         self.scheduler = config.scheduler
         self.queue = queue
         self.table = table
         self.stop = stop
         self.wake = wake
-        self.metrics = metrics
         self.client = None
         self.in_flight: dict[str, _Task] = {}  # Dask key -> task
         self.worker_devices: dict[str, str] = {}  # worker address -> "cuda", "cpu", ...
@@ -214,8 +216,7 @@ class DaskDispatcher:
         log.warning("cluster.lost", scheduler=self.scheduler, error=message,
                     in_flight=len(self.jobs()),
                     note="jobs in flight go back to the queue; reconnecting")
-        self._release_all("lost the connection to the Dask scheduler; the job goes back to "
-                          "the queue")
+        self._release_all("lost the connection to the Dask scheduler")
         self._close_client()
         self.connected, self.error, self.since = False, message, time.time()
         self.retry_at = time.time() + 1.0
@@ -239,8 +240,7 @@ class DaskDispatcher:
                                    reason="autodip-watch daemon stopping")
             except Exception as error:
                 log.warning("cluster.cancel_failed", error=str(error))
-        self._release_all("daemon stopping; cancelled on the cluster, the job goes back to "
-                          "the queue")
+        self._release_all("daemon stopping; cancelled on the cluster")
         self._close_client()
         self.connected = False
 
@@ -248,9 +248,8 @@ class DaskDispatcher:
         for key, task in list(self.in_flight.items()):
             for item in task.members:
                 try:
-                    self.queue.release(item.job.id, reason)
-                    item.bound.info("job.requeued", reason=reason,
-                                    seconds=round(time.monotonic() - task.submitted, 2))
+                    self.outcomes.requeue(item.job, item.bound, reason,
+                                          time.monotonic() - task.submitted)
                 except Exception:
                     log.exception("cluster.release_failed", job_id=item.job.id)
             self.in_flight.pop(key, None)
@@ -344,8 +343,6 @@ class DaskDispatcher:
                 continue  # each claimed job was settled here (input gone, output current)
             first = members[0].job
             key = f"autodip-job-{first.id}-{first.attempts}-{uuid.uuid4().hex[:8]}"
-            from .worker import incomplete_note
-
             payloads: dict[str, dict] = {}
             jobs = []
             for item in members:
@@ -381,8 +378,6 @@ class DaskDispatcher:
         up to :meth:`jobs_per_task`, queued jobs of its fit key, whose planes can share
         batches on the GPU. A job whose group killed its worker runs alone.
         """
-        from .worker import ready_to_run
-
         size = self.jobs_per_task()
         members: list[_InFlight] = []
         first: Job | None = None
@@ -400,7 +395,7 @@ class DaskDispatcher:
             output = self.config.output_for(Path(job.path), self.config.folder_for(Path(job.path)))
             bound = log.bind(job_id=job.id, path=job.path, executor="dask")
             try:
-                if ready_to_run(job, output, self.queue, bound):
+                if ready_to_run(job, output, self.outcomes, bound):
                     members.append(_InFlight(job, output, bound))
             except Exception:
                 for item in [*members, _InFlight(job, output, bound)]:
@@ -475,54 +470,23 @@ class DaskDispatcher:
             self._failed(item, message, trace)
 
     def _failed(self, item: _InFlight, message: str, trace: str | None) -> None:
-        state = self.queue.fail(item.job.id, message, self.config.retry)
-        if self.metrics is not None:
-            self.metrics.jobs_failed.inc()
-        (item.bound.error if state == "quarantined" else item.bound.warning)(
-            f"job.{state}", error=message, attempt=item.job.attempts,
-            max_attempts=self.config.retry.max_attempts, traceback=trace)
+        self.outcomes.fail(item.job, item.bound, message, trace)
 
     def _requeue(self, task: _Task, items: list[_InFlight], reason: str) -> None:
         for item in items:
-            self.queue.release(item.job.id, f"{reason}; the job goes back to the queue")
-            item.bound.info("job.requeued", reason=reason,
-                            seconds=round(time.monotonic() - task.submitted, 2))
+            self.outcomes.requeue(item.job, item.bound, reason,
+                                  time.monotonic() - task.submitted)
 
     def _finished(self, task: _Task, item: _InFlight, result: dict) -> None:
-        job, bound = item.job, item.bound
-        status = result.get("status")
+        outcome = Outcome.from_dict(result)
         where = f"{result.get('worker')} on {result.get('host')}"
-        if status == "cancelled":
-            self._requeue(task, [item], f"the task stopped on {where}")
-            return
-        if status == "error":
-            self._failed(item, f"{result.get('error')} (on {where})", result.get("traceback"))
-            return
-        self._alone.discard(job.id)
-        from .worker import finished_message, finished_state
-
-        if status == "kept":
-            self.queue.finish(job.id, result["output"], None, 0.0, None,
-                              f"output already present, made from this content; kept "
-                              f"({where})", state=finished_state(job, []))
-            bound.info("job.done", output=result["output"], note="output already present",
-                       worker=result.get("worker"), host=result.get("host"))
-            return
-        missing = list((result.get("report") or {}).get("missing") or [])
-        self.queue.placed(job.id, f"{where} ({result.get('device')})")
-        self.queue.finish(job.id, result["output"], result.get("report"),
-                          float(result.get("seconds") or 0.0), result.get("planes"),
-                          f"{finished_message(job, missing)} on {where}",
-                          state=finished_state(job, missing))
-        if self.metrics is not None:
-            self.metrics.jobs_done.inc()
-            for plane in (result.get("report") or {}).get("planes", []):
-                self.metrics.plane_seconds.observe(float(plane.get("seconds", 0.0)))
-        bound.info("job.done", output=result["output"], seconds=result.get("seconds"),
-                   planes=result.get("planes"), worker=result.get("worker"),
-                   host=result.get("host"), device=result.get("device"),
-                   jobs_in_task=len(task.members))
-        if self.config.output.preview:
-            from .worker import write_job_preview
-
-            write_job_preview(Path(result["output"]), Path(job.path), bound)
+        if outcome.status == "done":
+            self._alone.discard(item.job.id)
+            self.queue.placed(item.job.id, f"{where} ({outcome.device})")
+        elif outcome.status == "kept":
+            self._alone.discard(item.job.id)
+        fields = {"worker": result.get("worker"), "host": result.get("host")}
+        if outcome.status == "done":
+            fields.update(device=outcome.device, jobs_in_task=len(task.members))
+        self.outcomes.record(item.job, outcome, item.bound, where=where,
+                             stopped="the task stopped", **fields)

@@ -76,22 +76,26 @@ def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: st
 
     ``jobs`` are files of one fit key (the dispatcher groups them), each a dict of
     ``job`` (id), ``input``, ``output``, ``mtime_ns`` and ``settings`` (a key of
-    ``payloads``: :class:`DenoiseSettings` as JSON, ``model_dump(mode="json")``). Where batching is on for this worker's
-    device, several jobs run side by side in threads that hand their tiles to one shared
+    ``payloads``: a :class:`DenoiseSettings` as JSON, ``model_dump(mode="json")``). Where
+    batching is on for this worker's device, several jobs run side by side in threads that hand their tiles to one shared
     batching fitter, so their planes are fitted in the same batches, as in the local
     daemon; otherwise they run one after the other.
 
-    Returns one plain dict per job, in order: ``status`` (``done``; ``kept`` when a
-    current output already exists; ``cancelled`` when stopped; ``error`` with ``error``
-    and ``traceback`` when the file failed, its temporary output removed) with
-    ``output``, ``report``, ``seconds``, ``planes``, ``worker`` (address), ``host`` and
-    ``device``. A file's error is its own: the other files of the task still finish.
+    Returns one plain dict per job, in order: its :class:`~.lifecycle.Outcome`
+    (``Outcome.as_dict``) with ``worker`` (address) and ``host``. A file's error is its
+    own: the other files of the task still finish.
     """
     from ..dip.batching import run_together
+    from ..dip.device import choose_device, configure_tf32
     from ..pipeline.denoise import shared_fitter
 
     context = _TaskContext(this_worker(), progress_topic, task_key)
     settings = {key: DenoiseSettings.model_validate(payload) for key, payload in payloads.items()}
+    first = settings[jobs[0]["settings"]]
+    try:  # a process setting of the worker; every task of one daemon asks the same
+        configure_tf32(first.tf32(choose_device(first.device)))
+    except (ValueError, RuntimeError):
+        pass  # no such device here: each job fails with the device error and says so
     shared = (shared_fitter(settings[jobs[0]["settings"]], linger) if len(jobs) > 1
               else None)
     return run_together(shared, [functools.partial(_run_job, job, settings[job["settings"]],
@@ -99,23 +103,17 @@ def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: st
 
 
 def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict:
-    """One job of a task; errors of the file come back as a result, not an exception."""
+    """One job of a task: its :class:`~.lifecycle.Outcome` as plain data, with the worker
+    and host that ran it. Errors of the file come back as an outcome, not an exception."""
     from ..dip.device import choose_device, describe_device
-    from ..pipeline.denoise import denoise_file
-    from .progress import FitProgress
-    from .worker import JobCancelled, output_is_current
     from ..io.atomic import remove_temporary_outputs
+    from .lifecycle import Outcome, output_is_current, run_job
 
     source, output = Path(job["input"]), Path(job["output"])
     where = {"worker": context.address, "host": context.host}
-
-    def send(message: dict) -> None:
-        context.send({"job": job["job"], **message})
-
-    device = ""
+    if context.cancelled():
+        return {**Outcome("cancelled", job["output"]).as_dict(), **where}
     try:
-        if context.cancelled():
-            return {"status": "cancelled", "output": job["output"], **where, "device": ""}
         if not source.exists():
             raise WorkerStorageError(
                 f"{source} does not exist on worker {context.address or 'here'} (host "
@@ -124,46 +122,42 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
         hashes = [tuple(pair) for pair in job.get("hashes") or []]
         if hashes and output_is_current(output, source, hashes):
             # A rerun after the worker died between writing the output and reporting it.
-            return {"status": "kept", "output": job["output"], **where, "device": ""}
+            return {**Outcome("kept", job["output"]).as_dict(), **where}
         device = describe_device(choose_device(denoise_settings.device))
-        send({"event": "started", "device": device})
-        last_sent = [0.0]
-        measured = FitProgress()
-
-        def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
-                     iterations: int) -> None:
-            if context.cancelled():
-                raise JobCancelled()
-            now = time.monotonic()
-            measured.update(plane, planes, tile, tiles, iteration, iterations, now)
-            final = plane == planes and tile == tiles and iteration == iterations
-            if now - last_sent[0] >= EVENT_SECONDS or final:
-                last_sent[0] = now
-                send({"event": "progress", "device": device, "plane": plane,
-                      "planes": planes, "tile": tile, "tiles": tiles,
-                      "iteration": iteration, "iterations": iterations,
-                      "fraction": measured.fraction, "rate": measured.rate()})
-
-        remove_temporary_outputs(output)  # of an attempt on a worker that died
-        output.parent.mkdir(parents=True, exist_ok=True)
-        report = denoise_file(source, denoise_settings, out=output, progress=progress,
-                              worker=context.address or None, fitter=fitter,
-                              incomplete=job.get("incomplete"))
-    except JobCancelled:
-        remove_temporary_outputs(output)
-        return {"status": "cancelled", "output": job["output"], **where, "device": device}
     except Exception as error:
-        remove_temporary_outputs(output)
-        _free_device_memory()
-        return {"status": "error", "error": f"{type(error).__name__}: {error}",
-                "traceback": traceback.format_exc(limit=6), "output": job["output"], **where,
-                "device": device}
-    return {"status": "done", "output": str(report.output), "report": report.as_dict(),
-            "seconds": report.seconds, "planes": len(report.planes), **where,
-            "device": report.device}
+        return {**Outcome("error", job["output"], error=f"{type(error).__name__}: {error}",
+                          traceback=traceback.format_exc(limit=6)).as_dict(), **where}
+    context.send({"job": job["job"], "event": "started", "device": device})
+    remove_temporary_outputs(output)  # of an attempt on a worker that died
+    outcome = run_job(source, output, denoise_settings,
+                      progress=_progress_events(job["job"], device, context),
+                      fitter=fitter, incomplete=job.get("incomplete"),
+                      worker=context.address or None)
+    outcome.device = outcome.device or device
+    return {**outcome.as_dict(), **where}
 
 
-def _free_device_memory() -> None:
-    from ..dip.device import free_device_memory
+def _progress_events(job_id: int, device: str, context: _TaskContext):
+    """The pipeline's progress callback on a worker: cancellation, and progress events
+    to the daemon at most every :data:`EVENT_SECONDS`."""
+    from .lifecycle import JobCancelled
+    from .progress import FitProgress
 
-    free_device_memory()
+    last_sent = [0.0]
+    measured = FitProgress()
+
+    def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
+                 iterations: int) -> None:
+        if context.cancelled():
+            raise JobCancelled()
+        now = time.monotonic()
+        measured.update(plane, planes, tile, tiles, iteration, iterations, now)
+        final = plane == planes and tile == tiles and iteration == iterations
+        if now - last_sent[0] >= EVENT_SECONDS or final:
+            last_sent[0] = now
+            context.send({"job": job_id, "event": "progress", "device": device,
+                          "plane": plane, "planes": planes, "tile": tile, "tiles": tiles,
+                          "iteration": iteration, "iterations": iterations,
+                          "fraction": measured.fraction, "rate": measured.rate()})
+
+    return progress

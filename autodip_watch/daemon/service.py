@@ -25,12 +25,13 @@ from .. import __version__
 from ..settings.base import ConfigError
 from ..settings.config import Config
 from ..settings.runtime import check_runtime
+from ..io.atomic import remove_temporary_outputs
+from .executor import Executor
+from .lifecycle import JobOutcomes
 from .log import Condition, get_logger
 from .queue import JobQueue
 from .status import LOCK_NAME, read_lock_record
 from .watcher import Watcher
-from .worker import Worker
-from ..io.atomic import remove_temporary_outputs
 
 log = get_logger("autodip_watch.service")
 
@@ -62,8 +63,8 @@ class Daemon:
         self.notifier = sdnotify.SystemdNotifier()
         self.queue: JobQueue | None = None
         self.watcher: Watcher | None = None
-        self.workers: list[Worker] = []
-        self.dispatcher = None  # the Dask executor (cluster.py), instead of local workers
+        #: What runs the jobs: one local Worker per device, or one DaskDispatcher.
+        self.executors: list[Executor] = []
         self.metrics = None
         self._lock_handle = None
         self._started = time.time()
@@ -132,17 +133,9 @@ class Daemon:
             signal.signal(signum, self._on_signal)
         self.watcher.start()
         self.queue.set_info("cluster", None)  # the dispatcher publishes its own view
-        if dask:
-            from .dask_executor import DaskDispatcher
-
-            self.dispatcher = DaskDispatcher(self.config, self.queue, table, self.stop,
-                                             self.wake, self.metrics)
-            self.dispatcher.start()
-        for device in ([] if dask else self.config.devices):
-            worker = Worker(self.config, self.queue, device, table, self.stop, self.wake,
-                            self.metrics)
-            worker.start()
-            self.workers.append(worker)
+        self.executors = self._executors(table)
+        for executor in self.executors:
+            executor.start()
         log.info("daemon.ready", pid=os.getpid(), version=__version__, devices=devices,
                  executor=self.config.executor, scheduler=self.config.scheduler,
                  state_dir=str(self.state_dir), folders=[str(f.path) for f in self.config.watch],
@@ -150,6 +143,27 @@ class Daemon:
                           if self.metrics else None))
         self.notifier.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=watching "
                              f"{len(self.config.watch)} folder(s)")
+
+    def _executors(self, table) -> list[Executor]:
+        """One Worker per configured device, or the Dask dispatcher; all record job
+        outcomes through one :class:`~.lifecycle.JobOutcomes`."""
+        outcomes = JobOutcomes(self.queue, self.config.retry, self.metrics,
+                               preview=self.config.output.preview)
+        if self.config.executor == "dask":
+            from .dask_executor import DaskDispatcher
+
+            return [DaskDispatcher(self.config, self.queue, table, self.stop, self.wake,
+                                   outcomes)]
+        from ..dip.device import choose_device, configure_tf32
+        from .worker import Worker
+
+        # TF32 is a process setting (dip.device.configure_tf32), set once here, never per
+        # job: every worker of this daemon fits with the same [dip] speed settings.
+        device = choose_device(None if self.config.devices[0] == "auto"
+                               else self.config.devices[0])
+        configure_tf32(self.config.denoise_settings(None, "auto").tf32(device))
+        return [Worker(self.config, self.queue, name, table, self.stop, self.wake, outcomes)
+                for name in self.config.devices]
 
     def _fit_key_for(self, table, devices: list[str]):
         """The watcher's fit-key function where a local worker batches, else None (the
@@ -224,8 +238,8 @@ class Daemon:
         problems: list[str] = []
         ok, watcher_problems = self.watcher.healthy()
         problems += watcher_problems
-        for worker in self.workers + ([self.dispatcher] if self.dispatcher else []):
-            ok, problem = worker.healthy()
+        for executor in self.executors:
+            ok, problem = executor.healthy()
             if not ok:
                 problems.append(problem)
         return not problems, problems
@@ -237,11 +251,7 @@ class Daemon:
             parts.append(f"{counts['partial']} partial")
         if counts["quarantined"]:
             parts.append(f"{counts['quarantined']} quarantined")
-        for worker in self.workers:
-            for job in worker.jobs():
-                parts.append(f"{worker.device}: {Path(job.path).name}")
-        if self.dispatcher is not None:
-            parts.append(self.dispatcher.summary())
+        parts += [line for line in (executor.summary() for executor in self.executors) if line]
         unavailable = [s for s in self.watcher.folders if s.checked and not s.available]
         if unavailable:
             parts.append(f"{len(unavailable)} folder(s) unavailable")
@@ -284,12 +294,12 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop(timeout=max(0.1, deadline - time.monotonic()))
         stuck = []
-        for worker in self.workers + ([self.dispatcher] if self.dispatcher else []):
-            worker.thread.join(max(0.0, deadline - time.monotonic()))
-            if worker.thread.is_alive():
-                stuck.append(worker)
-        for worker in stuck:
-            for job in worker.jobs():
+        for executor in self.executors:
+            executor.thread.join(max(0.0, deadline - time.monotonic()))
+            if executor.thread.is_alive():
+                stuck.append(executor)
+        for executor in stuck:
+            for job in executor.jobs():
                 try:
                     self.queue.release(job.id, "daemon stopped before the fit could abort; the "
                                                "job goes back to the queue")

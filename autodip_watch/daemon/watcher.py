@@ -32,8 +32,6 @@ threads runs in one "settler" thread; it is the only writer of new jobs.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import queue as stdqueue
 import stat
@@ -42,277 +40,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import defusedxml.ElementTree as SafeET
-import tifffile
-from watchdog import events as watchdog_events
-from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
-                             FileModifiedEvent, FileMovedEvent, FileSystemEvent,
-                             FileSystemEventHandler)
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
-
-from ..settings.config import Config, WatchFolder
-from .log import Condition, get_logger
 from ..io.checksums import hash_files
+from ..settings.config import Config
+from ..settings.sections import WatchFolder
+from .inspection import (ImageSet, UnreadableImage, file_version, inspect_image,
+                         set_signature)
+from .log import Condition, get_logger
+from .observers import FolderState, observer_alive, start_observer, stop_observer
 from .queue import JobQueue
 
 log = get_logger("autodip_watch.watcher")
 
 #: Suffixes of files still being written or left behind by writers and copiers.
 TEMPORARY_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".filepart", "~")
-# IN_ATTRIB (watchdog >= 5: FileAttribEvent) lets a `touch` be seen at once; it adds no job.
-_ATTRIB = getattr(watchdog_events, "FileAttribEvent", None)
-_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent,
-           DirCreatedEvent, DirMovedEvent] + ([_ATTRIB] if _ATTRIB is not None else [])
-_TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
-
-
-class _QuietTifffile(logging.Filter):
-    """Drops tifffile's log records while the settler counts the planes of a file that
-    is still being written (every look would log "index out of range")."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.local, "quiet", False)
-
-
-_QUIET = _QuietTifffile()
-logging.getLogger("tifffile").addFilter(_QUIET)
-
-
-@contextlib.contextmanager
-def _quiet_tifffile():
-    previous = getattr(_QUIET.local, "quiet", False)
-    _QUIET.local.quiet = True
-    try:
-        yield
-    finally:
-        _QUIET.local.quiet = previous
-
-
-class UnreadableImage(ValueError):
-    """The file does not (yet) parse as a complete image."""
-
-
-# --------------------------------------------------------------------- inspection
-
-@dataclass(frozen=True)
-class ImageSet:
-    """What an image file is: on its own, the first file of a multi-file OME set, or a member."""
-
-    path: Path
-    members: tuple[Path, ...] = ()  # the other files of its set (it is the set's first file)
-    missing: tuple[Path, ...] = ()  # members not present yet
-    first_file: Path | None = None  # set when this file is a member: the set is taken there
-    planes: "PlaneCount | None" = None  # declared vs present, where the metadata declares
-
-
-@dataclass(frozen=True)
-class PlaneCount:
-    """How many planes (TIFF pages) the metadata declares, and how many are there."""
-
-    present: int
-    declared: int
-    by: str  # which metadata declared them: "OME", "ImageJ", "Micro-Manager"
-
-    @property
-    def complete(self) -> bool:
-        return self.present >= self.declared
-
-
-def count_planes(path: Path) -> PlaneCount | None:
-    """Planes declared by the file's metadata and planes present, or None where nothing
-    is declared (a plain TIFF) or the declaration cannot be resolved from this file (an
-    OME set whose metadata is in a companion file: its files' presence is checked).
-
-    Uses tifffile's own parsing: its OME series map every declared plane through the
-    TiffData blocks to an IFD of this file or of another file of the set, and leave a
-    gap (None) where that IFD or file is not there.
-    """
-    try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
-            if tif.is_ome:
-                series = [s for s in tif.series if s.kind == "ome"]
-                if series:
-                    declared = sum(len(s.pages) for s in series)
-                    present = sum(1 for s in series for page in s.pages if page is not None)
-                    return PlaneCount(present, declared, "OME")
-                if tif.ome_metadata and "BinaryOnly" in tif.ome_metadata:
-                    return None
-            if tif.is_imagej:
-                images = (tif.imagej_metadata or {}).get("images")
-                if isinstance(images, int) and images > 1:
-                    return PlaneCount(_imagej_present(tif, images, path), images, "ImageJ")
-            if tif.is_micromanager:
-                declared = _micromanager_declared(tif)
-                if declared:
-                    return PlaneCount(len(tif.pages), declared, "Micro-Manager")
-    except Exception:  # the completeness check proper (check_tiff_complete) reports errors
-        return None
-    return None
-
-
-def _imagej_present(tif: tifffile.TiffFile, images: int, path: Path) -> int:
-    """ImageJ stacks may carry one IFD for all planes (data contiguous after it)."""
-    pages = len(tif.pages)
-    if pages > 1:
-        return pages
-    page = tif.pages.first
-    plane_bytes = int(page.nbytes) if page.nbytes else 0
-    if not plane_bytes or not page.dataoffsets:
-        return pages
-    return max(1, min(images, (path.stat().st_size - page.dataoffsets[0]) // plane_bytes))
-
-
-def _micromanager_declared(tif: tifffile.TiffFile) -> int | None:
-    """Planes the acquisition planned, from Micro-Manager's summary metadata (written
-    at the start, before any plane; its OME-XML comes only when the file is closed)."""
-    summary = (tif.micromanager_metadata or {}).get("Summary") or {}
-    intended = summary.get("IntendedDimensions")
-    try:
-        if isinstance(intended, dict):
-            sizes = [int(intended.get(k, 1) or 1) for k in ("time", "z", "channel")]
-        else:
-            sizes = [int(summary.get(k, 1) or 1) for k in ("Frames", "Slices", "Channels")]
-    except (TypeError, ValueError):
-        return None
-    declared = sizes[0] * sizes[1] * sizes[2]
-    return declared if declared > 1 else None
-
-
-def check_tiff_complete(path: Path) -> str | None:
-    """Parse every IFD and check every page's data lies inside the file.
-
-    Cheap (no pixel decoding) and catches truncated and half-written TIFFs; returns the
-    OME-XML, if any. Raises :class:`UnreadableImage`.
-    """
-    try:
-        size = path.stat().st_size
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
-            pages = tif.pages
-            count = len(pages)
-            if count == 0:
-                raise UnreadableImage("no image pages")
-            for index in range(count):
-                page = pages[index]
-                for offset, length in zip(page.dataoffsets, page.databytecounts):
-                    if offset + length > size:
-                        raise UnreadableImage(f"page {index} needs {offset + length} bytes but "
-                                              f"the file has {size} (truncated or still being "
-                                              f"written)")
-            if not tif.series:
-                raise UnreadableImage("no image series")
-            return tif.ome_metadata
-    except UnreadableImage:
-        raise
-    except Exception as error:  # tifffile raises many kinds on garbage input
-        raise UnreadableImage(f"not a readable TIFF: {error}") from error
-
-
-def check_other_complete(path: Path) -> None:
-    """Non-TIFF inputs (a folder may match *.png): let the reader decide."""
-    from ..io.reader import ImageFile
-    from ..io.errors import ImageReadError
-
-    try:
-        ImageFile(path)
-    except ImageReadError as error:
-        raise UnreadableImage(str(error)) from error
-    except Exception as error:
-        raise UnreadableImage(f"not a readable image: {error}") from error
-
-
-def ome_file_names(ome_xml: str) -> tuple[list[str], str | None]:
-    """The set's file names (TiffData UUID FileName, document order) and any BinaryOnly
-    MetadataFile (a member whose metadata lives in a companion file)."""
-    try:
-        root = SafeET.fromstring(ome_xml.encode("utf-8") if isinstance(ome_xml, str) else ome_xml)
-    except Exception as error:
-        raise UnreadableImage(f"OME-XML does not parse: {error}") from error
-    names: list[str] = []
-    metadata_file = None
-    for element in root.iter():
-        tag = element.tag.rsplit("}", 1)[-1]
-        if tag == "UUID" and element.get("FileName"):
-            if element.get("FileName") not in names:
-                names.append(element.get("FileName"))
-        elif tag == "BinaryOnly":
-            metadata_file = element.get("MetadataFile")
-    return names, metadata_file
-
-
-def inspect_image(path: Path) -> ImageSet:
-    """Check ``path`` parses completely and find the other files of its OME set.
-
-    A set is taken once, through the first file its OME-XML names; the others (and a
-    companion metadata file) are its members and must be present and settled too.
-    """
-    if not path.name.lower().endswith(_TIFF_SUFFIXES):
-        check_other_complete(path)
-        return ImageSet(path)
-    ome_xml = check_tiff_complete(path)
-    planes = count_planes(path)
-    if not ome_xml:
-        return ImageSet(path, planes=planes)
-    names, metadata_name = ome_file_names(ome_xml)
-    metadata = None
-    if metadata_name:  # BinaryOnly: the set's metadata is in a master TIFF or companion file
-        metadata = path.parent / metadata_name
-        if not metadata.is_file():
-            return ImageSet(path, missing=(metadata,))
-        try:
-            if metadata.name.lower().endswith(_TIFF_SUFFIXES):
-                text = check_tiff_complete(metadata) or ""
-            else:
-                text = metadata.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UnreadableImage(f"cannot read OME metadata file {metadata}: {error}") from error
-        except UnreadableImage as error:
-            raise UnreadableImage(f"OME metadata file {metadata.name}: {error}") from error
-        names, _ = ome_file_names(text)
-    if not names or path.name not in names or (names == [path.name] and metadata is None):
-        return ImageSet(path, planes=planes)
-    if names[0] != path.name:
-        return ImageSet(path, first_file=path.parent / names[0])
-    members = [path.parent / name for name in names[1:]]
-    if metadata is not None and metadata.name not in names:
-        members.append(metadata)
-    missing = tuple(member for member in members if not member.is_file())
-    for member in members:
-        if member not in missing and member.name.lower().endswith(_TIFF_SUFFIXES):
-            try:
-                check_tiff_complete(member)
-            except UnreadableImage as error:
-                raise UnreadableImage(f"member {member.name}: {error}") from error
-    return ImageSet(path, members=tuple(members), missing=missing, planes=planes)
-
-
-def set_signature(paths: list[Path]) -> tuple:
-    """(size, mtime_ns, ctime_ns) of every file, None for a missing one: what "settled"
-    compares."""
-    signature = []
-    for path in paths:
-        try:
-            info = path.stat()
-            signature.append((info.st_size, info.st_mtime_ns, info.st_ctime_ns))
-        except OSError:
-            signature.append(None)
-    return tuple(signature)
-
-
-def file_version(paths: list[Path]) -> tuple[int, int, int]:
-    """(total size, newest mtime_ns, newest ctime_ns) of a file or set: the job's version."""
-    infos = [path.stat() for path in paths]
-    return (sum(info.st_size for info in infos), max(info.st_mtime_ns for info in infos),
-            max(info.st_ctime_ns for info in infos))
-
-
-def sha256_of(paths: list[Path], chunk: int = 1 << 20) -> str:
-    """SHA-256 of the files' bytes one after the other (a set's content as one)."""
-    return hash_files(paths, chunk)[0]
 
 
 # ----------------------------------------------------------------------- watching
@@ -334,50 +74,6 @@ class Candidate:
 
     def files(self) -> list[Path]:
         return [self.path, *self.members]
-
-
-@dataclass
-class FolderState:
-    folder: WatchFolder
-    observer: object | None = None
-    kind: str = ""
-    identity: tuple[int, int] | None = None
-    available: bool = False
-    checked: bool = False  # False until the settler's first look at the folder
-    note: str = ""
-    real_root: str = ""
-    restarts: int = 0
-
-    def describe(self) -> dict:
-        return {"path": str(self.folder.path), "observer": self.kind or self.folder.observer_kind,
-                "configured": self.folder.observer_kind,
-                "available": self.available if self.checked else None,
-                "patterns": list(self.folder.patterns), "settle_seconds": self.folder.settle_seconds,
-                "microscope": self.folder.microscope, "specimen": self.folder.specimen,
-                "note": self.note, "restarts": self.restarts}
-
-
-class _Handler(FileSystemEventHandler):
-    """Runs in watchdog's thread: only hands paths (and what happened) to the settler."""
-
-    def __init__(self, folder: WatchFolder, inbox: stdqueue.SimpleQueue,
-                 native: bool = False) -> None:
-        self.folder = folder
-        self.inbox = inbox
-        self.native = native
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        path = event.dest_path or event.src_path
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        kind = "dir" if event.is_directory else "file"
-        what = ""
-        if self.native and not event.is_directory:
-            # inotify: IN_MODIFY = a writer wrote; IN_CLOSE_WRITE = a writer closed it.
-            what = ("modified" if type(event) is FileModifiedEvent else
-                    "closed" if isinstance(event, FileClosedEvent) else
-                    "moved" if isinstance(event, FileMovedEvent) else "")
-        self.inbox.put((kind, self.folder, path, what))
 
 
 class Watcher:
@@ -417,7 +113,7 @@ class Watcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
         for state in self.folders:
-            self._stop_observer(state)
+            stop_observer(state)
 
     def healthy(self) -> tuple[bool, list[str]]:
         """Settler ticking, and a live observer on every folder that is there."""
@@ -427,7 +123,7 @@ class Watcher:
         elif time.monotonic() - self.last_tick > max(60.0, 20 * self.tick_seconds):
             problems.append(f"settler stuck for {time.monotonic() - self.last_tick:.0f} s")
         for state in self.folders:
-            if state.available and not _observer_alive(state.observer):
+            if state.available and not observer_alive(state.observer):
                 problems.append(f"observer of {state.folder.path} is not running")
         return not problems, problems
 
@@ -494,65 +190,23 @@ class Watcher:
                                 action="waiting for it to come back")
                 state.available = False
                 state.note = f"unavailable: {error.strerror or error}"
-                self._stop_observer(state)
+                stop_observer(state)
                 continue
             identity = (info.st_dev, info.st_ino)
             replaced = state.identity is not None and identity != state.identity
-            if state.available and _observer_alive(state.observer) and not replaced:
+            if state.available and observer_alive(state.observer) and not replaced:
                 continue
             if state.identity is not None:  # watched before: say why it is re-scheduled
                 state.restarts += 1
                 reason = ("folder came back" if not state.available else
                           "folder replaced or remounted" if replaced else "observer stopped")
                 log.warning("watch.restart", folder=str(folder.path), reason=reason)
-            self._stop_observer(state)
-            self._start_observer(state)
+            stop_observer(state)
+            start_observer(state, self.inbox)
             state.identity = identity
             state.available = True
             state.real_root = os.path.realpath(folder.path)
             self.rescan(folder, folder.path)
-
-    def _start_observer(self, state: FolderState) -> None:
-        folder = state.folder
-        handler = _Handler(folder, self.inbox, native=not folder.polling)
-        state.note = ""
-        if not folder.polling:
-            observer = Observer()
-            try:
-                observer.schedule(handler, str(folder.path), recursive=folder.recursive,
-                                  event_filter=_EVENTS)
-                observer.start()
-                state.observer, state.kind = observer, "native"
-                log.info("watch.start", folder=str(folder.path), observer="native")
-                return
-            except OSError as error:  # e.g. the inotify watch limit: poll instead of failing
-                state.note = f"native observer failed ({error}); polling instead"
-                log.warning("watch.fallback", folder=str(folder.path), error=str(error),
-                            observer="polling",
-                            fix="raise fs.inotify.max_user_watches or set polling = true")
-                try:
-                    observer.stop()
-                except Exception:
-                    pass
-        handler.native = False  # a polling observer sees no open/close
-        observer = PollingObserver(timeout=folder.poll_interval_seconds)
-        observer.schedule(handler, str(folder.path), recursive=folder.recursive,
-                          event_filter=_EVENTS)
-        observer.start()
-        state.observer, state.kind = observer, "polling"
-        log.info("watch.start", folder=str(folder.path), observer="polling",
-                 interval=folder.poll_interval_seconds)
-
-    @staticmethod
-    def _stop_observer(state: FolderState) -> None:
-        observer, state.observer = state.observer, None
-        if observer is None:
-            return
-        try:
-            observer.stop()
-            observer.join(timeout=5)
-        except Exception as error:
-            log.warning("watch.stop_error", folder=str(state.folder.path), error=str(error))
 
     def rescan(self, folder: WatchFolder, top: Path) -> None:
         """Walk ``top`` (inside ``folder``) and nominate every matching file."""
@@ -666,39 +320,12 @@ class Watcher:
         unchanged = now - candidate.changed
         overdue = unchanged >= folder.incomplete_after_seconds
         if candidate.inspected is None:
-            try:
-                image_set = inspect_image(candidate.path)
-                candidate.error = None
-            except UnreadableImage as error:
-                image_set, candidate.error = ImageSet(candidate.path), str(error)
-            candidate.inspected = image_set
-            if image_set.members != candidate.members:
-                # New set members: they must settle too before the set is taken.
-                candidate.members = image_set.members
-                candidate.signature = set_signature(candidate.files())
-                candidate.changed = now
-                candidate.state, candidate.reason = "settling", "settling (OME set)"
-                return "keep"
-            # This version of the file, with every member of its set, already a job?
-            present = [p for p, s in zip(candidate.files(), signature) if s]
-            if self.queue.known(str(candidate.path), *file_version(present)):
-                return "drop"
+            outcome = self._inspect(candidate, signature, now)
+            if outcome is not None:
+                return outcome
         image_set = candidate.inspected
         if image_set.first_file is not None:
-            if image_set.first_file.is_file():
-                self.consider(folder, image_set.first_file, whole_set=True)
-                return "drop"  # the set is taken through its first file
-            candidate.detail = {"files": [image_set.first_file.name]}
-            if overdue:  # its metadata is in that file: nothing can be read without it
-                candidate.state = "incomplete"
-                candidate.reason = (f"incomplete: the first file of its OME set, "
-                                    f"{image_set.first_file.name}, has not arrived in "
-                                    f"{_duration(unchanged)}; the set is taken when it does")
-            else:
-                candidate.state = "waiting-set"
-                candidate.reason = (f"member of an OME set whose first file "
-                                    f"{image_set.first_file.name} is not present")
-            return "keep"
+            return self._member_of_set(candidate, image_set, overdue, unchanged)
         writing = [p for p in candidate.files() if p in self._writing]
         if candidate.error is not None and writing and not overdue:
             candidate.state = "writing"
@@ -747,6 +374,48 @@ class Watcher:
                     action="taken as it is: its planes are denoised, the job ends partial")
         self._enqueue(candidate, missing=detail)
         return "drop"
+
+    def _inspect(self, candidate: Candidate, signature: tuple, now: float) -> str | None:
+        """Look inside a settled candidate once per version: "keep" when new set members
+        must settle first, "drop" when this version is already a job, else None."""
+        try:
+            image_set = inspect_image(candidate.path)
+            candidate.error = None
+        except UnreadableImage as error:
+            image_set, candidate.error = ImageSet(candidate.path), str(error)
+        candidate.inspected = image_set
+        if image_set.members != candidate.members:
+            # New set members: they must settle too before the set is taken.
+            candidate.members = image_set.members
+            candidate.signature = set_signature(candidate.files())
+            candidate.changed = now
+            candidate.state, candidate.reason = "settling", "settling (OME set)"
+            return "keep"
+        # This version of the file, with every member of its set, already a job?
+        present = [p for p, s in zip(candidate.files(), signature) if s]
+        if self.queue.known(str(candidate.path), *file_version(present)):
+            return "drop"
+        return None
+
+    def _member_of_set(self, candidate: Candidate, image_set: ImageSet, overdue: bool,
+                       unchanged: float) -> str:
+        """A member of an OME set is taken through the set's first file, once that is
+        there; until then it waits (and says so in status)."""
+        first = image_set.first_file
+        if first.is_file():
+            self.consider(candidate.folder, first, whole_set=True)
+            return "drop"
+        candidate.detail = {"files": [first.name]}
+        if overdue:  # its metadata is in that file: nothing can be read without it
+            candidate.state = "incomplete"
+            candidate.reason = (f"incomplete: the first file of its OME set, {first.name}, "
+                                f"has not arrived in {_duration(unchanged)}; the set is "
+                                f"taken when it does")
+        else:
+            candidate.state = "waiting-set"
+            candidate.reason = (f"member of an OME set whose first file {first.name} is not "
+                                f"present")
+        return "keep"
 
     def _enqueue(self, candidate: Candidate, state: str = "queued", error: str | None = None,
                  missing: dict | None = None) -> None:
@@ -811,12 +480,6 @@ class Watcher:
         for path in [p for p in self._writing if p not in self.candidates]:
             if not path.exists():  # deleted while open: forget it
                 del self._writing[path]
-
-
-def _observer_alive(observer) -> bool:
-    if observer is None or not observer.is_alive():
-        return False
-    return all(emitter.is_alive() for emitter in observer.emitters)
 
 
 def _duration(seconds: float) -> str:
