@@ -217,7 +217,27 @@ def software_versions(torch_module=None) -> dict[str, str]:
 def read_provenance(path: str | Path) -> list[dict]:
     """The provenance records of an output file: one dict per annotated image.
 
-    Each dict has ``image`` (index), ``image_name`` and ``entries`` (key -> value).
+    The provenance is an OME ``MapAnnotation`` in :data:`PROVENANCE_NAMESPACE` on each
+    denoised image (DESIGN §4): software and versions, device, seed, the source files'
+    SHA-256, and each channel's labels, evidence and DIP configuration.
+
+    Parameters
+    ----------
+    path : str or Path
+        An output of autodip-watch (``*.autodip.ome.tif``).
+
+    Returns
+    -------
+    list of dict
+        Each has ``image`` (index), ``image_name`` and ``entries`` (key -> value, all
+        strings); empty for an OME-TIFF without autodip-watch's provenance.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    ValueError
+        The file holds no (valid) OME-XML.
     """
     import ome_types
 

@@ -40,6 +40,12 @@ from .tables import (GROUP_RULE, NORMALISATION, RANK_RULE, TIE_RULE, build_metri
 
 @dataclass
 class CalibrationReport:
+    """What :func:`calibrate` made: the ``table`` (TOML), its calibration images
+    (``sidecar``, the ``<stem>.images.tif`` nearest-image transfer compares with), the
+    ``state`` file of finished fits; how many ``images`` (pairs) and fits (total, run
+    now, resumed from the state), the seconds spent fitting and in all (s), where it ran
+    (``device``), and the ``metrics`` the table has a section for."""
+
     table: Path
     sidecar: Path
     state: Path
@@ -55,11 +61,6 @@ class CalibrationReport:
     def as_dict(self) -> dict:
         return {key: (str(value) if isinstance(value, Path) else value)
                 for key, value in self.__dict__.items()}
-
-
-#: progress(event, info): "start" {total_fits, resumed, iterations}; "iteration"
-#: {task, iteration, total}; "fit" {task, seconds}.
-CalibrationProgress = Callable[[str, dict], None]
 
 
 #: progress(event, info): "start" {total_fits, resumed, iterations}; "iteration"
@@ -119,17 +120,8 @@ def calibrate(pairs_source: str | Path, out: str | Path, grid: CalibrationGrid =
     """
     started = time.perf_counter()
     out, pairs_source, device = Path(out), Path(pairs_source), torch.device(device)
-    if out.suffix.lower() != ".toml":
-        raise CalibrationError(f"--out must be a .toml file, got {out}")
-    if not out.parent.is_dir():
-        raise CalibrationError(f"folder {out.parent} for the table does not exist")
-    pairs = [prepare_pair(pair, crop) for pair in load_pairs(pairs_source, match)]
-    lpips = LpipsNetworks()
-    if with_lpips:
-        lpips.get(device)  # fail now, with the file name, not after hours of fitting
-    fit_mode(mode)  # fail now for an unknown mode
-    if members is None and mode != PAPER:
-        members = fit_mode(mode).members(device.type)  # the same on every worker
+    pairs, lpips, members = _prepare(pairs_source, out, device, crop, match, with_lpips, mode,
+                                     members)
     key = settings_key(grid.max_iterations, grid.every, seed, with_lpips, mode, members)
     state_path = Path(state_path) if state_path is not None else default_state_path(out)
     tasks = [FitTask(pair, point, grid.max_iterations, grid.every, seed, with_lpips, mode,
@@ -143,14 +135,37 @@ def calibrate(pairs_source: str | Path, out: str | Path, grid: CalibrationGrid =
     where = getattr(executor, "description", None) or describe_device(device)
     document = _document(pairs_source, out, pairs, scores, metrics, grid, seed, with_lpips,
                          mode, members, device, where)
+    _write_table(document, out)
+    return CalibrationReport(out, sidecar_path(out), state_path, len(pairs), len(tasks),
+                             new_fits, resumed, fit_seconds, time.perf_counter() - started,
+                             where, metrics)
+
+
+def _prepare(pairs_source: Path, out: Path, device: torch.device, crop: int | None,
+             match: str, with_lpips: bool, mode: str, members: int | None):
+    """Everything that can fail before hours of fitting, failed now: the output path,
+    the pairs, the LPIPS weights, the mode. Returns (pairs, LPIPS networks, members)."""
+    if out.suffix.lower() != ".toml":
+        raise CalibrationError(f"--out must be a .toml file, got {out}")
+    if not out.parent.is_dir():
+        raise CalibrationError(f"folder {out.parent} for the table does not exist")
+    pairs = [prepare_pair(pair, crop) for pair in load_pairs(pairs_source, match)]
+    lpips = LpipsNetworks()
+    if with_lpips:
+        lpips.get(device)  # fail now, with the file name, not after hours of fitting
+    fit_mode(mode)  # fail now for an unknown mode
+    if members is None and mode != PAPER:
+        members = fit_mode(mode).members(device.type)  # the same on every worker
+    return pairs, lpips, members
+
+
+def _write_table(document: dict, out: Path) -> None:
+    """Write the table atomically, after checking that the daemon can load it."""
     text = ("# Calibration table made by `autodip-watch calibrate`; see [provenance].\n"
             + tomli_w.dumps(document))
     CalibrationTable(tomllib.loads(text), out)  # refuse to write a table the daemon cannot load
     with atomic_output(out) as temp:
         temp.write_text(text, encoding="utf-8")
-    return CalibrationReport(out, sidecar_path(out), state_path, len(pairs), len(tasks),
-                             new_fits, resumed, fit_seconds, time.perf_counter() - started,
-                             where, metrics)
 
 
 def _run_pending(tasks: list[FitTask], state: CalibrationState, key: str, run: Executor,

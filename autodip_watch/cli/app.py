@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 from rich.console import Console
 from rich.markup import escape
 
@@ -21,12 +22,34 @@ from .. import __version__, defaults
 from ..settings.base import ConfigError, Settings
 from ..transfer.table import CalibrationTable, TableError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Denoise fluorescence microscopy images with AUTO-DIP.")
-queue_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                        help="List, retry and forget the daemon's jobs.")
-config_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                         help="Check a daemon configuration file, or print its schema.")
+class _Command(TyperCommand):
+    """A command whose help names each argument by its metavar only: typer would add
+    the Python type (``FILE <path>``, ``FILE... <list[Path]>``), which says nothing to
+    a person at a terminal."""
+
+    def format_options(self, ctx, formatter) -> None:
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                param.display_type_rich = lambda ctx: None  # this instance only
+        super().format_options(ctx, formatter)
+
+
+class _Typer(typer.Typer):
+    """The app's Typer: every command is a :class:`_Command`, help is plain text."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(rich_markup_mode=None, **options)
+
+    def command(self, *args, **options):
+        options.setdefault("cls", _Command)
+        return super().command(*args, **options)
+
+
+app = _Typer(add_completion=False, no_args_is_help=True,
+             help="Denoise fluorescence microscopy images with AUTO-DIP.")
+queue_app = _Typer(no_args_is_help=True, help="List, retry and forget the daemon's jobs.")
+config_app = _Typer(no_args_is_help=True,
+                    help="Check a daemon configuration file, or print its schema.")
 app.add_typer(queue_app, name="queue")
 app.add_typer(config_app, name="config")
 #: Messages and progress (stderr); results go to stdout.

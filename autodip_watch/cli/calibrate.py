@@ -5,67 +5,82 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .app import app, console, fail, json_flag, say, settings_from
+from ..settings.calibrate import CalibrateSettings
+from .app import app, console, fail, say, settings_from
+
+
+def _default(name: str) -> str:
+    """A ``[calibrate]`` default as the help shows it, read from the settings model (where
+    it is written once)."""
+    value = CalibrateSettings.model_fields[name].default
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+Pairs = Annotated[Path, typer.Argument(
+    metavar="PAIRS", help="Folder (with pairs.csv, or MICROSCOPE/SPECIMEN/NAME_noisy.EXT + "
+    "NAME_gt.EXT) or a CSV with columns noisy, ground_truth, microscope, specimen.")]
+Out = Annotated[Path, typer.Option(
+    "--out", "-o", metavar="TABLE.toml", help="Table to write; the calibration images go "
+    "beside it as <stem>.images.tif.")]
+Depths = Annotated[Optional[str], typer.Option(
+    metavar="LIST", help=f"Depths to search, e.g. 4,5 (default {_default('depths')}).")]
+Widths = Annotated[Optional[str], typer.Option(
+    metavar="LIST", help=f"Widths, e.g. 16,asc (default {_default('widths')}).")]
+Skips = Annotated[Optional[str], typer.Option(
+    metavar="LIST", help=f"Skip channels, e.g. 4 (default {_default('skips')}).")]
+MaxIterations = Annotated[Optional[int], typer.Option(
+    metavar="N", help=f"Iterations per fit (default {_default('max_iterations')}).")]
+Every = Annotated[Optional[int], typer.Option(
+    metavar="N", help=f"Score the output every N iterations of the same run (default "
+    f"{_default('every')}).")]
+Crop = Annotated[Optional[int], typer.Option(
+    metavar="N", help="Centre-crop each pair to N x N (at least 16; planes over 512 px are "
+    "always cut to 512).")]
+Lpips = Annotated[Optional[bool], typer.Option(
+    "--lpips/--no-lpips", help="Compute LPIPS (needs the AlexNet weights; default on). "
+    "Without it there are no lpips/lpips_psnr tables and the default metric is psnr.")]
+Match = Annotated[Optional[str], typer.Option(
+    metavar="MODE", help="Ground truth onto noisy: affine (least-squares fit, default) or "
+    "none; a pairs CSV can set it per pair.")]
+State = Annotated[Optional[Path], typer.Option(
+    metavar="FILE", help="SQLite file of finished fits (default <out stem>.calibration.sqlite).")]
+Device = Annotated[Optional[str], typer.Option(
+    metavar="DEVICE", help="cuda, cuda:N, mps or cpu (default: the best available).")]
+Seed = Annotated[Optional[int], typer.Option(
+    metavar="N", help=f"Seed of every fit (default {_default('seed')}, as denoise).")]
+ConfigFile = Annotated[Optional[Path], typer.Option(
+    metavar="FILE", help="TOML configuration whose [calibrate] table sets the defaults of "
+    "these options.")]
+Restart = Annotated[bool, typer.Option("--restart", help="Discard the state file and start "
+                                                         "from scratch.")]
+Scheduler = Annotated[Optional[str], typer.Option(
+    metavar="ADDRESS", help="Run the fits on a Dask cluster, one fit per task, e.g. "
+    "tcp://gpu-server:8786 (workers started with --resources GPU=1).")]
+StopAfter = Annotated[Optional[int], typer.Option(
+    hidden=True, help="Stop after N new fits (testing resumption).")]
+Mode = Annotated[Optional[str], typer.Option(
+    metavar="MODE", help=f"Fit mode the grid is scored in: {_default('mode')} (default, the "
+    f"AUTO-DIP calibration) or stable (as denoise's default mode; slower by its ensemble "
+    f"size).")]
+Members = Annotated[Optional[int], typer.Option(
+    metavar="N", help="stable mode: ensemble size (default: the mode's for the device).")]
+JsonSummary = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 
 
 @app.command()
-def calibrate(
-    pairs: Path = typer.Argument(..., metavar="PAIRS", help="Folder (with pairs.csv, or "
-                                 "MICROSCOPE/SPECIMEN/NAME_noisy.EXT + NAME_gt.EXT) or a CSV "
-                                 "with columns noisy, ground_truth, microscope, specimen."),
-    out: Path = typer.Option(..., "--out", "-o", metavar="TABLE.toml", help="Table to write; "
-                             "the calibration images go beside it as <stem>.images.tif."),
-    depths: Optional[str] = typer.Option(None, metavar="LIST", help="Depths to search, e.g. "
-                                         "4,5 (default 4,5,6,7,8)."),
-    widths: Optional[str] = typer.Option(None, metavar="LIST", help="Widths, e.g. 16,asc "
-                                         "(default 16,32,64,128,256,512,asc)."),
-    skips: Optional[str] = typer.Option(None, metavar="LIST", help="Skip channels, e.g. 4 "
-                                        "(default 0,4)."),
-    max_iterations: Optional[int] = typer.Option(None, metavar="N", help="Iterations per fit "
-                                                 "(default 3000)."),
-    every: Optional[int] = typer.Option(None, metavar="N", help="Score the output every N "
-                                        "iterations of the same run (default 100)."),
-    crop: Optional[int] = typer.Option(None, metavar="N", help="Centre-crop each pair to N x N "
-                                       "(at least 16; planes over 512 px are always cut to "
-                                       "512)."),
-    lpips: Optional[bool] = typer.Option(None, "--lpips/--no-lpips", help="Compute LPIPS "
-                                         "(needs the AlexNet weights; default on). Without it "
-                                         "there are no lpips/lpips_psnr tables and the default "
-                                         "metric is psnr."),
-    match: Optional[str] = typer.Option(None, metavar="MODE", help="Ground truth onto noisy: "
-                                        "affine (least-squares fit, default) or none; a pairs "
-                                        "CSV can set it per pair."),
-    state: Optional[Path] = typer.Option(None, metavar="FILE", help="SQLite file of finished "
-                                         "fits (default <out stem>.calibration.sqlite)."),
-    device: Optional[str] = typer.Option(None, metavar="DEVICE", help="cuda, cuda:N, mps or "
-                                         "cpu (default: the best available)."),
-    seed: Optional[int] = typer.Option(None, metavar="N", help="Seed of every fit (default 0, "
-                                       "as denoise)."),
-    config: Optional[Path] = typer.Option(None, metavar="FILE", help="TOML configuration whose "
-                                          "[calibrate] table sets the defaults of these "
-                                          "options."),
-    restart: bool = typer.Option(False, "--restart", help="Discard the state file and start "
-                                 "from scratch."),
-    scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Run the fits on a "
-                                            "Dask cluster, one fit per task, e.g. "
-                                            "tcp://gpu-server:8786 (workers started with "
-                                            "--resources GPU=1)."),
-    stop_after: Optional[int] = typer.Option(None, hidden=True, help="Stop after N new fits "
-                                             "(testing resumption)."),
-    mode: Optional[str] = typer.Option(None, metavar="MODE", help="Fit mode the grid is scored "
-                                       "in: paper (default, the AUTO-DIP calibration) or stable "
-                                       "(as denoise's default mode; slower by its ensemble "
-                                       "size)."),
-    members: Optional[int] = typer.Option(None, metavar="N", help="stable mode: ensemble size "
-                                          "(default: the mode's for the device)."),
-    as_json: bool = json_flag("Print a JSON summary on stdout."),
-) -> None:
+def calibrate(pairs: Pairs, out: Out, depths: Depths = None, widths: Widths = None,
+              skips: Skips = None, max_iterations: MaxIterations = None, every: Every = None,
+              crop: Crop = None, lpips: Lpips = None, match: Match = None, state: State = None,
+              device: Device = None, seed: Seed = None, config: ConfigFile = None,
+              restart: Restart = False, scheduler: Scheduler = None,
+              stop_after: StopAfter = None, mode: Mode = None, members: Members = None,
+              as_json: JsonSummary = False) -> None:
     """Build a calibration table from your own noisy / ground-truth pairs (AUTO-DIP grid search).
 
     Each finished fit is saved at once: run the same command again to continue a stopped run.
@@ -75,7 +90,6 @@ def calibrate(
     from ..calibration.tables import default_state_path
     from ..dip.device import choose_device
     from ..perceptual import LpipsWeightsMissing
-    from ..settings.calibrate import CalibrateSettings
     from ..transfer.table import TableError
     from .daemon import daemon_config
 

@@ -10,67 +10,80 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from .app import app, console, fail, json_flag, load_table, say, settings_from
+from .. import defaults
+from .app import app, console, fail, load_table, say, settings_from
+
+
+# The options, one alias each, so that the command reads as what it does.
+Inputs = Annotated[list[Path], typer.Argument(metavar="FILE...",
+                                              help="TIFF, OME-TIFF or PNG files.")]
+Microscope = Annotated[Optional[str], typer.Option(
+    metavar="TYPE", help="confocal, widefield or two-photon (overrides the metadata).")]
+Specimen = Annotated[Optional[str], typer.Option(
+    metavar="NAME", help="actin, mito or nucleus (overrides the metadata).")]
+Depth = Annotated[Optional[int], typer.Option(metavar="4-8", help="Override the network depth.")]
+Width = Annotated[Optional[str], typer.Option(metavar="WIDTH",
+                                              help="Override the width: 16..512 or asc.")]
+Skip = Annotated[Optional[int], typer.Option(metavar="0|4", help="Override the skip channels.")]
+Iterations = Annotated[Optional[int], typer.Option(
+    metavar="N", help="Override the number of iterations.")]
+Out = Annotated[Optional[str], typer.Option(
+    "--out", "-o", metavar="PATH", help="Output file (one input), or folder: an existing "
+    "folder, or a path ending in / (created if missing).")]
+Device = Annotated[Optional[str], typer.Option(
+    metavar="DEVICE", help="cuda, cuda:N, mps or cpu (default: the best available).")]
+Seed = Annotated[Optional[int], typer.Option(
+    metavar="N", help="Random seed of the network and its input (default 0).")]
+Metric = Annotated[Optional[str], typer.Option(
+    metavar="METRIC", help="Calibration metric table (default: the table's, lpips_psnr).")]
+Table = Annotated[Optional[Path], typer.Option(
+    metavar="FILE", help="Calibration table TOML (default: the shipped FMD table).")]
+Transfer = Annotated[Optional[str], typer.Option(
+    metavar="MODE", help="Parameter transfer: group (default), or nearest-mae, nearest-mse, "
+    "nearest-psnr, nearest-ssim, nearest-lpips, nearest-gradient (needs a table from "
+    "`calibrate`).")]
+WithinGroup = Annotated[bool, typer.Option(
+    "--within-group", help="nearest-*: compare only with calibration images of the plane's "
+    "group.")]
+Batching = Annotated[Optional[str], typer.Option(
+    metavar="MODE", help="Fit planes of one configuration together: auto (default: on CUDA "
+    "only), on, off.")]
+MaxBatch = Annotated[Optional[int], typer.Option(
+    metavar="N", help=f"Most planes (tiles) fitted together in one batch (default "
+    f"{defaults.MAX_BATCH}).")]
+JobsTogether = Annotated[int, typer.Option(
+    min=0, metavar="N", help=f"Files denoised side by side where batching is on, so that "
+    f"planes of different files share batches (0: {defaults.JOBS_TOGETHER}).")]
+Speed = Annotated[Optional[str], typer.Option(
+    metavar="NAMES", help="Speed settings, comma-separated: channels_last, tf32, bf16, "
+    "compile, cuda_graphs (default: none, the plain fp32 path; see bench/README.md for what "
+    "each gains).")]
+Mode = Annotated[Optional[str], typer.Option(
+    metavar="MODE", help="Fit mode: stable (default: late-window mean of an ensemble of "
+    "seeds) or paper (the published AUTO-DIP: one fit, last iterate).")]
+Members = Annotated[Optional[int], typer.Option(
+    metavar="N", help="Ensemble size: fits per tile, averaged (default: the mode's for the "
+    "device).")]
+JsonSummary = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (errors "
+                                                             "still).")]
 
 
 @app.command()
-def denoise(
-    inputs: list[Path] = typer.Argument(..., metavar="FILE...",
-                                        help="TIFF, OME-TIFF or PNG files."),
-    microscope: Optional[str] = typer.Option(
-        None, metavar="TYPE", help="confocal, widefield or two-photon (overrides the metadata)."),
-    specimen: Optional[str] = typer.Option(
-        None, metavar="NAME", help="actin, mito or nucleus (overrides the metadata)."),
-    depth: Optional[int] = typer.Option(None, metavar="4-8",
-                                        help="Override the network depth."),
-    width: Optional[str] = typer.Option(None, metavar="WIDTH",
-                                        help="Override the width: 16..512 or asc."),
-    skip: Optional[int] = typer.Option(None, metavar="0|4", help="Override the skip channels."),
-    iterations: Optional[int] = typer.Option(None, metavar="N",
-                                             help="Override the number of iterations."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="PATH",
-                                      help="Output file (one input), or folder: an existing "
-                                           "folder, or a path ending in / (created if missing)."),
-    device: Optional[str] = typer.Option(None, metavar="DEVICE", help="cuda, cuda:N, mps or cpu "
-                                         "(default: the best available)."),
-    seed: Optional[int] = typer.Option(None, metavar="N", help="Random seed of the network and "
-                                       "its input (default 0)."),
-    metric: Optional[str] = typer.Option(None, metavar="METRIC", help="Calibration metric "
-                                         "table (default: the table's, lpips_psnr)."),
-    table: Optional[Path] = typer.Option(None, metavar="FILE", help="Calibration table TOML "
-                                         "(default: the shipped FMD table)."),
-    transfer: Optional[str] = typer.Option(
-        None, metavar="MODE", help="Parameter transfer: group (default), or nearest-mae, "
-        "nearest-mse, nearest-psnr, nearest-ssim, nearest-lpips, nearest-gradient (needs a "
-        "table from `calibrate`)."),
-    within_group: bool = typer.Option(False, "--within-group", help="nearest-*: compare only "
-                                      "with calibration images of the plane's group."),
-    batching: Optional[str] = typer.Option(None, metavar="MODE", help="Fit planes of one "
-                                           "configuration together: auto (default: on CUDA "
-                                           "only), on, off."),
-    max_batch: Optional[int] = typer.Option(None, metavar="N", help="Most planes (tiles) "
-                                            "fitted together in one batch (default 32)."),
-    jobs_together: int = typer.Option(0, min=0, metavar="N", help="Files denoised side by side "
-                                      "where batching is on, so that planes of different files "
-                                      "share batches (0: 4)."),
-    speed: Optional[str] = typer.Option(
-        None, metavar="NAMES", help="Speed settings, comma-separated: channels_last, tf32, "
-        "bf16, compile, cuda_graphs (default: none, the plain fp32 path; see bench/README.md "
-        "for what each gains)."),
-    mode: Optional[str] = typer.Option(
-        None, metavar="MODE", help="Fit mode: stable (default: variance-stabilised, "
-        "late-window mean, rollback after loss spikes, ensemble of seeds) or paper (the "
-        "published AUTO-DIP: one fit, last iterate)."),
-    members: Optional[int] = typer.Option(None, metavar="N", help="Ensemble size: fits per "
-                                          "tile, averaged (default: the mode's for the device)."),
-    as_json: bool = json_flag("Print a JSON summary on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q",
-                               help="No progress on stderr (errors still)."),
-) -> None:
+def denoise(inputs: Inputs, microscope: Microscope = None, specimen: Specimen = None,
+            depth: Depth = None, width: Width = None, skip: Skip = None,
+            iterations: Iterations = None, out: Out = None, device: Device = None,
+            seed: Seed = None, metric: Metric = None, table: Table = None,
+            transfer: Transfer = None, within_group: WithinGroup = False,
+            batching: Batching = None, max_batch: MaxBatch = None,
+            jobs_together: JobsTogether = 0, speed: Speed = None, mode: Mode = None,
+            members: Members = None,
+            as_json: JsonSummary = False,
+            quiet: Quiet = False) -> None:
     """Denoise files with the AUTO-DIP configuration of each channel's group.
 
     Writes X.autodip.ome.tif for X.ome.tif (X.tif.autodip.ome.tif for X.tif, and so on)
@@ -80,14 +93,8 @@ def denoise(
     """
     if not quiet:
         say("loading the engine (torch) ...")
-    from ..dip.device import choose_device, configure_tf32
-    from ..io.atomic import describe_os_error, remove_temporary_outputs
-    from ..pipeline.denoise import PipelineError
-    from ..pipeline.files import (count_planes, denoise_files, files_together, one_per_set,
-                                  output_target, planned_outputs)
     from ..settings.denoise import DenoiseSettings
     from .inspect import check_transfer
-    from .progress_view import DenoiseProgress, choose_mode
 
     settings = settings_from(DenoiseSettings, {
         "microscope": microscope, "specimen": specimen, "depth": depth, "width": width,
@@ -96,13 +103,37 @@ def denoise(
         "batching": batching, "max_batch": max_batch, "speed": speed, "mode": mode,
         "members": members, "table": load_table(table)})
     check_transfer(settings)
+    target, planned = _outputs(inputs, out)
+    summaries = _run(inputs, settings, target, planned, jobs_together, as_json, quiet)
+    if as_json:
+        typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    if any("error" in summary for summary in summaries):
+        raise typer.Exit(1)
+
+
+def _outputs(inputs: list[Path], out: Optional[str]) -> tuple[Optional[Path], list[Path]]:
+    """``--out`` and the output of each input, or exit 2 (1 for a folder not created)."""
+    from ..io.atomic import describe_os_error
+    from ..pipeline.denoise import PipelineError
+    from ..pipeline.files import output_target, planned_outputs
+
     try:
         target = output_target(out, len(inputs))
-        planned = planned_outputs(inputs, target)
+        return target, planned_outputs(inputs, target)
     except PipelineError as error:
         fail(error)
     except OSError as error:
         fail(describe_os_error(error, out, "create the folder"), 1)
+
+
+def _run(inputs: list[Path], settings, target: Optional[Path], planned: list[Path],
+         jobs_together: int, as_json: bool, quiet: bool) -> list[dict]:
+    """Denoise every input with progress on stderr; one summary per input given."""
+    from ..dip.device import choose_device, configure_tf32
+    from ..io.atomic import remove_temporary_outputs
+    from ..pipeline.files import count_planes, denoise_files, files_together, one_per_set
+    from .progress_view import DenoiseProgress, choose_mode
+
     inputs, same_set = one_per_set(inputs)
     for member, first in same_set:
         say(f"{member}: same multi-file OME set as {first}; the set is denoised once, with "
@@ -112,12 +143,10 @@ def denoise(
         configure_tf32(settings.tf32(choose_device(settings.device)))
     except ValueError:
         pass  # a device that is not here: each file says so
-    failed: list[Path] = []
     stopping = _Stopping(immediate=slots == 1)
 
     def on_result(path: Path, summary: dict) -> None:
         if "error" in summary:
-            failed.append(path)
             message = summary["error"]
             # reader errors already start with the path
             console_error(message if message.startswith(str(path)) else f"{path}: {message}")
@@ -141,16 +170,12 @@ def denoise(
         console.print(f"[yellow]stopped by {signal.Signals(number).name}; unfinished outputs "
                       f"removed[/yellow]")
         raise typer.Exit(128 + number) from None
-    if same_set:  # say what happened to every input given
-        outputs = {str(path): summary.get("output") for path, summary in zip(inputs, summaries)}
-        summaries = list(summaries) + [
-            {"input": str(member), "same_set_as": str(first), "output": outputs.get(str(first)),
-             "note": "member of a multi-file OME set given more than once; denoised once"}
-            for member, first in same_set]
-    if as_json:
-        typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
-    if failed:
-        raise typer.Exit(1)
+    # say what happened to every input given
+    outputs = {str(path): summary.get("output") for path, summary in zip(inputs, summaries)}
+    return list(summaries) + [
+        {"input": str(member), "same_set_as": str(first), "output": outputs.get(str(first)),
+         "note": "member of a multi-file OME set given more than once; denoised once"}
+        for member, first in same_set]
 
 
 def console_error(message: str) -> None:

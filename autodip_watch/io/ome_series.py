@@ -74,22 +74,7 @@ class OmeSeries:
                                                f"but the file has {len(tif.pages)} pages")
                 if path not in files:
                     files.append(path)
-            first = next(i for i, entry in enumerate(mapping) if entry is not None)
-            page, path = source.page(info.page_position(first))
-            if info.samples > 1:  # the pages, not Pixels@Interleaved, say how samples are stored
-                info.planar = page.keyframe.planarconfig == 2
-                info.axes, info.shape = axes_layout(info.dimension_order, info.sizes, info.planar)
-            check_page(page, info, f"image {image_index}", path)
-            info.storage = storage_of(page)
-            if "X" not in info.physical_sizes:  # calibration that lives in the TIFF tags
-                sizes, notes = resolution_sizes(page)
-                self.warnings.extend(f"image {image_index}: {note}" for note in notes)
-                for letter, value in sizes.items():
-                    info.physical_sizes[letter], info.physical_units[letter] = value, "µm"
-                    setattr(pixels, f"physical_size_{letter.lower()}", value)
-                    from ome_types.model import UnitsLength
-
-                    setattr(pixels, f"physical_size_{letter.lower()}_unit", UnitsLength("µm"))
+            self._check_first_page(image_index, info, pixels, mapping, source)
             pixel_images += 1
             self.series.append(info)
             self._sources.append(source)
@@ -110,6 +95,28 @@ class OmeSeries:
             self.kind = "ome-tiff"
         if not ome.images:
             raise MalformedMetadataError(xml_path, "OME-XML describes no images")
+
+    def _check_first_page(self, image_index: int, info: SeriesInfo, pixels, mapping,
+                          source: OmePages) -> None:
+        """The first page of an image decides its storage and sample layout, and is
+        checked against the metadata; calibration found only in its TIFF tags is copied
+        into the OME model."""
+        first = next(i for i, entry in enumerate(mapping) if entry is not None)
+        page, path = source.page(info.page_position(first))
+        if info.samples > 1:  # the pages, not Pixels@Interleaved, say how samples are stored
+            info.planar = page.keyframe.planarconfig == 2
+            info.axes, info.shape = axes_layout(info.dimension_order, info.sizes, info.planar)
+        check_page(page, info, f"image {image_index}", path)
+        info.storage = storage_of(page)
+        if "X" not in info.physical_sizes:  # calibration that lives in the TIFF tags
+            sizes, notes = resolution_sizes(page)
+            self.warnings.extend(f"image {image_index}: {note}" for note in notes)
+            for letter, value in sizes.items():
+                info.physical_sizes[letter], info.physical_units[letter] = value, "µm"
+                setattr(pixels, f"physical_size_{letter.lower()}", value)
+                from ome_types.model import UnitsLength
+
+                setattr(pixels, f"physical_size_{letter.lower()}_unit", UnitsLength("µm"))
 
     def _present_only(self, mapping: list[tuple[Path, int]], info: SeriesInfo,
                       missing_files: list[str]) -> list[tuple[Path, int] | None]:

@@ -45,7 +45,20 @@ def output_name(input_name: str, suffix: str = OUTPUT_SUFFIX) -> str:
 
     ``cells.ome.tif`` -> ``cells.autodip.ome.tif``; ``cells.tif`` ->
     ``cells.tif.autodip.ome.tif``; ``cells.png`` -> ``cells.png.autodip.ome.tif``.
-    A multi-file OME set is named after its first file.
+    A multi-file OME set is named after its first file. Only ``.ome.tif`` is dropped,
+    so raw files that differ only in their extension never share an output.
+
+    Parameters
+    ----------
+    input_name : str
+        The raw file's name (no folder).
+    suffix : str
+        The output suffix (``[output] suffix``; ends in ``.ome.tif`` or ``.ome.tiff``).
+
+    Returns
+    -------
+    str
+        The output's name, to be placed beside the raw file or under an output root.
     """
     if input_name.endswith(CANONICAL_INPUT_SUFFIX) and len(input_name) > len(CANONICAL_INPUT_SUFFIX):
         return input_name[: -len(CANONICAL_INPUT_SUFFIX)] + suffix

@@ -363,25 +363,9 @@ class _Repair:
         enum_type = spec.enum
         if enum_type is not None:
             matched = _enum_match(enum_type, text)
-            if matched is None and enum_type.__name__.startswith("Units"):
-                value_name = xml[:-4] if xml.endswith("Unit") else None
-                repaired = repair_unit(spec.enum, getattr(spec.default, "value", None), text,
-                                       element.get(value_name) if value_name else None)
-                if repaired is not None:
-                    unit, converted = repaired
-                    element.set(xml, unit)
-                    if converted is not None and value_name:
-                        element.set(value_name, converted)
-                        self.notes.append(f"{what}; {value_name} converted to {converted} {unit}")
-                    else:
-                        self.notes.append(f"{what}; read as {unit}")
-                    return True
-                if value_name and element.get(value_name) is not None:
-                    # a value in a unit nobody can read has no meaning: drop both
-                    del element.attrib[value_name]
-                    del element.attrib[xml]
-                    self.notes.append(f"{what}; unit unknown, {value_name} and {xml} dropped")
-                    return True
+            if matched is None and enum_type.__name__.startswith("Units") \
+                    and self._fix_unit(element, spec, text, what):
+                return True
             if matched is None and cls.__name__ == "Pixels" and xml == "Type":
                 matched = _pixel_type(text) or self.hints.get("Type")
             if matched is None and cls.__name__ == "Pixels" and xml == "DimensionOrder":
@@ -419,6 +403,31 @@ class _Repair:
         if not ancestors:
             return True  # the root stays; the parser will say what is wrong
         self.drop_element(element, ancestors, what)
+        return False
+
+    def _fix_unit(self, element, spec: _Field, text: str, what: str) -> bool:
+        """Repair an unknown unit: read it as a known one (converting its value where
+        needed) or, when nobody can read it, drop it with its value. False when the unit
+        attribute has no value beside it and could not be read."""
+        xml = spec.xml
+        value_name = xml[:-4] if xml.endswith("Unit") else None
+        repaired = repair_unit(spec.enum, getattr(spec.default, "value", None), text,
+                               element.get(value_name) if value_name else None)
+        if repaired is not None:
+            unit, converted = repaired
+            element.set(xml, unit)
+            if converted is not None and value_name:
+                element.set(value_name, converted)
+                self.notes.append(f"{what}; {value_name} converted to {converted} {unit}")
+            else:
+                self.notes.append(f"{what}; read as {unit}")
+            return True
+        if value_name and element.get(value_name) is not None:
+            # a value in a unit nobody can read has no meaning: drop both
+            del element.attrib[value_name]
+            del element.attrib[xml]
+            self.notes.append(f"{what}; unit unknown, {value_name} and {xml} dropped")
+            return True
         return False
 
     def drop_element(self, element, ancestors: list, what: str) -> None:

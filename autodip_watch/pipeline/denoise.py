@@ -152,30 +152,13 @@ def denoise_file(input_path: str | Path, settings: DenoiseSettings,
         run = _FileRun(image, input_path, settings, settings.calibration_table(), fitter,
                        progress, say)
         sources = run.plan(pixel_series)
-        try:
-            with OmeTiffWriter(output, image, software=f"autodip-watch {__version__}") as writer:
-                try:
-                    for info in pixel_series:
-                        writer.write_series(info.index, run.denoised_pages(info))
-                except OSError as error:  # explained while the partial file still fills the disk
-                    raise PipelineError(describe_os_error(error, output)) from error
-                finished = utc_now()
-                if not unchanged(sources):
-                    raise PipelineError(f"{input_path}: the input changed while it was being "
-                                        f"denoised; output discarded")
-                missing = list(image.missing) + (
-                    [f"taken incomplete: {incomplete}"] if incomplete else [])
-                annotations = run.provenance(pixel_series, sources, started, finished, worker,
-                                             missing, writer.notes)
-                writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
-                              description=PROVENANCE_DESCRIPTION)
-        except OSError as error:  # a full disk, a read-only or missing folder: say which and why
-            raise PipelineError(describe_os_error(error, output)) from error
+        finished, missing, notes = _write(run, image, pixel_series, sources, output, started,
+                                          worker, incomplete)
         return FileReport(str(input_path), str(output), run.device_name,
                           time.perf_counter() - clock, run.reports, started=started,
                           finished=finished, format=image.kind,
                           sources=[s.as_dict() for s in sources],
-                          warnings=list(image.warnings) + writer.notes,
+                          warnings=list(image.warnings) + notes,
                           host=run.host, worker=worker or "", missing=missing)
 
 
@@ -208,6 +191,33 @@ def _checked_input(image: ImageFile, input_path: Path, output: Path) -> list[Ser
                             f"that no OME image declares; not denoised, so that no plane "
                             f"is dropped silently (fix the OME-XML or split the file)")
     return pixel_series
+
+
+def _write(run: _FileRun, image: ImageFile, pixel_series: list, sources: list, output: Path,
+           started: str, worker: str | None, incomplete: str | None):
+    """Write the denoised planes and the provenance, atomically; returns (finished time,
+    what was missing, the writer's notes). Raises :class:`PipelineError` for an OS error
+    (naming the path and the system's reason) or an input that changed meanwhile."""
+    try:
+        with OmeTiffWriter(output, image, software=f"autodip-watch {__version__}") as writer:
+            try:
+                for info in pixel_series:
+                    writer.write_series(info.index, run.denoised_pages(info))
+            except OSError as error:  # explained while the partial file still fills the disk
+                raise PipelineError(describe_os_error(error, output)) from error
+            finished = utc_now()
+            if not unchanged(sources):
+                raise PipelineError(f"{run.input_path}: the input changed while it was being "
+                                    f"denoised; output discarded")
+            missing = list(image.missing) + (
+                [f"taken incomplete: {incomplete}"] if incomplete else [])
+            annotations = run.provenance(pixel_series, sources, started, finished, worker,
+                                         missing, writer.notes)
+            writer.commit(annotations, namespace=PROVENANCE_NAMESPACE,
+                          description=PROVENANCE_DESCRIPTION)
+    except OSError as error:  # a full disk, a read-only or missing folder: say which and why
+        raise PipelineError(describe_os_error(error, output)) from error
+    return finished, missing, writer.notes
 
 
 class _FileRun:

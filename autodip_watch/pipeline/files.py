@@ -120,9 +120,33 @@ def denoise_files(inputs: list[Path], settings: DenoiseSettings, out: Path | Non
                   stopping: Callable[[], bool] = lambda: False) -> list[dict]:
     """Denoise ``inputs``, ``slots`` at a time sharing ``shared`` (:func:`files_together`).
 
-    Returns one summary per input, in order: the :class:`~.reports.FileReport` as a dict,
-    or ``{"input", "error"}`` for a file that failed (its error named, an OS error with
-    the path and the system's reason) or was not started because ``stopping()`` said so.
+    Each file runs :func:`~.denoise.denoise_file`, as the daemon's worker runs them.
+
+    Parameters
+    ----------
+    inputs : list of Path
+        The files, each with its own output (:func:`planned_outputs` checks that first).
+    settings : DenoiseSettings
+        How every file is denoised.
+    out : Path, optional
+        Output file (one input) or folder; default beside each input.
+    shared, slots
+        A shared batching fitter and how many files run side by side (default: one at
+        a time, each with its own fitter).
+    for_file : callable, optional
+        ``for_file(path) -> (progress, notify)`` of a progress display.
+    on_result : callable, optional
+        ``on_result(path, summary)`` as each file ends.
+    stopping : callable
+        True once the run should stop: files not started yet are not started.
+
+    Returns
+    -------
+    list of dict
+        One summary per input, in order: the :class:`~.reports.FileReport` as a dict,
+        or ``{"input", "error"}`` for a file that failed (its error named, an OS error
+        with the path and the system's reason) or was not started because ``stopping()``
+        said so. Never raises for one file's error.
     """
     def one(path: Path, fitter) -> dict:
         if stopping():

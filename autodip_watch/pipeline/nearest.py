@@ -22,7 +22,34 @@ def inspect_nearest(path: str | Path, settings: DenoiseSettings,
 
     Unlike group transfer this needs pixels, so ``inspect`` reads up to
     ``planes_per_channel`` planes per channel; ``denoise`` decides for every plane.
-    Channels that are copied (not fluorescence) are left out.
+    Channels that are copied (not fluorescence) are left out. The transfer compares each
+    plane with the table's calibration images (DESIGN §3, nearest-image transfer).
+
+    Parameters
+    ----------
+    path : str or Path
+        Any input ``denoise`` takes.
+    settings : DenoiseSettings
+        ``settings.transfer`` is a ``nearest-*`` mode; its table has calibration images
+        (made by ``autodip-watch calibrate``).
+    device : torch.device or str
+        Where LPIPS runs for ``nearest-lpips``.
+    planes_per_channel : int
+        At least 1: planes compared per channel.
+
+    Returns
+    -------
+    list of dict
+        One row per plane compared: ``file``, ``series``, ``plane``, ``channel``,
+        ``microscope``, ``specimen`` and the transfer found (the calibration image, its
+        distance, the DIP configuration).
+
+    Raises
+    ------
+    ImageReadError
+        The file cannot be read.
+    ValueError
+        The table cannot serve the transfer (no calibration images, unknown metric).
     """
     rows: list[dict] = []
     table = settings.calibration_table()

@@ -13,6 +13,17 @@ from .plan import ChannelPlan
 
 @dataclass
 class PlaneReport:
+    """What was done to one 2-D plane.
+
+    ``series``/``plane``/``channel`` locate it (OME image index, ``Z/C/T`` label,
+    channel index); ``microscope``/``specimen`` are its channel's labels and
+    ``evidence`` why; ``level`` and ``group`` are where the transfer found its DIP
+    configuration ``params`` (depth, width, skip, iterations; paper §II-B), or ``copy``
+    for a channel written unchanged; ``seconds`` the wall time of its fits (s),
+    ``tiles`` how many tiles it was cut into, ``members`` the ensemble size,
+    ``rollbacks`` weight restores, ``noise`` the estimated noise model where used.
+    """
+
     series: int
     plane: str
     channel: int
@@ -37,6 +48,17 @@ class PlaneReport:
 
 @dataclass
 class FileReport:
+    """What denoising one file did: what :func:`~.denoise.denoise_file` returns,
+    ``denoise --json`` prints and the daemon keeps with each job.
+
+    ``input``/``output`` are paths; ``device`` the device that fitted (e.g. ``cpu``,
+    ``cuda:0 (NVIDIA H100)``); ``seconds`` the wall time (s); ``planes`` one
+    :class:`PlaneReport` each; ``started``/``finished`` ISO 8601 UTC; ``format`` the
+    input's kind (``ome-tiff``, ``tiff``, ...); ``sources`` every source file with its
+    size and SHA-256; ``warnings`` the reader's and writer's notes; ``host`` and
+    ``worker`` where it ran; ``missing`` what an incomplete input lacked.
+    """
+
     input: str
     output: str
     device: str

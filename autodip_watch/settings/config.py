@@ -15,9 +15,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, WithJsonSchema, field_validator, model_validator
 
 from .. import defaults
 from ..io.outputs import is_output_name, output_name
@@ -60,7 +60,9 @@ class Config(Settings):
     calibration_table: ConfigPath | None = Field(
         None, description="Calibration table TOML (default: the shipped FMD table).",
         examples=["/etc/autodip-watch/table.toml"])
-    devices: tuple[str, ...] = Field(
+    devices: Annotated[tuple[str, ...], WithJsonSchema({
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                       "minItems": 1, "uniqueItems": True}]})] = Field(
         ("auto",), alias="device", description="A device name or a list: one worker per "
         "device (auto: the best available).", examples=["cuda"])
     state_dir: ConfigPath | None = Field(
@@ -233,6 +235,17 @@ def parse_config(document: dict, base: Path, source: str = "config") -> Config:
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML configuration file.
 
+    Parameters
+    ----------
+    path : str or Path
+        The TOML file (``systemd/autodip-watch.example.toml`` shows every key); relative
+        paths in it are relative to its folder.
+
+    Returns
+    -------
+    Config
+        The validated configuration (frozen).
+
     Raises
     ------
     ConfigError
@@ -296,7 +309,16 @@ def with_cli_executor(config: Config, executor: str | None, scheduler: str | Non
 
 
 def config_schema() -> dict:
-    """The JSON Schema of the configuration file (``autodip-watch config schema``)."""
+    """The JSON Schema of the configuration file (``autodip-watch config schema``).
+
+    Returns
+    -------
+    dict
+        A JSON Schema (draft 2020-12, as pydantic writes it) of the TOML document: every
+        table and key with its type, default, bounds, description and an example, and
+        ``additionalProperties: false`` where unknown keys are refused. Editors that read
+        JSON Schema (e.g. Taplo / Even Better TOML) complete and check the file with it.
+    """
     schema = Config.model_json_schema(by_alias=True)
     schema["title"] = "autodip-watch configuration"
     schema["description"] = ("The daemon's configuration (TOML); see "

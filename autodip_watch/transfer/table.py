@@ -43,7 +43,28 @@ def _params(entry: dict, where: str) -> DipParams:
 
 
 class CalibrationTable:
-    """A calibration table: per metric, the best configuration of every group."""
+    """A calibration table: per metric, the best DIP configuration of every group.
+
+    The AUTO-DIP calibration (paper §III-A) scores a grid of configurations on pairs of
+    noisy and ground-truth images; the table keeps, for each metric (``mae``, ``psnr``,
+    ``lpips_psnr``, ...), the best configuration of every group at four levels:
+    microscope+specimen, microscope, specimen and all (paper §II-B.1).
+    :meth:`lookup` walks them from the most specific (``hierarchy.py``).
+
+    Parameters
+    ----------
+    document : dict
+        The parsed TOML (``[metrics.<metric>.<level>...]`` tables, ``default_metric``,
+        ``[provenance]``).
+    path : Path, optional
+        Where it was read from (None for a table that travelled as its document).
+
+    Raises
+    ------
+    TableError
+        A table without metrics, an unknown default metric, or an entry that is not a
+        valid configuration (every entry is checked up front).
+    """
 
     def __init__(self, document: dict, path: Path | None = None) -> None:
         self.path = path
@@ -66,7 +87,10 @@ class CalibrationTable:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "CalibrationTable":
-        """Load a table file; ``None`` loads the shipped FMD table."""
+        """Load a table file; ``None`` loads the shipped FMD table (package data of
+        ``autodip_watch.transfer``, ``tables/``).
+
+        Raises :class:`TableError` for a missing file, invalid TOML or a bad table."""
         path = Path(path) if path is not None else default_table_path()
         try:
             document = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -130,7 +154,26 @@ class CalibrationTable:
 
     def lookup(self, microscope: str | None, specimen: str | None,
                metric: str | None = None) -> Transfer:
-        """Walk the hierarchy microscope+specimen -> microscope -> specimen -> all."""
+        """The configuration of a channel's group (paper §II-B.1).
+
+        Parameters
+        ----------
+        microscope, specimen : str or None
+            The channel's labels (None: unknown).
+        metric : str, optional
+            Which metric's table (default: the table's ``default_metric``).
+
+        Returns
+        -------
+        Transfer
+            The first entry found walking microscope+specimen -> microscope -> specimen
+            -> all, with the level and group it was found at.
+
+        Raises
+        ------
+        TableError
+            An unknown metric, or no entry matches and the table has no ``all`` entry.
+        """
         name, _ = self._metric(metric)
         for level, group in group_levels(microscope, specimen):
             entry = self._entry(name, level, group)
