@@ -221,3 +221,40 @@ def test_speed_settings_are_checked(tmp_path):
                          ('["compile", "cuda_graphs"]', "do not combine")):
         with pytest.raises(ConfigError, match=message):
             load_config(write(tmp_path, f'[[watch]]\npath = "in"\n[dip]\nspeed = {bad}\n'))
+
+
+def test_config_check_lists_every_problem_of_every_table_with_its_location(tmp_path):
+    """`config check` on a file with faults in [[watch]], [dip], [inference] and
+    [calibrate] lists all of them at once, each located (issue: one model of settings)."""
+    from typer.testing import CliRunner
+
+    from autodip_watch.cli.app import app
+
+    config = write(tmp_path, """
+[[watch]]
+path = "in"
+settle_seconds = "ten"
+[dip]
+depth = 9
+width = "17"
+iterations = 0
+mode = "fast"
+speed = ["warp"]
+[inference]
+specimen_rules = [{pattern = "(", label = "nucleus"}]
+denoise_non_fluorescence = 1
+[calibrate]
+every = 0
+match = "cubic"
+""")
+    result = CliRunner().invoke(app, ["config", "check", str(config)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    expected = ["watch.0.settle_seconds: must be a number", "dip.depth: must be one of",
+                "dip.width: must be one of", "dip.iterations: must be at least 1",
+                "dip.speed: unknown speed setting(s) warp", "dip.mode: unknown fit mode",
+                "inference.specimen_rules.0.pattern: rule pattern '(' is not a valid",
+                "inference.denoise_non_fluorescence: must be true or false",
+                "calibrate.every: must be at least 1", "calibrate.match: must be one of"]
+    for problem in expected:
+        assert problem in result.output, problem
+    assert "10 problem(s)" in result.output
