@@ -1,7 +1,7 @@
 """Floors of every configuration from counts and given device rates (no timing).
 
 The counts (FLOPs, kernel launches, bytes moved per iteration) come from
-``autodip_watch.dip.cost`` on the meta device; the rates are arguments. With the
+``bench/cost.py`` on the meta device; the rates are arguments. With the
 defaults they are a datasheet projection for an H100 SXM (fp32 67, TF32 495 and bf16
 989 dense TFLOP/s, 3.35 TB/s HBM3) and assumed launch costs (8 us per eager op, 2 us
 per kernel replayed from a CUDA graph). They are not measurements: ``bench/speed.py``

@@ -194,3 +194,21 @@ def test_no_function_is_too_long():
                 if lines > MAX_FUNCTION_LINES:
                     long[f"{name}.{node.name}"] = lines
     assert not long, f"over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_tests_share_helpers_through_one_home():
+    """Tests import shared code from tests/helpers/ only, never from another test file
+    (a test file imported as a library runs its module fixtures' imports twice and hides
+    what is shared)."""
+    tests = Path(__file__).resolve().parent
+    offenders = {}
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad = [name for name in names if name.split(".")[0].startswith("test_")]
+            if bad:
+                offenders.setdefault(path.name, []).extend(bad)
+    assert not offenders
+    assert not [p.name for p in tests.glob("*.py")
+                if not p.name.startswith(("test_", "conftest"))], "helpers belong in tests/helpers/"

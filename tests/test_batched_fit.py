@@ -10,7 +10,7 @@ from autodip_watch.dip.options import FitOptions
 from autodip_watch.dip.fit import build_network, fit_tile, fit_tiles
 from autodip_watch.dip.network import DipParams, SkipNet
 
-from test_fit import noisy_blobs
+from helpers.images import noisy_blobs
 
 
 @pytest.mark.parametrize("params", [DipParams(4, "16", 4, 8), DipParams(4, "asc", 0, 5),

@@ -27,8 +27,8 @@ from autodip_watch.dip.plane import PlaneJob, denoise_planes
 from autodip_watch.settings.denoise import DenoiseSettings
 from autodip_watch.pipeline.denoise import denoise_file
 from autodip_watch.provenance import read_provenance
-from omefiles import structured, write_ome_tiff
-from test_fit import noisy_blobs
+from helpers.omefiles import structured, write_ome_tiff
+from helpers.images import noisy_blobs
 
 SMALL = DipParams(4, "16", 4, 4)
 OTHER = DipParams(4, "asc", 0, 3)

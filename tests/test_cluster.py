@@ -5,7 +5,7 @@ One cluster and one daemon serve the tests of the main flow (module fixtures, te
 file order): a burst, a worker killed mid-job, the scheduler killed and restarted, SIGTERM
 with a job in flight. Then ``calibrate --scheduler`` against a local run. Every process is
 killed in the fixtures' ``finally``, also when a test fails, and dies with the test
-process when the run is interrupted (tests/children.py). Long jobs are many-plane
+process when the run is interrupted (tests/helpers/children.py). Long jobs are many-plane
 stacks of tiny planes with 2-iteration fits, so that a job lasts seconds while the
 burst files stay quick.
 """
@@ -27,8 +27,8 @@ from autodip_watch.settings.base import ConfigError  # noqa: E402
 from autodip_watch.settings.config import Config, parse_config, with_cli_executor  # noqa: E402
 from autodip_watch.provenance import read_provenance  # noqa: E402
 from autodip_watch.daemon.queue import JobQueue  # noqa: E402
-from children import spawn  # noqa: E402
-from test_daemon_e2e import (TINY_FIT, DaemonProcess, Raw, _env, cli, free_port,  # noqa: E402
+from helpers.children import spawn  # noqa: E402
+from helpers.daemon import (TINY_FIT, DaemonProcess, Raw, child_env, cli, free_port,  # noqa: E402
                              output_of, temp_files, wait_for, write_config)
 
 HOST = "127.0.0.1"
@@ -92,7 +92,7 @@ class LoopbackCluster:
         self.scheduler: subprocess.Popen | None = None
         self.workers: dict[str, subprocess.Popen] = {}
         self.worker_ports = {name: free_port() for name in ("w0", "w1")}
-        self.env = {**_env(), "CUDA_VISIBLE_DEVICES": ""}
+        self.env = {**child_env(), "CUDA_VISIBLE_DEVICES": ""}
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         with open(self.root / log_name, "ab") as handle:
@@ -206,7 +206,7 @@ class Site:
         wanted = {str(p) for p in paths}
         return [job for job in self.queue.jobs() if job.path in wanted]
 
-    def wait_done(self, paths, timeout: float = 180) -> None:
+    def wait_done(self, paths, timeout: float = 600) -> None:
         def done():
             jobs = self.jobs(paths)
             return len(jobs) == len(list(paths)) and all(job.state == "done" for job in jobs)
@@ -399,7 +399,7 @@ def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path
     """Queued a1, b1, a2, broken, a3 with batching on and 4 jobs per task: a1, a2,
     broken and a3 go as one task, whose good files are fitted in one batch of 3 while
     the broken one fails alone; b1 (another plane size) goes as its own task."""
-    from test_daemon_e2e import sha256
+    from helpers.daemon import sha256
 
     from autodip_watch.pipeline.plan import fit_key
 
@@ -482,7 +482,7 @@ def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
     from autodip_watch.calibration.grid import CalibrationGrid
     from autodip_watch.calibration.run import calibrate
     from autodip_watch.calibration.state import CalibrationState
-    from test_calibrate import make_pairs
+    from helpers.pairs import make_pairs
 
     cluster.wait_workers(2)
     pairs = make_pairs(tmp_path / "pairs")
@@ -493,7 +493,7 @@ def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
                str(tmp_path / "dask.toml"), "--depths", "4", "--widths", "16", "--skips", "0,4",
                "--max-iterations", "4", "--every", "2", "--no-lpips", "--device", "cpu",
                "--scheduler", cluster.address, "--json"]
-    result = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""},
+    result = subprocess.run(command, env={**child_env(), "CUDA_VISIBLE_DEVICES": ""},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr + cluster.logs()
     report = json.loads(result.stdout)
@@ -514,5 +514,5 @@ def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
 
     unreachable = subprocess.run(
         [*command[:-3], "--scheduler", f"tcp://{HOST}:{free_port()}", "--restart"],
-        env=_env(), capture_output=True, text=True, timeout=120)
+        env=child_env(), capture_output=True, text=True, timeout=120)
     assert unreachable.returncode == 2 and "--scheduler" in unreachable.stderr

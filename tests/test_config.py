@@ -258,3 +258,29 @@ match = "cubic"
     for problem in expected:
         assert problem in result.output, problem
     assert "10 problem(s)" in result.output
+
+
+def test_the_dask_payload_is_the_settings_model_as_json():
+    """What a Dask task receives is DenoiseSettings.model_dump(mode="json"); read back on a
+    worker it gives the same fit, the same labelling rules and the same provenance."""
+    import json
+
+    from autodip_watch.settings.denoise import DenoiseSettings
+    from autodip_watch.transfer.table import CalibrationTable
+
+    inference = InferenceSettings.parse({
+        "specimen_rules": [{"pattern": "sir-dna", "label": "nucleus", "fields": ["fluor"]}],
+        "folders": [{"path": "/data/mito", "specimen": "mito"}],
+        "denoise_non_fluorescence": True}, base=None)
+    settings = DenoiseSettings(table=CalibrationTable.load(), depth=4, width="asc",
+                               iterations=7, seed=3, speed=["channels_last"], mode="paper",
+                               members=2, inference=inference, folder_microscope="confocal",
+                               batching="off", max_batch=8, command="test")
+    payload = json.loads(json.dumps(settings.model_dump(mode="json")))
+    back = DenoiseSettings.model_validate(payload)
+    assert back.fit_options() == settings.fit_options()
+    assert back.rules == settings.rules
+    assert back.table.document == settings.table.document
+    assert back.table.path.name == settings.table.path.name
+    assert back.provenance_record(back.table) == settings.provenance_record(settings.table)
+    assert back.model_dump(exclude={"table"}) == settings.model_dump(exclude={"table"})

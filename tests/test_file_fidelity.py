@@ -26,7 +26,7 @@ from autodip_watch.settings.denoise import DenoiseSettings
 from autodip_watch.pipeline.denoise import PipelineError, denoise_file
 from autodip_watch.provenance import read_provenance
 from autodip_watch.io.checksums import sha256_file
-from omefiles import ome_model, structured, write_pages
+from helpers.omefiles import ome_model, structured, write_pages
 
 SETTINGS = DenoiseSettings(iterations=2, depth=4, width="16", device="cpu")
 

@@ -18,7 +18,7 @@ from autodip_watch.dip.fit import GRAPH_WARMUP_ITERATIONS, fit_tile, fit_tiles
 from autodip_watch.dip.options import FitOptions
 from autodip_watch.dip.network import DipParams
 
-from test_fit import noisy_blobs
+from helpers.images import noisy_blobs
 
 SMALL = DipParams(4, "16", 4, 3)
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from autodip_watch.cli.app import app
 from autodip_watch.io.errors import (DimensionError, ImageReadError, MalformedMetadataError, NotAnImageError, TruncatedImageError, UnsafeMetadataError)
 from autodip_watch.io.reader import ImageFile
-from omefiles import (billion_laughs, external_entity, ome_model, structured, write_ome_tiff,
+from helpers.omefiles import (billion_laughs, external_entity, ome_model, structured, write_ome_tiff,
                       write_pages)
 
 

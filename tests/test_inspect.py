@@ -13,7 +13,7 @@ from autodip_watch.cli.app import app
 from autodip_watch.io.errors import ImageReadError
 from autodip_watch.settings.denoise import DenoiseSettings
 from autodip_watch.pipeline.plan import inspect_file
-from omefiles import structured, write_ome_tiff
+from helpers.omefiles import structured, write_ome_tiff
 
 CHANNEL_KEYS = {"index", "name", "microscope", "specimen", "evidence", "level", "params"}
 

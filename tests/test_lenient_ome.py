@@ -2,7 +2,7 @@
 value the model rejects, is repaired or dropped with a warning, and the file is still
 inspected and denoised.
 
-The attributes are enumerated from ome-types' pydantic classes (tests/ome_kinds.py), not
+The attributes are enumerated from ome-types' pydantic classes (tests/helpers/ome_kinds.py), not
 from a hand list: every enum field, every bounded number, every ID and reference pattern,
 every colour, of every class reachable from <OME>. Each case is written into an OME-TIFF
 (generated: one 32x32 plane plus a minimal instance of the class holding the attribute),
@@ -24,7 +24,7 @@ import tifffile
 from lxml import etree
 from typer.testing import CliRunner
 
-import ome_kinds
+from helpers import ome_kinds
 from autodip_watch.cli.app import app
 from autodip_watch.io.omexml import ome_schema, schema_problem
 from autodip_watch.io.reader import ImageFile

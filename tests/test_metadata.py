@@ -16,7 +16,7 @@ from autodip_watch.metadata.context import ChannelContext, LightSourceHint, chan
 from autodip_watch.metadata.infer import infer_channel, infer_channels, infer_image
 from autodip_watch.io.reader import ImageFile
 from autodip_watch.transfer.table import CalibrationTable
-from omefiles import ome_model, structured, write_ome_tiff
+from helpers.omefiles import ome_model, structured, write_ome_tiff
 
 
 def one_channel_ome(instrument=None, **channel) -> model.OME:

@@ -19,7 +19,7 @@ from autodip_watch.io.reader import ImageFile
 from autodip_watch.io.errors import ImageReadError, MissingFileError
 from autodip_watch.io.writer import OmeTiffWriter
 from helpers.ome_diff import diff_ome
-from omefiles import dimension_order, ome_model, structured, write_ome_tiff, write_pages
+from helpers.omefiles import dimension_order, ome_model, structured, write_ome_tiff, write_pages
 
 
 def sha256(path: Path) -> str:

@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from acquisition import remount, tiny_filesystem
+from helpers.acquisition import remount, tiny_filesystem
 from autodip_watch.settings.config import parse_config
 from autodip_watch.io.outputs import OutputConflictError, check_output, output_name
 from autodip_watch.io.atomic import describe_os_error

@@ -166,12 +166,13 @@ def test_the_zoom_goes_where_the_structure_is(corner):
 ])
 def test_previews_are_the_daemons_own_outputs(suffix, name, own):
     """A watch pattern such as *.png must never take a preview as a raw image."""
+    from autodip_watch.io.outputs import preview_path
     from autodip_watch.settings.config import Config
 
-    config = Config(output_suffix=suffix)
+    config = Config(output={"suffix": suffix})
     assert config.is_output(Path("/data") / name) is own
     stem = suffix.rsplit(".ome.tif", 1)[0]
     if own and name.endswith(stem + ".preview.png"):
         output = Path("/data") / (name[: -len(stem + ".preview.png")] + suffix)
-        assert config.preview_for(output) == Path("/data") / name
+        assert preview_path(output) == Path("/data") / name
 

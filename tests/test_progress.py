@@ -223,6 +223,7 @@ def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
     """A real pipeline run through the daemon's worker callback: each iteration's report
     gives `status` a rate and an ETA from the second write on, and the job ends at 1."""
     from autodip_watch.daemon import worker as worker_module
+    from autodip_watch.daemon.lifecycle import JobOutcomes
     from autodip_watch.transfer.table import CalibrationTable
 
     monkeypatch.setattr(worker_module, "PROGRESS_WRITE_SECONDS", 0.0)  # every iteration
@@ -233,8 +234,9 @@ def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
     queue.register_daemon(heartbeat_seconds=5)  # a live daemon: its running job is current
     queued = queue.enqueue(str(raw), raw.stat().st_size, raw.stat().st_mtime_ns, "aa")
     config = Config(devices=("cpu",))
+    outcomes = JobOutcomes(queue, config.retry)
     worker = worker_module.Worker(config, queue, "auto", CalibrationTable.load(),
-                                  threading.Event(), threading.Event())
+                                  threading.Event(), threading.Event(), outcomes)
     assert worker.device == "cpu" and worker.name.startswith("cpu@")  # resolved, never "auto"
     job = queue.claim(worker.name)
     assert job.id == queued.id and job.worker.startswith("cpu@")

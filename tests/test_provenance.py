@@ -21,7 +21,7 @@ from helpers.ome_diff import diff_ome
 from autodip_watch.settings.denoise import DenoiseSettings
 from autodip_watch.pipeline.denoise import PipelineError, denoise_file
 from autodip_watch.provenance import PROVENANCE_NAMESPACE, read_provenance
-from omefiles import structured, write_ome_tiff
+from helpers.omefiles import structured, write_ome_tiff
 
 FAST = dict(depth=4, width="16", skip=4, iterations=2, device="cpu")
 

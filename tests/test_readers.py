@@ -32,7 +32,7 @@ from ome_types import model
 
 from autodip_watch.settings.denoise import DenoiseSettings
 from autodip_watch.pipeline.denoise import denoise_file
-from omefiles import ome_model, write_ome_tiff, write_pages
+from helpers.omefiles import ome_model, write_ome_tiff, write_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 JAR = ROOT / ".bioformats" / "bioformats_package.jar"

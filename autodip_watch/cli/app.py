@@ -52,8 +52,9 @@ config_app = _Typer(no_args_is_help=True,
                     help="Check a daemon configuration file, or print its schema.")
 app.add_typer(queue_app, name="queue")
 app.add_typer(config_app, name="config")
-#: Messages and progress (stderr); results go to stdout.
-console = Console(stderr=True)
+#: Messages and progress (stderr); results go to stdout. Never hard-wrapped: a message
+#: with a long path stays one line, whole for grep and for the log it ends up in.
+console = Console(stderr=True, soft_wrap=True)
 
 #: ``--config``, shared by the daemon's commands (and read from $AUTODIP_WATCH_CONFIG).
 CONFIG_OPTION = typer.Option(None, "--config", "-c", envvar=defaults.CONFIG_ENV, metavar="FILE",

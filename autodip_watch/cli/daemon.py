@@ -94,7 +94,7 @@ def status(
         typer.echo(json.dumps(status_json(report), indent=2))
     elif "error" in report:
         console.print(f"[red]error:[/red] {escape(report['error'])}", highlight=False)
-    elif report["daemon"]["state"] == "never-ran":
+    elif report.get("database") is None:  # no queue database: never started here
         Console().print(escape(f"daemon not running: {report['daemon']['reason']}"),
                         highlight=False)
     else:

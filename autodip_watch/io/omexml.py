@@ -139,6 +139,8 @@ def member_path(base: Path, file_name: str, source: Path) -> Path:
 
 @functools.cache
 def ome_schema():
+    """The OME 2016-06 XML Schema that ome-types ships, parsed once per process (an
+    explicit cache: the schema never changes while the process runs)."""
     from lxml import etree
 
     import ome_types

@@ -384,24 +384,17 @@ class _FileRun:
 
 def _settings_record(settings: DenoiseSettings, table: CalibrationTable,
                      fitter: TileFitter) -> dict[str, object]:
-    """The settings that shaped the result, for the provenance record."""
+    """The settings that shaped the result, for the provenance record: the fields the
+    settings model marks as recorded, then how the planes were fitted (batching, speed,
+    the fit mode as it ran on this device)."""
     described = fitter.describe()
-    fitter_record = {"batching": described["batching"],
-                     "max_batch": described.get("max_batch", 1),
-                     "speed": ",".join(settings.speed_settings(fitter.device)) or "none"}
-    return {"calibration_table": table.path.name if table.path else "",
-            "calibration_source": table.provenance.get("source", ""),
-            "metric": settings.metric or table.default_metric, "transfer": settings.transfer,
-            "microscope_override": settings.microscope, "specimen_override": settings.specimen,
-            "folder_microscope": settings.folder_microscope,
-            "folder_specimen": settings.folder_specimen,
-            "depth_override": settings.depth, "width_override": settings.width,
-            "skip_override": settings.skip, "iterations_override": settings.iterations,
-            "seed": settings.seed, "reg_noise_std": settings.reg_noise_std,
-            "ema_weight": settings.ema_weight, **fitter_record,
-            **{f"mode_{key}" if key != "name" else "mode": value for key, value in
-               settings.fit_mode().describe(
-                   fitter.device.type, settings.ensemble_members(fitter.device)).items()}}
+    mode = settings.fit_mode().describe(fitter.device.type,
+                                        settings.ensemble_members(fitter.device))
+    return {**settings.provenance_record(table), "batching": described["batching"],
+            "max_batch": described.get("max_batch", 1),
+            "speed": ",".join(settings.speed_settings(fitter.device)) or "none",
+            **{f"mode_{key}" if key != "name" else "mode": value
+               for key, value in mode.items()}}
 
 
 def _command_line() -> str:

@@ -9,6 +9,7 @@ is denoised (:meth:`DenoiseSettings.calibration_table`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, field_validator
@@ -33,7 +34,8 @@ def _table(value: Any) -> CalibrationTable | None:
     if value is None or isinstance(value, CalibrationTable):
         return value
     if isinstance(value, dict) and "document" in value:
-        return CalibrationTable(value["document"], value.get("path"))
+        path = value.get("path")
+        return CalibrationTable(value["document"], Path(path) if path else None)
     raise ValueError(f"must be a calibration table, got {type(value).__name__}")
 
 
