@@ -13,6 +13,7 @@ from autodip_watch.dip.network import DipParams, SkipNet
 from helpers.images import noisy_blobs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", [DipParams(4, "16", 4, 8), DipParams(4, "asc", 0, 5),
                                     DipParams(5, "32", 4, 5)])
 def test_batched_equals_single_fits_in_float64(params):
@@ -27,6 +28,7 @@ def test_batched_equals_single_fits_in_float64(params):
     assert not np.allclose(batched[0].output, batched[1].output)
 
 
+@pytest.mark.slow
 def test_batched_float32_fits_are_as_good_as_single_fits():
     """In float32 rounding makes the paths drift slightly; the fits stay equally good."""
     params = DipParams(4, "16", 4, 40)

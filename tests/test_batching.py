@@ -46,6 +46,7 @@ def test_memory_estimate_grows_with_plane_and_network():
         2 * fit_memory_bytes(SMALL, (64, 64))
 
 
+@pytest.mark.slow
 def test_memory_estimate_matches_what_a_real_fit_uses():
     """Peak resident memory of fitting 1 and 5 networks together, each in a fresh
     process (the peak is reset after imports through /proc/self/clear_refs): each extra
@@ -103,6 +104,7 @@ def mixed_requests() -> list[FitRequest]:
             for i, (shape, p) in enumerate(zip(shapes, params))]
 
 
+@pytest.mark.slow
 def test_batched_fitter_equals_single_fits_and_keeps_order():
     requests = mixed_requests()
     budget = budget_for(2, OTHER, (32, 32))  # the larger network of the two
@@ -321,6 +323,7 @@ def test_pipeline_batches_planes_of_a_file(tmp_path):
         ["fitted in a batch of 2"] * 2
 
 
+@pytest.mark.slow
 def test_pipeline_batching_setting_in_float32(tmp_path):
     """``batching="on"`` through the settings, as the CLI and the daemon pass it."""
     source = tmp_path / "stack.ome.tif"

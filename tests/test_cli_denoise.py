@@ -62,6 +62,7 @@ def test_denoise_writes_beside_input_and_keeps_it(tmp_path, runner):
     assert {"group", "seconds", "microscope", "specimen"} <= set(plane)
 
 
+@pytest.mark.slow
 def test_group_configuration_is_used_without_overrides(tmp_path, runner):
     source = tmp_path / "nuclei.tif"
     tifffile.imwrite(source, structured((24, 24), np.uint8))
@@ -143,6 +144,7 @@ def test_groups_prints_the_table(runner):
     assert "two-photon/nucleus" in text and "best_param_iter_comb_dict.yaml" in text
 
 
+@pytest.mark.slow
 def test_console_script_runs(tmp_path):
     source = tmp_path / "s.tif"
     tifffile.imwrite(source, structured((16, 16), np.float32))

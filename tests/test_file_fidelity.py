@@ -53,6 +53,7 @@ def _single(path: Path, named: str, with_uuid: bool, planes: int = 3, declared: 
     return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_uuid", [True, False], ids=["own-uuid", "no-document-uuid"])
 @pytest.mark.parametrize("new_name", ["mouse3_liver_mito.ome.tif", "sub dir name.ome.tiff"])
 def test_renamed_single_file_is_read_as_itself(tmp_path, with_uuid, new_name):
@@ -272,6 +273,7 @@ def test_deflate_two_channel_output_is_no_larger_than_its_input(tmp_path):
     assert ratio <= 1.1, ratio
 
 
+@pytest.mark.slow
 def test_large_planes_are_tiled_and_pyramids_keep_their_levels(tmp_path):
     data = noisy((1, 1100, 1030), mean=50)
     path = tmp_path / "mosaic.ome.tif"

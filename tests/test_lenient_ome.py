@@ -123,6 +123,7 @@ def test_denoise_succeeds_and_records_the_repair(tmp_path, case):
     assert _mentions(recorded, case)
 
 
+@pytest.mark.slow
 def test_real_samples_every_present_attribute(shared_data):
     """Real OME-XML (OME specification samples, ome-types' Zeiss/Micro-Manager/Bio-Formats
     fake files): every constrained attribute whose element is present in a sample is

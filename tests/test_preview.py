@@ -61,6 +61,7 @@ def _roughness(panel: np.ndarray) -> float:
     return float(np.mean(np.abs(np.diff(panel, axis=1))))
 
 
+@pytest.mark.slow
 def test_show_writes_a_png_whose_raw_and_denoised_panels_differ(denoised, tmp_path):
     raw, output = denoised
     picture = build_preview(output)
@@ -96,6 +97,7 @@ def test_show_writes_a_png_whose_raw_and_denoised_panels_differ(denoised, tmp_pa
     assert "60 iterations" in caption and " s" in caption and "ch 1 'Phalloidin'" in caption
 
 
+@pytest.mark.slow
 def test_show_from_the_command_line_raw_or_output(denoised, tmp_path):
     raw, output = denoised
     for given in (output, raw):  # the output, or the raw file with its output beside it

@@ -202,6 +202,7 @@ def _bioformats_ome(text: str):
     return ome_types.from_xml(text[start:end + len("</OME>")], validate=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_bioformats_reads_the_output_like_its_input(outputs, kind):
     read = outputs[kind]

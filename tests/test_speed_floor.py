@@ -76,6 +76,7 @@ def test_grouped_conv_backward_counts_one_forward_per_gradient():
     assert counter.get_total_flops() == 3 * forward
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", [DipParams(4, "16", 4, 1), DipParams(8, "32", 4, 1)],
                          ids=lambda p: p.label())
 def test_kernel_count_does_not_grow_with_stacked_networks(params):
@@ -97,6 +98,7 @@ def test_kernel_count_without_skips_is_the_same_for_any_stack():
             == cost.kernels_per_iteration(params, (64, 64), networks=8))
 
 
+@pytest.mark.slow
 def test_kernel_count_does_not_depend_on_the_plane_size():
     params = DipParams(5, "32", 4, 1)
     assert cost.kernels_per_iteration(params, (64, 64)) == cost.kernels_per_iteration(
@@ -122,6 +124,7 @@ def test_floor_is_the_larger_part():
         cost.floor_seconds(flops=1.0, matrix_rate=0.0, kernels=1, launch_seconds=1e-6)
 
 
+@pytest.mark.slow
 def test_memory_traffic_scales_with_plane_and_stack_and_covers_saved_tensors():
     from autodip_watch.dip.batching import fit_memory_bytes
 

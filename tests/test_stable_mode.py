@@ -148,6 +148,7 @@ def _fit_with_planted_spike(rollback: bool, spike_at: int = 30, iterations: int 
     return losses[:, 0].numpy(), stabiliser, net, history
 
 
+@pytest.mark.slow
 def test_a_planted_spike_is_rolled_back():
     spike_at = 30
     kept, stabiliser, _, _ = _fit_with_planted_spike(rollback=True, spike_at=spike_at)
@@ -175,6 +176,7 @@ def test_rollback_restores_the_last_verified_weights():
         assert torch.equal(restored.detach(), expected)
 
 
+@pytest.mark.slow
 def test_rollback_in_a_stack_touches_only_the_network_that_spiked():
     tiles = [np.random.default_rng(s).random((64, 64)).astype(np.float32) for s in (5, 6)]
     params = DipParams(4, "16", 4, 30)
