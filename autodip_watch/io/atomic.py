@@ -46,6 +46,16 @@ def create_temporary(out_path: str | Path) -> tuple[int, Path]:
     raise FileExistsError(errno_codes.EEXIST, "no unused temporary file name", str(out_path))
 
 
+def create_scratch(out_path: Path, kind: str) -> Path:
+    """A private scratch file beside ``out_path`` while it is written (mode 0600, e.g. the
+    memory map of a pyramid level), named so that :func:`temporary_pattern` and
+    :func:`remove_temporary_outputs` find it after a crash: ``.<name>.<kind>.<random>.tmp``."""
+    descriptor, name = tempfile.mkstemp(prefix=f".{Path(out_path).name}.{kind}.",
+                                        suffix=".tmp", dir=Path(out_path).parent)
+    os.close(descriptor)
+    return Path(name)
+
+
 def temporary_pattern(out_path: Path) -> str:
     """Glob pattern of the temporary files :func:`create_temporary` makes for ``out_path``."""
     return f".{out_path.name}.*.tmp"

@@ -8,8 +8,6 @@ atomically (``atomic.py``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .atomic import AtomicFile
+from .atomic import AtomicFile, create_scratch
 from .layout import OutputLayout, output_layout, store_levels, tiles_of
 from .model import DTYPE_OME, SeriesInfo
 from .omexml import ome_schema, schema_problem
@@ -240,10 +238,7 @@ class OmeTiffWriter:
                 page_shape = (info.samples, *shape)
             else:
                 page_shape = (*shape, info.samples)
-            descriptor, name = tempfile.mkstemp(prefix=f".{self.out_path.name}.level.",
-                                                suffix=".tmp", dir=self.out_path.parent)
-            os.close(descriptor)
-            scratch = Path(name)
+            scratch = create_scratch(self.out_path, "level")
             self._scratch.append(scratch)
             store = np.memmap(scratch, dtype=info.dtype, mode="w+",
                               shape=(info.page_count, *page_shape))
