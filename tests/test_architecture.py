@@ -165,10 +165,14 @@ RULES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return import_graph()
+
+
 @pytest.mark.parametrize("sources, forbidden", RULES,
                          ids=[" ".join(s.split(".")[-1] for s in rule[0]) for rule in RULES])
-def test_dependencies_point_one_way(sources, forbidden):
-    graph = import_graph()
+def test_dependencies_point_one_way(graph, sources, forbidden):
     broken = {}
     for name in graph:
         if _under(name, sources):
@@ -212,3 +216,20 @@ def test_tests_share_helpers_through_one_home():
     assert not offenders
     assert not [p.name for p in tests.glob("*.py")
                 if not p.name.startswith(("test_", "conftest"))], "helpers belong in tests/helpers/"
+
+
+def test_the_shipped_table_is_package_data():
+    """The shipped calibration table lives in the transfer package and is declared as
+    its package data, so an installed wheel finds it where a checkout does."""
+    import fnmatch
+    import tomllib
+
+    from autodip_watch.transfer.table import CalibrationTable, default_table_path
+
+    path = default_table_path()
+    assert path.is_file() and path.is_relative_to(PACKAGE / "transfer")
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["autodip_watch.transfer"]
+    relative = path.relative_to(PACKAGE / "transfer").as_posix()
+    assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), patterns
+    assert CalibrationTable.load().path == path

@@ -73,10 +73,21 @@ class Setup:
 
         wait_for(finished, timeout, f"{len(wanted)} job(s) done", self.daemon)
 
-    def status(self, exit_status: int = 0) -> dict:
-        result = cli("status", "--json", "--config", str(self.config), check=False)
-        assert result.returncode == exit_status, (result.returncode, result.stdout, result.stderr)
-        return json.loads(result.stdout)
+    def status(self, exit_status: int = 0, timeout: float = 60) -> dict:
+        """``status --json``, asked again until it exits with ``exit_status``: on a loaded
+        machine a heartbeat can be late for a moment, and status then says "hung" (1)."""
+        results = []
+
+        def asked() -> bool:
+            results.append(cli("status", "--json", "--config", str(self.config), check=False))
+            return results[-1].returncode == exit_status
+
+        try:
+            wait_for(asked, timeout, f"status to exit {exit_status}", self.daemon)
+        except AssertionError:
+            last = results[-1]
+            raise AssertionError((last.returncode, last.stdout, last.stderr)) from None
+        return json.loads(results[-1].stdout)
 
     def read_notifications(self) -> list[str]:
         while True:

@@ -258,6 +258,7 @@ def test_output_keeps_lossless_compression(tmp_path, compression, expected):
         assert series.shape == data.shape and series.dtype == data.dtype
 
 
+@pytest.mark.slow
 def test_deflate_two_channel_output_is_no_larger_than_its_input(tmp_path):
     """Acceptance: a deflate-compressed 2-channel input gives an output at most 1.1x its
     size (it was 1.9-2.1x when outputs were written uncompressed)."""

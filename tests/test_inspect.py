@@ -82,6 +82,7 @@ def test_unreadable_files_do_not_stop_the_others(tmp_path, runner):
     assert len(as_json["images"]) == 1
 
 
+@pytest.mark.slow
 def test_every_real_file_parses_or_fails_clearly(shared_data):
     folder = shared_data / "ome"
     if not folder.is_dir():

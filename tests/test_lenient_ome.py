@@ -110,6 +110,7 @@ def _enum_of(case):
 DENOISED = _denoise_subset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", DENOISED, ids=[case.id for case in DENOISED])
 def test_denoise_succeeds_and_records_the_repair(tmp_path, case):
     path = ome_kinds.write_case(tmp_path, case)

@@ -108,6 +108,7 @@ EXPECTED_CODE = {"inspect of a missing file": 1, "status": 3, "status --json --c
                  "status of a state dir never used": 3}
 
 
+@pytest.mark.slow
 def test_light_commands_import_nothing_heavy(site, tmp_path):
     names = list(LIGHT_COMMANDS)
     outcomes = run_light(tmp_path, *(LIGHT_COMMANDS[name](site) for name in names))
@@ -122,6 +123,7 @@ def test_light_commands_import_nothing_heavy(site, tmp_path):
     assert not problems, (problems, outcomes[0]["stderr"])
 
 
+@pytest.mark.slow
 def test_the_check_sees_heavy_imports(site, tmp_path):
     """The guard can fail: after a light command, a command that loads the engine (denoise
     on a device that is not there) shows torch, and only from that command on."""
@@ -132,6 +134,7 @@ def test_the_check_sees_heavy_imports(site, tmp_path):
     assert "torch" in second["modules"]
 
 
+@pytest.mark.slow
 def test_inspect_answers_what_denoise_would_do(site, tmp_path):
     (outcome,) = run_light(tmp_path, ["inspect", "--json", str(site["sample"])])
     channel = json.loads(outcome["stdout"])["images"][0]["channels"][0]

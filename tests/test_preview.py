@@ -117,6 +117,7 @@ def test_show_from_the_command_line_raw_or_output(denoised, tmp_path):
     assert preview_path(output).name == "cells.autodip.preview.png"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arguments, message", [
     (["--z", "3"], "--z 3 is outside the image"),
     (["--channel", "5"], "no channel 5"),

@@ -57,6 +57,7 @@ def test_meta_counts_equal_a_real_cpu_step():
     assert counter.get_total_flops() == cost.iteration_flops(params, shape)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", CONFIGS[:3], ids=lambda p: p.label())
 def test_flops_scale_linearly_with_stacked_networks(params):
     shape = (512, 512)

@@ -266,6 +266,7 @@ def test_homoscedastic_noise_is_not_transformed():
 
 # -------------------------------------------------------------------------- ensembles
 
+@pytest.mark.slow
 def test_an_ensemble_is_the_mean_of_its_members_fits():
     _, noisy = cells()
     plane = np.clip(noisy * 20, 0, 65535).astype(np.uint16)
@@ -340,6 +341,7 @@ def test_inspect_shows_the_mode(tmp_path):
     assert data["images"][0]["mode"]["name"] == STABLE
 
 
+@pytest.mark.slow
 def test_a_batching_fitter_fits_the_members_together():
     from autodip_watch.dip.batching import BatchedFitter
 

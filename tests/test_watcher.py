@@ -248,6 +248,7 @@ def test_a_dead_observer_is_reported_and_restarted(tmp_path):
 
 from helpers.acquisition import set_xml, write_pages, write_set_member  # noqa: E402
 
+@pytest.mark.slow
 @pytest.mark.parametrize("polling, page_seconds",
                          [(False, 0.8), (False, 2.0), (True, 1.5)],
                          ids=["native, a page every 0.8 s", "native, a page every 2 s",
