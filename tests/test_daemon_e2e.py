@@ -53,8 +53,13 @@ class Setup:
         self.notify_path = root / "notify.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
-        self.notify.setblocking(False)
+        self.notify.settimeout(0.2)
         self.notifications: list[str] = []
+        # systemd reads its socket all the time: a socket left unread fills after a few
+        # datagrams (net.unix.max_dgram_qlen) and the daemon's sd_notify call then blocks
+        # its heartbeat, which a loaded machine makes visible as a "hung" daemon.
+        self._reading = threading.Thread(target=self._read_notify, daemon=True)
+        self._reading.start()
         self.daemon: DaemonProcess | None = None
         self._queue: JobQueue | None = None
 
@@ -89,12 +94,18 @@ class Setup:
             raise AssertionError((last.returncode, last.stdout, last.stderr)) from None
         return json.loads(results[-1].stdout)
 
-    def read_notifications(self) -> list[str]:
+    def _read_notify(self) -> None:
         while True:
             try:
-                self.notifications.append(self.notify.recv(4096).decode())
-            except BlockingIOError:
-                return self.notifications
+                message = self.notify.recv(4096).decode()
+            except socket.timeout:
+                continue
+            except OSError:  # closed at the end of the module
+                return
+            self.notifications.append(message)
+
+    def read_notifications(self) -> list[str]:
+        return list(self.notifications)
 
 
 @pytest.fixture(scope="module")
