@@ -1,108 +1,52 @@
-"""Jobs on a Dask distributed cluster of GPU workers (``executor = "dask"``).
+"""Dask distributed, as both of the project's executors on a cluster use it.
 
-The daemon's SQLite queue stays the truth; Dask only runs what the daemon hands it:
+The daemon's Dask executor (``daemon/dask_executor.py``, its tasks in
+``daemon/dask_tasks.py``) and ``calibrate --scheduler`` (``calibration/
+cluster_executor.py``) share what is here: the client, the view of the cluster's
+workers, the resource a task needs (one GPU), and what each worker knows about itself.
 
-- :class:`DaskDispatcher` (daemon side) keeps up to ``max_in_flight`` tasks on the
-  cluster, each needing ``resources={"GPU": 1}``. A task is the oldest runnable job,
-  plus, where batching is on for the workers' devices, up to ``jobs_together - 1``
-  queued jobs of its fit key. What comes back settles each job in the queue. A task
-  whose worker dies is rescheduled by Dask on another worker; a task Dask gives up on
-  (it killed several workers) counts as a failed attempt of each of its jobs, like a
-  crash of the local daemon does, and each is retried alone; a task lost with the
-  scheduler, or cancelled at shutdown, goes back to the queue without using an attempt.
-- :func:`denoise_task` (worker side) runs the same :func:`~autodip_watch.pipeline.denoise_file`
-  as ``denoise`` and the local worker, reading the input and writing the output (to a
-  temporary file, then renamed) on storage shared under the same paths on every
-  machine; the jobs of a task side by side, sharing batches. It reports where each job
-  runs and its progress as Dask worker events, and stops at the next fit iteration
-  once its task is cancelled (SIGTERM of the daemon, or the daemon's client gone).
-- :func:`calibration_executor` runs the (image, configuration) fits of ``calibrate``
-  over the same cluster, one fit per task.
-
-``status`` shows what the dispatcher last saw of the cluster (:meth:`JobQueue.info`
-``"cluster"``), so it still needs nothing but the database.
-
-Running a cluster: ``docs/cluster.md``.
+``dask worker --preload autodip_watch.cluster`` (``docs/cluster.md``) runs
+:func:`dask_setup` when a worker starts: it loads the engine once and says which device
+the worker's tasks will use.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import os
 import socket
 import threading
-import time
-import traceback
-import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from .config import BatchingSettings, Config, WatchFolder
-from .log import get_logger
-from .queue import Job, JobQueue
-
-log = get_logger("autodip_watch.cluster")
+from .dip.device import choose_device, describe_device
 
 #: The worker resource a job needs: start workers with ``--resources GPU=1``.
 GPU_RESOURCE = "GPU"
-#: Progress events from a task, at most one per this many seconds.
-EVENT_SECONDS = 1.0
-#: How often the dispatcher refreshes its view of the cluster for ``status``.
-VIEW_SECONDS = 2.0
-#: How often the dispatcher looks for finished tasks.
-COLLECT_SECONDS = 0.25
-#: Waiting for the result of a finished task (the worker holding it may just have died).
-RESULT_TIMEOUT_SECONDS = 30.0
-_WORKER_STOPPING = ("closing", "closed", "failed", "stopping", "stopped")
-
-
-class WorkerStorageError(RuntimeError):
-    """The input is not visible on a worker: shared storage is missing or mounted elsewhere."""
+#: Worker states in which its tasks must stop.
+WORKER_STOPPING = ("closing", "closed", "failed", "stopping", "stopped")
 
 
 # =========================================================================== worker side
 
-def settings_payload(settings, inference: dict | None = None) -> dict:
-    """A :class:`DenoiseSettings` as plain data for a task: scalars, table, inference rules.
+@dataclass
+class WorkerEngine:
+    """What a Dask worker keeps for the tasks it runs: its device, and the LPIPS networks
+    of calibration fits (loaded once per worker, not per fit). Held by the worker object
+    itself (:func:`worker_engine`), so it lives exactly as long as the worker."""
 
-    The calibration table travels as its parsed document, so workers need not have the
-    daemon's table file (nearest-* transfer still reads the table's calibration images,
-    which must then be under the same path on the workers).
-    """
-    payload = {}
-    for item in dataclasses.fields(settings):
-        value = getattr(settings, item.name)
-        if isinstance(value, (str, int, float, bool, type(None))):
-            payload[item.name] = value
-    table = settings.table
-    payload["table"] = {"document": table.document,
-                        "path": str(table.path) if table.path is not None else None}
-    payload["inference"] = dict(inference) if inference else None
-    return payload
+    device: object  # torch.device
+    lpips: object = None  # perceptual.LpipsNetworks, made by the first calibration fit
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-def settings_from_payload(payload: dict):
-    """The :class:`DenoiseSettings` that :func:`settings_payload` described."""
-    from .metadata import InferenceRules
-    from .pipeline import DenoiseSettings
-    from .transfer import CalibrationTable
-
-    payload = dict(payload)
-    table = payload.pop("table")
-    inference = payload.pop("inference", None)
-    names = {item.name for item in dataclasses.fields(DenoiseSettings)}
-    settings = DenoiseSettings(
-        **{key: value for key, value in payload.items() if key in names},
-        table=CalibrationTable(table["document"],
-                               Path(table["path"]) if table["path"] else None))
-    if inference:
-        settings.rules = InferenceRules.from_mapping(inference)
-    return settings
+def worker_engine(worker) -> WorkerEngine:
+    """The :class:`WorkerEngine` of ``worker`` (a ``distributed.Worker``), made on first use."""
+    engine = getattr(worker, "autodip_engine", None)
+    if engine is None:
+        engine = WorkerEngine(choose_device(None))
+        worker.autodip_engine = engine
+    return engine
 
 
-def _this_worker():
+def this_worker():
     """The Dask worker running this task, or None outside one (a plain call)."""
     try:
         from distributed import get_worker
@@ -112,187 +56,24 @@ def _this_worker():
         return None
 
 
-def _cancelled(worker, key: str | None) -> bool:
-    """Whether this task should stop: cancelled, released, or its worker shutting down."""
-    if worker is None or key is None:
-        return False
-    try:
-        if getattr(worker.status, "name", "") in _WORKER_STOPPING:
-            return True
-        task = worker.state.tasks.get(key)
-        return task is None or task.state not in ("executing", "long-running")
-    except Exception:  # the worker's internals are not an API; never fail a fit on them
-        return False
-
-
-@dataclass
-class _TaskContext:
-    """Where a task runs and how it reports: shared by the jobs of one task."""
-
-    worker: object
-    topic: str | None
-    key: str | None
-    host: str = dataclasses.field(default_factory=socket.gethostname)
-
-    @property
-    def address(self) -> str:
-        return self.worker.address if self.worker is not None else ""
-
-    def cancelled(self) -> bool:
-        return _cancelled(self.worker, self.key)
-
-    def send(self, message: dict) -> None:
-        if self.worker is not None and self.topic:
-            try:
-                self.worker.log_event(self.topic, {"key": self.key, "worker": self.address,
-                                                   "host": self.host, **message})
-            except Exception:  # progress is a courtesy; the fit goes on without it
-                pass
-
-
-def denoise_task(jobs: list[dict], payloads: dict[str, dict], progress_topic: str | None = None,
-                 task_key: str | None = None,
-                 linger: float = BatchingSettings.linger_seconds) -> list[dict]:
-    """Daemon jobs on a Dask worker: :func:`denoise_file` from shared storage to shared storage.
-
-    ``jobs`` are files of one fit key (the dispatcher groups them), each a dict of
-    ``job`` (id), ``input``, ``output``, ``mtime_ns`` and ``settings`` (a key of
-    ``payloads``, see :func:`settings_payload`). Where batching is on for this worker's
-    device, several jobs run side by side in threads that hand their tiles to one shared
-    batching fitter, so their planes are fitted in the same batches, as in the local
-    daemon; otherwise they run one after the other.
-
-    Returns one plain dict per job, in order: ``status`` (``done``; ``kept`` when a
-    current output already exists; ``cancelled`` when stopped; ``error`` with ``error``
-    and ``traceback`` when the file failed, its temporary output removed) with
-    ``output``, ``report``, ``seconds``, ``planes``, ``worker`` (address), ``host`` and
-    ``device``. A file's error is its own: the other files of the task still finish.
-    """
-    from .dip.batching import run_together
-    from .pipeline import shared_fitter
-
-    context = _TaskContext(_this_worker(), progress_topic, task_key)
-    settings = {key: settings_from_payload(payload) for key, payload in payloads.items()}
-    shared = (shared_fitter(settings[jobs[0]["settings"]], linger) if len(jobs) > 1
-              else None)
-    return run_together(shared, [functools.partial(_run_job, job, settings[job["settings"]],
-                                                   context) for job in jobs])
-
-
-def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict:
-    """One job of a task; errors of the file come back as a result, not an exception."""
-    from .dip.device import choose_device, describe_device
-    from .pipeline import denoise_file
-    from .progress import FitProgress
-    from .worker import JobCancelled, output_is_current, remove_temporary_outputs
-
-    source, output = Path(job["input"]), Path(job["output"])
-    where = {"worker": context.address, "host": context.host}
-
-    def send(message: dict) -> None:
-        context.send({"job": job["job"], **message})
-
-    device = ""
-    try:
-        if context.cancelled():
-            return {"status": "cancelled", "output": job["output"], **where, "device": ""}
-        if not source.exists():
-            raise WorkerStorageError(
-                f"{source} does not exist on worker {context.address or 'here'} (host "
-                f"{context.host}): the microscope storage must be mounted under the same "
-                f"path on every worker")
-        hashes = [tuple(pair) for pair in job.get("hashes") or []]
-        if hashes and output_is_current(output, source, hashes):
-            # A rerun after the worker died between writing the output and reporting it.
-            return {"status": "kept", "output": job["output"], **where, "device": ""}
-        device = describe_device(choose_device(denoise_settings.device))
-        send({"event": "started", "device": device})
-        last_sent = [0.0]
-        measured = FitProgress()
-
-        def progress(plane: int, planes: int, tile: int, tiles: int, iteration: int,
-                     iterations: int) -> None:
-            if context.cancelled():
-                raise JobCancelled()
-            now = time.monotonic()
-            measured.update(plane, planes, tile, tiles, iteration, iterations, now)
-            final = plane == planes and tile == tiles and iteration == iterations
-            if now - last_sent[0] >= EVENT_SECONDS or final:
-                last_sent[0] = now
-                send({"event": "progress", "device": device, "plane": plane,
-                      "planes": planes, "tile": tile, "tiles": tiles,
-                      "iteration": iteration, "iterations": iterations,
-                      "fraction": measured.fraction, "rate": measured.rate()})
-
-        remove_temporary_outputs(output)  # of an attempt on a worker that died
-        output.parent.mkdir(parents=True, exist_ok=True)
-        report = denoise_file(source, denoise_settings, out=output, progress=progress,
-                              worker=context.address or None, fitter=fitter,
-                              incomplete=job.get("incomplete"))
-    except JobCancelled:
-        remove_temporary_outputs(output)
-        return {"status": "cancelled", "output": job["output"], **where, "device": device}
-    except Exception as error:
-        remove_temporary_outputs(output)
-        _free_device_memory()
-        return {"status": "error", "error": f"{type(error).__name__}: {error}",
-                "traceback": traceback.format_exc(limit=6), "output": job["output"], **where,
-                "device": device}
-    return {"status": "done", "output": str(report.output), "report": report.as_dict(),
-            "seconds": report.seconds, "planes": len(report.planes), **where,
-            "device": report.device}
-
-
-def calibration_fit(task, device: str | None = None):
-    """One calibration fit on a Dask worker (:func:`calibrate.run_fit_task`).
-
-    The outcome's ``device`` names the worker, so the calibration state records where
-    each fit ran.
-    """
-    from .calibrate import run_fit_task
-    from .dip.device import choose_device, describe_device
-
-    chosen = choose_device(device)
-    outcome = run_fit_task(task, chosen)
-    worker = _this_worker()
-    where = f"{socket.gethostname()} {worker.address}" if worker is not None else socket.gethostname()
-    outcome.device = f"{describe_device(chosen)} on {where}"
-    return outcome
-
-
 def dask_setup(worker) -> None:
     """``dask worker --preload autodip_watch.cluster``: import the engine once, at start.
 
     A worker whose environment lacks the package (or torch) then fails at start, in its
     own log, instead of failing every job sent to it.
     """
-    from .dip.device import describe_device
-
-    device = describe_device(_worker_device())
+    device = describe_device(worker_engine(worker).device)
     print(f"autodip-watch worker {worker.name} on {socket.gethostname()}: device {device}",
           flush=True)
 
 
-@functools.cache
-def _worker_device():
-    from .dip.device import choose_device
-
-    return choose_device(None)
-
-
-def worker_device_type() -> str:
+def worker_device_type(dask_worker) -> str:
     """The kind of device jobs run on in this worker (``cuda``, ``cpu``, ``mps``).
 
-    Run on the workers by the dispatcher (``client.run``), which groups files into one
-    task only where batching is on for the workers' devices.
+    Run on the workers by the dispatcher (``client.run``, which passes ``dask_worker``);
+    it groups files into one task only where batching is on for the workers' devices.
     """
-    return _worker_device().type
-
-
-def _free_device_memory() -> None:
-    from .dip.device import free_device_memory  # torch only where a job really ran
-
-    free_device_memory()
+    return worker_engine(dask_worker).device.type
 
 
 # =========================================================================== client side
@@ -329,570 +110,13 @@ def cluster_workers(client, ours: dict[str, list[int]] | None = None) -> list[di
     return workers
 
 
-@dataclass
-class _InFlight:
-    """One job of a task on the cluster."""
-
-    job: Job
-    output: Path
-    bound: object
-
-
-@dataclass
-class _Task:
-    """One Dask task: the jobs of one fit key that run together on one GPU."""
-
-    future: object
-    members: list[_InFlight]
-    submitted: float
-
-    def member(self, job_id: int | None) -> _InFlight | None:
-        return next((item for item in self.members if item.job.id == job_id), None)
-
-
-def _is_connection_error(error: BaseException) -> bool:
+def is_connection_error(error: BaseException) -> bool:
     from distributed.comm.core import CommClosedError
 
     return isinstance(error, (OSError, CommClosedError, TimeoutError))
 
 
-class DaskDispatcher:
-    """The daemon's side of the Dask executor; one thread, same life cycle as a Worker."""
-
-    device = "dask"
-
-    def __init__(self, config: Config, queue: JobQueue, table, stop: threading.Event,
-                 wake: threading.Event, metrics=None) -> None:
-        self.config = config
-        self.settings = config.cluster
-        self.scheduler = self.settings.scheduler
-        self.queue = queue
-        self.table = table
-        self.stop = stop
-        self.wake = wake
-        self.metrics = metrics
-        self.client = None
-        self.in_flight: dict[str, _Task] = {}  # Dask key -> task
-        self.worker_devices: dict[str, str] = {}  # worker address -> "cuda", "cpu", ...
-        self._alone: set[int] = set()  # jobs whose group killed its worker: run alone
-        self.connected = False
-        self.error: str | None = None
-        self.since = time.time()  # of the current connection state
-        self.retry_at: float | None = None
-        self.workers: list[dict] = []
-        self.last_beat = time.monotonic()
-        self._last_view = 0.0
-        self._events: dict[tuple, dict] = {}
-        self._events_lock = threading.Lock()
-        self._payloads: dict[str | None, dict] = {}
-        # One topic per daemon run: events of an earlier run's tasks are not ours.
-        self.topic = f"autodip-watch-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.claim_name = f"{self.scheduler} (waiting for a GPU worker)"
-        self.thread = threading.Thread(target=self.run, name="dask-dispatcher", daemon=True)
-
-    # ---------------------------------------------------------------- daemon interface
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def healthy(self) -> tuple[bool, str]:
-        """Alive and looping. An unreachable scheduler is not unhealthy: a restart would
-        not bring it back, and files are still queued meanwhile (status says so)."""
-        if not self.thread.is_alive():
-            return False, "the Dask dispatcher died"
-        silent = time.monotonic() - self.last_beat
-        if silent > self.config.daemon.stuck_seconds:
-            return False, f"the Dask dispatcher has been blocked for {silent:.0f} s"
-        return True, ""
-
-    def jobs(self) -> list[Job]:
-        return [item.job for task in list(self.in_flight.values()) for item in task.members]
-
-    def limit(self) -> int:
-        """Tasks in flight at once: max_in_flight, or the cluster's GPUs (at least 1)."""
-        if self.settings.max_in_flight:
-            return self.settings.max_in_flight
-        return max(1, int(sum(worker["gpus"] for worker in self.workers)))
-
-    def jobs_per_task(self) -> int:
-        """Files of one fit key sent as one task, to be fitted in shared batches.
-
-        ``batching.jobs_together`` where batching is on for the cluster's devices (with
-        ``auto``: every worker seen has CUDA), else 1.
-        """
-        kinds = set(self.worker_devices.values())
-        kind = "cuda" if kinds and kinds <= {"cuda"} else "cpu"
-        return self.config.batching.jobs_for(kind)
-
-    def summary(self) -> str:
-        """One line for the heartbeat/sd_notify status."""
-        if not self.connected:
-            return f"Dask scheduler {self.scheduler} unreachable (retrying; files are queued)"
-        busy = sum(1 for worker in self.workers if worker["state"] == "busy")
-        return (f"dask {self.scheduler}: {len(self.workers)} worker(s), {busy} busy, "
-                f"{len(self.jobs())} job(s) in flight")
-
-    def view(self) -> dict:
-        """What ``status`` shows of the cluster."""
-        return {"executor": "dask", "scheduler": self.scheduler, "connected": self.connected,
-                "since": self.since, "error": self.error, "retry_at": self.retry_at,
-                "workers": self.workers if self.connected else [],
-                "gpus": sum(worker["gpus"] for worker in self.workers) if self.connected else 0,
-                "in_flight": len(self.jobs()), "tasks": len(self.in_flight),
-                "max_in_flight": self.limit(), "jobs_per_task": self.jobs_per_task(),
-                "updated": time.time()}
-
-    # ---------------------------------------------------------------- loop
-
-    def run(self) -> None:
-        delay = 1.0
-        try:
-            while not self.stop.is_set():
-                self.last_beat = time.monotonic()
-                if self.client is None:
-                    if not self._connect(delay):
-                        self.stop.wait(delay)
-                        delay = min(delay * 2, self.settings.reconnect_max_seconds)
-                        continue
-                    delay = 1.0
-                try:
-                    if self.client.status != "running":
-                        raise OSError(f"connection to the scheduler {self.scheduler} lost "
-                                      f"(client {self.client.status})")
-                    self._apply_events()
-                    self._refresh_view()
-                    self._submit()
-                    self._collect()
-                except Exception as error:
-                    if not _is_connection_error(error) and self.client is not None \
-                            and self.client.status == "running":
-                        # A bug in our bookkeeping must not kill the dispatcher.
-                        log.exception("cluster.error")
-                        self.stop.wait(1.0)
-                        continue
-                    self._lost(error)
-        finally:
-            self._shutdown()
-
-    def _connect(self, delay: float) -> bool:
-        try:
-            client = connect(self.scheduler, self.settings.connect_timeout_seconds,
-                             name=f"autodip-watch {socket.gethostname()} pid {os.getpid()}")
-            client.subscribe_topic(self.topic, self._on_event)
-        except Exception as error:
-            message = f"{type(error).__name__}: {error}"
-            first = self.connected or self.error is None
-            self.connected, self.error = False, message
-            if first:
-                self.since = time.time()
-            self.retry_at = time.time() + delay
-            (log.warning if first else log.info)(
-                "cluster.unreachable", scheduler=self.scheduler, error=message,
-                retry_in_seconds=delay,
-                note="files are still watched and queued; jobs wait for the scheduler")
-            self._publish()
-            return False
-        self.client = client
-        self.connected, self.error, self.since, self.retry_at = True, None, time.time(), None
-        self._last_view = 0.0
-        self._refresh_view()
-        log.info("cluster.connected", scheduler=self.scheduler, workers=len(self.workers),
-                 gpus=sum(worker["gpus"] for worker in self.workers))
-        return True
-
-    def _lost(self, error: BaseException) -> None:
-        """The scheduler is gone: jobs in flight go back to the queue, attempts kept."""
-        message = f"{type(error).__name__}: {error}"
-        log.warning("cluster.lost", scheduler=self.scheduler, error=message,
-                    in_flight=len(self.jobs()),
-                    note="jobs in flight go back to the queue; reconnecting")
-        self._release_all("lost the connection to the Dask scheduler; the job goes back to "
-                          "the queue")
-        self._close_client()
-        self.connected, self.error, self.since = False, message, time.time()
-        self.retry_at = time.time() + 1.0
-        self._publish()
-
-    def _close_client(self) -> None:
-        client, self.client = self.client, None
-        if client is None:
-            return
-        try:
-            client.unsubscribe_topic(self.topic)
-        except Exception:
-            pass
-        _close_quietly(client)
-
-    def _shutdown(self) -> None:
-        """SIGTERM: cancel what is in flight on the cluster; those jobs go back to the queue."""
-        if self.in_flight and self.client is not None:
-            try:
-                self.client.cancel([task.future for task in self.in_flight.values()],
-                                   reason="autodip-watch daemon stopping")
-            except Exception as error:
-                log.warning("cluster.cancel_failed", error=str(error))
-        self._release_all("daemon stopping; cancelled on the cluster, the job goes back to "
-                          "the queue")
-        self._close_client()
-        self.connected = False
-
-    def _release_all(self, reason: str) -> None:
-        for key, task in list(self.in_flight.items()):
-            for item in task.members:
-                try:
-                    self.queue.release(item.job.id, reason)
-                    item.bound.info("job.requeued", reason=reason,
-                                    seconds=round(time.monotonic() - task.submitted, 2))
-                except Exception:
-                    log.exception("cluster.release_failed", job_id=item.job.id)
-            self.in_flight.pop(key, None)
-
-    # ---------------------------------------------------------------- view and events
-
-    def _on_event(self, event) -> None:
-        """Called on the client's event loop: keep it trivial, the loop thread applies it."""
-        try:
-            _, message = event
-            key = (message.get("key"), message.get("job"))
-        except (TypeError, ValueError, AttributeError):
-            return
-        if key[0] is not None:
-            with self._events_lock:
-                previous = self._events.get(key, {})
-                self._events[key] = {**previous, **message}
-
-    def _apply_events(self) -> None:
-        with self._events_lock:
-            events, self._events = self._events, {}
-        for (key, job_id), message in events.items():
-            task = self.in_flight.get(key)
-            item = task.member(job_id) if task is not None else None
-            if item is None:
-                continue
-            where = f"{message.get('worker', '?')} on {message.get('host', '?')}"
-            if message.get("device"):
-                where += f" ({message['device']})"
-            if self.queue.placed(item.job.id, where):
-                item.bound.info("job.placed", worker=message.get("worker"),
-                                host=message.get("host"), device=message.get("device"))
-            if message.get("iteration") is not None:
-                self.queue.progress(item.job.id, message["plane"], message["planes"],
-                                    message["tile"], message["tiles"], message["iteration"],
-                                    message["iterations"], fraction=message.get("fraction"),
-                                    rate=message.get("rate"))
-
-    def _refresh_view(self) -> None:
-        now = time.monotonic()
-        if now - self._last_view < VIEW_SECONDS:
-            return
-        self._last_view = now
-        ours = {key: [item.job.id for item in task.members]
-                for key, task in self.in_flight.items()}
-        self.workers = cluster_workers(self.client, ours)
-        self._learn_devices()
-        for worker in self.workers:
-            worker["device"] = self.worker_devices.get(worker["address"])
-        self._publish()
-
-    def _learn_devices(self) -> None:
-        """Ask workers not seen before which device they run jobs on."""
-        addresses = {worker["address"] for worker in self.workers}
-        for gone in set(self.worker_devices) - addresses:
-            del self.worker_devices[gone]
-        new = sorted(addresses - set(self.worker_devices))
-        if not new:
-            return
-        answers = self.client.run(worker_device_type, workers=new, on_error="return")
-        for address, kind in answers.items():
-            if isinstance(kind, str):
-                self.worker_devices[address] = kind
-            else:  # asked once: its jobs will fail and say why
-                self.worker_devices[address] = "unknown"
-                log.warning("cluster.device_unknown", worker=address,
-                            error=f"{type(kind).__name__}: {kind}",
-                            note="is autodip-watch installed on the worker?")
-
-    def _publish(self) -> None:
-        try:
-            self.queue.set_info("cluster", self.view())
-        except Exception:
-            log.exception("cluster.publish_failed")
-
-    # ---------------------------------------------------------------- jobs
-
-    def _payload(self, folder: WatchFolder | None) -> dict:
-        key = str(folder.path) if folder is not None else None
-        if key not in self._payloads:
-            settings = self.config.denoise_settings(folder, "auto", self.table)
-            self._payloads[key] = settings_payload(settings, self.config.inference)
-        return self._payloads[key]
-
-    def _submit(self) -> None:
-        while len(self.in_flight) < self.limit() and not self.stop.is_set():
-            members = self._claim_task()
-            if members is None:
-                return
-            if not members:
-                continue  # each claimed job was settled here (input gone, output current)
-            first = members[0].job
-            key = f"autodip-job-{first.id}-{first.attempts}-{uuid.uuid4().hex[:8]}"
-            from .worker import incomplete_note
-
-            payloads: dict[str, dict] = {}
-            jobs = []
-            for item in members:
-                folder = self.config.folder_for(Path(item.job.path))
-                payload_key = str(folder.path) if folder is not None else ""
-                payloads[payload_key] = self._payload(folder)
-                jobs.append({"job": item.job.id, "input": item.job.path,
-                             "output": str(item.output), "mtime_ns": item.job.mtime_ns,
-                             "hashes": [(f["file"], f["sha256"])
-                                        for f in item.job.source_list()],
-                             "incomplete": incomplete_note(item.job),
-                             "settings": payload_key})
-            try:
-                future = self.client.submit(
-                    denoise_task, jobs, payloads, self.topic, key,
-                    self.config.batching.linger_seconds, key=key, pure=False,
-                    resources={GPU_RESOURCE: 1})
-            except Exception:
-                for item in members:
-                    self.queue.release(item.job.id, "could not be submitted to the Dask "
-                                                    "scheduler; the job goes back to the queue")
-                raise
-            for item in members:
-                item.bound.info("job.submitted", attempt=item.job.attempts,
-                                output=str(item.output), scheduler=self.scheduler, task=key,
-                                jobs_in_task=len(members))
-            self.in_flight[key] = _Task(future, members, time.monotonic())
-
-    def _claim_task(self) -> list[_InFlight] | None:
-        """The jobs of the next task, or None when nothing is runnable.
-
-        The oldest runnable job first, so no group waits behind another for long; then,
-        up to :meth:`jobs_per_task`, queued jobs of its fit key, whose planes can share
-        batches on the GPU. A job whose group killed its worker runs alone.
-        """
-        from .worker import ready_to_run
-
-        size = self.jobs_per_task()
-        members: list[_InFlight] = []
-        first: Job | None = None
-        while len(members) < size:
-            if first is None:
-                job = self.queue.claim(self.claim_name)
-            elif first.fit_key and first.id not in self._alone:
-                job = self.queue.claim(self.claim_name, prefer_key=first.fit_key,
-                                       only_key=True)
-            else:
-                break
-            if job is None:
-                break
-            first = first or job
-            output = self.config.output_for(Path(job.path), self.config.folder_for(Path(job.path)))
-            bound = log.bind(job_id=job.id, path=job.path, executor="dask")
-            try:
-                if ready_to_run(job, output, self.queue, bound):
-                    members.append(_InFlight(job, output, bound))
-            except Exception:
-                for item in [*members, _InFlight(job, output, bound)]:
-                    self.queue.release(item.job.id, "could not be prepared for the cluster; "
-                                                    "the job goes back to the queue")
-                raise
-        return None if first is None else members
-
-    def _collect(self) -> None:
-        """Settle the tasks that ended; otherwise wait a moment (or until woken).
-
-        Future states are pushed to the client by the scheduler, so looking at them is
-        free; a short wait keeps both new files and finished tasks prompt.
-        """
-        done = [key for key, task in self.in_flight.items() if task.future.done()]
-        if not done:
-            self.wake.wait(COLLECT_SECONDS if self.in_flight else 1.0)
-            self.wake.clear()
-            return
-        for key in done:
-            task = self.in_flight.pop(key, None)
-            if task is not None:
-                self._settle(task)
-
-    def _settle(self, task: _Task) -> None:
-        from distributed import KilledWorker
-
-        future = task.future
-        if future.status == "cancelled":
-            self._requeue(task, task.members, "the Dask scheduler cancelled the task "
-                                              "(restarted, or the connection was lost)")
-            return
-        if future.status == "finished":
-            try:
-                results = future.result(timeout=RESULT_TIMEOUT_SECONDS)
-            except Exception as error:
-                self._requeue(task, task.members,
-                              f"the result could not be fetched from the worker "
-                              f"({type(error).__name__}: {error})")
-                if self.client is None or self.client.status != "running":
-                    raise
-                return
-            for item, result in zip(task.members, results):
-                self._finished(task, item, result)
-            return
-        try:
-            error = future.exception(timeout=RESULT_TIMEOUT_SECONDS)
-        except Exception as fetch_error:  # cancelled meanwhile, or the scheduler went away
-            self._requeue(task, task.members,
-                          f"the task's outcome is unknown ({type(fetch_error).__name__})")
-            return
-        if isinstance(error, KilledWorker):
-            # Dask retried the task on other workers and each of them died: the usual cause
-            # is a file (out of memory on the GPU worker), so it uses an attempt. Which
-            # file of a group it was is unknown: each is retried alone.
-            message = (f"KilledWorker: the Dask worker(s) running this job died "
-                       f"({error}); out of memory on the GPU server?")
-            if len(task.members) > 1:
-                message += (f" It ran together with job(s) "
-                            f"{', '.join(str(item.job.id) for item in task.members)}; each "
-                            f"is retried alone")
-                self._alone.update(item.job.id for item in task.members)
-        elif _is_connection_error(error) or type(error).__name__ in ("CancelledError",
-                                                                     "FutureCancelledError"):
-            self._requeue(task, task.members, f"{type(error).__name__}: {error}")
-            return
-        else:  # denoise_task itself failed (a file's errors come back as results)
-            message = f"{type(error).__name__}: {error}"
-        trace = ("".join(traceback.format_tb(future.traceback(), limit=6))
-                 if future.status == "error" else None)
-        for item in task.members:
-            self._failed(item, message, trace)
-
-    def _failed(self, item: _InFlight, message: str, trace: str | None) -> None:
-        state = self.queue.fail(item.job.id, message, self.config.retry)
-        if self.metrics is not None:
-            self.metrics.jobs_failed.inc()
-        (item.bound.error if state == "quarantined" else item.bound.warning)(
-            f"job.{state}", error=message, attempt=item.job.attempts,
-            max_attempts=self.config.retry.max_attempts, traceback=trace)
-
-    def _requeue(self, task: _Task, items: list[_InFlight], reason: str) -> None:
-        for item in items:
-            self.queue.release(item.job.id, f"{reason}; the job goes back to the queue")
-            item.bound.info("job.requeued", reason=reason,
-                            seconds=round(time.monotonic() - task.submitted, 2))
-
-    def _finished(self, task: _Task, item: _InFlight, result: dict) -> None:
-        job, bound = item.job, item.bound
-        status = result.get("status")
-        where = f"{result.get('worker')} on {result.get('host')}"
-        if status == "cancelled":
-            self._requeue(task, [item], f"the task stopped on {where}")
-            return
-        if status == "error":
-            self._failed(item, f"{result.get('error')} (on {where})", result.get("traceback"))
-            return
-        self._alone.discard(job.id)
-        from .worker import finished_message, finished_state
-
-        if status == "kept":
-            self.queue.finish(job.id, result["output"], None, 0.0, None,
-                              f"output already present, made from this content; kept "
-                              f"({where})", state=finished_state(job, []))
-            bound.info("job.done", output=result["output"], note="output already present",
-                       worker=result.get("worker"), host=result.get("host"))
-            return
-        missing = list((result.get("report") or {}).get("missing") or [])
-        self.queue.placed(job.id, f"{where} ({result.get('device')})")
-        self.queue.finish(job.id, result["output"], result.get("report"),
-                          float(result.get("seconds") or 0.0), result.get("planes"),
-                          f"{finished_message(job, missing)} on {where}",
-                          state=finished_state(job, missing))
-        if self.metrics is not None:
-            self.metrics.jobs_done.inc()
-            for plane in (result.get("report") or {}).get("planes", []):
-                self.metrics.plane_seconds.observe(float(plane.get("seconds", 0.0)))
-        bound.info("job.done", output=result["output"], seconds=result.get("seconds"),
-                   planes=result.get("planes"), worker=result.get("worker"),
-                   host=result.get("host"), device=result.get("device"),
-                   jobs_in_task=len(task.members))
-        if self.config.output_preview:
-            from .worker import write_job_preview
-
-            write_job_preview(Path(result["output"]), Path(job.path), bound)
-
-
-# =========================================================================== calibrate
-
-def calibration_executor(address: str, device: str | None = None, max_in_flight: int = 0,
-                         connect_timeout: float = 10.0):
-    """A ``calibrate`` executor that runs each (image, configuration) fit as one Dask task.
-
-    Yields ``(task, outcome)`` as fits finish, so the caller records each at once and a
-    stopped run resumes. At most ``max_in_flight`` fits are submitted at a time (default
-    twice the cluster's GPUs), which keeps the images of pending fits off the scheduler.
-    """
-    from .calibrate import CalibrationError, FitOutcome, FitTask
-
-    def execute(tasks: Sequence[FitTask], progress=None) -> Iterator[tuple[FitTask, FitOutcome]]:
-        from distributed import KilledWorker, as_completed
-
-        if not tasks:
-            return
-        try:
-            client = connect(address, connect_timeout,
-                             name=f"autodip-watch calibrate {socket.gethostname()}")
-        except OSError as error:
-            raise CalibrationError(f"--scheduler: {error}") from None
-        pending = list(tasks)[::-1]
-        submitted: dict[str, tuple[FitTask, object]] = {}
-        finished = 0
-        try:
-            gpus = sum(worker["gpus"] for worker in cluster_workers(client))
-            limit = max_in_flight or max(2, int(2 * gpus))
-            stream = as_completed(loop=client.loop)  # not the default client: there is none
-
-            def submit_next() -> None:
-                if pending:
-                    task = pending.pop()
-                    key = f"autodip-fit-{task.pair.key[:12]}-{task.point.key}-{uuid.uuid4().hex[:8]}"
-                    future = client.submit(calibration_fit, task, device, key=key, pure=False,
-                                           resources={GPU_RESOURCE: 1})
-                    submitted[future.key] = (task, future)
-                    stream.add(future)
-
-            for _ in range(limit):
-                submit_next()
-            for future in stream:
-                task, _ = submitted.pop(future.key)
-                try:
-                    outcome = future.result()
-                except KilledWorker as error:
-                    raise CalibrationError(
-                        f"a fit ({task.pair.name}, {task.point.key}) killed the Dask workers "
-                        f"that ran it ({error}); out of memory? {finished} fit(s) of this run "
-                        f"are saved; run the command again to continue") from None
-                except Exception as error:
-                    if _is_connection_error(error) or "Cancelled" in type(error).__name__:
-                        raise CalibrationError(
-                            f"lost the Dask scheduler at {address} ({type(error).__name__}: "
-                            f"{error}); {finished} fit(s) of this run are saved; run the same "
-                            f"command again to continue") from None
-                    raise
-                submit_next()
-                finished += 1
-                yield task, outcome
-        finally:
-            try:
-                if submitted:  # stopped early (an error, or the caller stopped reading)
-                    client.cancel([future for _, future in submitted.values()])
-            except Exception:
-                pass
-            _close_quietly(client)
-
-    execute.description = f"Dask cluster {address}"
-    return execute
-
-
-def _close_quietly(client) -> None:
+def close_quietly(client) -> None:
     """Close a Dask client on the way out; a scheduler already gone must not turn a
     shutdown into an error."""
     try:

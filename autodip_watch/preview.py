@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PREVIEW_SUFFIX
-from .ometiff import AtomicFile, ImageFile, SeriesInfo
-from .provenance import read_provenance, sha256_file
+from .io.atomic import AtomicFile
+from .io.reader import ImageFile
+from .io.model import SeriesInfo
+from .provenance import read_provenance
+from .io.checksums import sha256_file
+from .io.outputs import preview_path
 
-__all__ = ["PreviewError", "PreviewFigure", "build_preview", "find_pair", "preview_path",
+__all__ = ["PreviewError", "PreviewFigure", "build_preview", "find_pair",
            "structured_region", "write_preview"]
 
 #: Contrast stretch: these percentiles of the raw plane map to black and white.
@@ -81,17 +84,6 @@ class PreviewFigure:
         plt.close(self.figure)
 
 
-def preview_path(output: str | Path) -> Path:
-    """``x.autodip.ome.tif`` -> ``x.autodip.preview.png`` beside it."""
-    output = Path(output)
-    name = output.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return output.with_name(name + PREVIEW_SUFFIX)
-
-
 def find_pair(path: str | Path, raw: str | Path | None = None,
               denoised: str | Path | None = None, verify: bool = True
               ) -> tuple[Path, Path, list[str]]:
@@ -104,7 +96,7 @@ def find_pair(path: str | Path, raw: str | Path | None = None,
     (size, or SHA-256 for files up to :data:`VERIFY_BYTES`, differ from the provenance).
     Raises :class:`PreviewError` naming what is missing.
     """
-    from .pipeline import output_path_for
+    from .io.outputs import output_path_for
 
     path = Path(path)
     if not path.exists():
@@ -232,23 +224,10 @@ def build_preview(path: str | Path, *, raw: str | Path | None = None,
 
     matplotlib.use("Agg", force=True)  # never a window: a daemon and ssh sessions have none
     from matplotlib import pyplot as plt
-    from matplotlib.patches import Rectangle
 
     raw_path, output_path, notes = find_pair(path, raw, denoised, verify)
-    with ImageFile(raw_path) as raw_image, ImageFile(output_path) as out_image:
-        if not 0 <= series < len(raw_image.series):
-            raise PreviewError(f"{raw_path}: no image {series} (it has "
-                               f"{len(raw_image.series)})")
-        if len(out_image.series) <= series:
-            raise PreviewError(f"{output_path}: no image {series}")
-        position, raw_planes = _select_planes(raw_image, series, t, z, channels)
-        _, out_planes = _select_planes(out_image, series, position["T"], position["Z"],
-                                       channels)
-        raw_info, out_info = raw_image.series[series], out_image.series[series]
-        if (raw_info.sizes.get("Y"), raw_info.sizes.get("X")) != (
-                out_info.sizes.get("Y"), out_info.sizes.get("X")):
-            raise PreviewError(f"{output_path} and {raw_path} have different plane sizes; "
-                               f"not a raw file and its output")
+    position, raw_planes, out_planes = _read_planes(raw_path, output_path, series, t, z,
+                                                    channels)
     records = {record["image"]: record["entries"] for record in _provenance(output_path)}
     entries = records.get(series) or (next(iter(records.values())) if records else {})
     rows = sorted(raw_planes)
@@ -276,35 +255,9 @@ def build_preview(path: str | Path, *, raw: str | Path | None = None,
     bottom = (line_inches * len(caption_lines) + 0.2) / fig_height
     figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.45 / fig_height, bottom=bottom,
                            wspace=0.04, hspace=0.18)
-    panels: list[ChannelPanels] = []
-    for row, channel in enumerate(rows):
-        raw_plane, out_plane = raw_planes[channel], out_planes[channel]
-        low, high = (float(v) for v in np.percentile(raw_plane, [LOW_PERCENTILE,
-                                                                 HIGH_PERCENTILE]))
-        if high <= low:
-            high = low + 1.0
-        height, width = raw_plane.shape
-        size = max(16, min(128, min(height, width) // 4))
-        top, left = structured_region(out_plane, size)
-        crop = (top, left, min(size, height), min(size, width))
-        name = entries.get(f"channel.{channel}.name") or None
-        caption = captions[row]
-        views = [("raw", raw_plane, "raw"), ("denoised", out_plane, "denoised"),
-                 ("raw_crop", raw_plane[top:top + crop[2], left:left + crop[3]], "raw, zoom"),
-                 ("denoised_crop", out_plane[top:top + crop[2], left:left + crop[3]],
-                  "denoised, zoom")]
-        for column, (_key, data, title) in enumerate(views):
-            ax = axes[row][column]
-            ax.imshow(data, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            label = f"ch {channel}" + (f" {name}" if name else "")
-            ax.set_title(f"{label}: {title}", fontsize=9)
-            if column < 2:  # where the zoom comes from
-                ax.add_patch(Rectangle((left - 0.5, top - 0.5), crop[3], crop[2], fill=False,
-                                       edgecolor="#ffcc00", linewidth=1.2))
-        panels.append(ChannelPanels(channel, name, raw_plane, out_plane, low, high, crop,
-                                    caption))
+    panels = [_draw_row(axes[row], channel, raw_planes[channel], out_planes[channel],
+                        entries.get(f"channel.{channel}.name") or None, captions[row])
+              for row, channel in enumerate(rows)]
     figure.text(0.01, 0.1 / fig_height, "\n".join(caption_lines), fontsize=font_points,
                 family="monospace", va="bottom", ha="left", linespacing=1.1)
     figure.canvas.draw()
@@ -318,6 +271,59 @@ def build_preview(path: str | Path, *, raw: str | Path | None = None,
                                 int(np.floor(image_box.x1)) - 2,
                                 int(np.floor(figure_height_px - image_box.y0)) - 2)
     return PreviewFigure(figure, raw_path, output_path, series, position, panels, dpi, notes)
+
+
+def _read_planes(raw_path: Path, output_path: Path, series: int, t: int | None,
+                 z: int | None, channels: list[int] | None):
+    """The planes at one position of a raw file and of its output: (position, raw planes
+    by channel, denoised planes by channel). Raises :class:`PreviewError` for an image
+    that is not there or plane sizes that differ."""
+    with ImageFile(raw_path) as raw_image, ImageFile(output_path) as out_image:
+        if not 0 <= series < len(raw_image.series):
+            raise PreviewError(f"{raw_path}: no image {series} (it has "
+                               f"{len(raw_image.series)})")
+        if len(out_image.series) <= series:
+            raise PreviewError(f"{output_path}: no image {series}")
+        position, raw_planes = _select_planes(raw_image, series, t, z, channels)
+        _, out_planes = _select_planes(out_image, series, position["T"], position["Z"],
+                                       channels)
+        raw_info, out_info = raw_image.series[series], out_image.series[series]
+        if (raw_info.sizes.get("Y"), raw_info.sizes.get("X")) != (
+                out_info.sizes.get("Y"), out_info.sizes.get("X")):
+            raise PreviewError(f"{output_path} and {raw_path} have different plane sizes; "
+                               f"not a raw file and its output")
+    return position, raw_planes, out_planes
+
+
+def _draw_row(axes_row, channel: int, raw_plane: np.ndarray, out_plane: np.ndarray,
+              name: str | None, caption: str) -> ChannelPanels:
+    """One channel's four panels (raw, denoised, and a zoom of each on the most
+    structured region), with the raw plane's contrast for both."""
+    from matplotlib.patches import Rectangle
+
+    low, high = (float(v) for v in np.percentile(raw_plane, [LOW_PERCENTILE,
+                                                             HIGH_PERCENTILE]))
+    if high <= low:
+        high = low + 1.0
+    height, width = raw_plane.shape
+    size = max(16, min(128, min(height, width) // 4))
+    top, left = structured_region(out_plane, size)
+    crop = (top, left, min(size, height), min(size, width))
+    views = [("raw", raw_plane, "raw"), ("denoised", out_plane, "denoised"),
+             ("raw_crop", raw_plane[top:top + crop[2], left:left + crop[3]], "raw, zoom"),
+             ("denoised_crop", out_plane[top:top + crop[2], left:left + crop[3]],
+              "denoised, zoom")]
+    for column, (_key, data, title) in enumerate(views):
+        ax = axes_row[column]
+        ax.imshow(data, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = f"ch {channel}" + (f" {name}" if name else "")
+        ax.set_title(f"{label}: {title}", fontsize=9)
+        if column < 2:  # where the zoom comes from
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), crop[3], crop[2], fill=False,
+                                   edgecolor="#ffcc00", linewidth=1.2))
+    return ChannelPanels(channel, name, raw_plane, out_plane, low, high, crop, caption)
 
 
 def _channel_caption(entries: dict, channel: int) -> str:

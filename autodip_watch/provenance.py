@@ -7,13 +7,14 @@ users see it next to the pixels, and :func:`read_provenance` gets it back.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from .io.checksums import sha256_file
 
 #: MapAnnotation namespace of the project's provenance records (versioned: readers can
 #: tell a future layout apart).
@@ -24,34 +25,6 @@ PROVENANCE_DESCRIPTION = "AUTO-DIP denoising provenance written by autodip-watch
 def utc_now() -> str:
     """The current time, ISO 8601 in UTC with milliseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
-    """SHA-256 of a file, read in chunks (inputs can be larger than memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def hash_files(paths: Sequence[Path], chunk: int = 1 << 22) -> tuple[str, list[dict]]:
-    """One read of every file: the SHA-256 of all of them together (the job's content
-    key) and each file's own ``{"file", "path", "size", "sha256"}`` (what an output's
-    provenance records, so whether it is current can be told without reading again)."""
-    combined = hashlib.sha256()
-    each = []
-    for path in paths:
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as handle:
-            while block := handle.read(chunk):
-                combined.update(block)
-                digest.update(block)
-                size += len(block)
-        each.append({"file": path.name, "path": str(path), "size": size,
-                     "sha256": digest.hexdigest()})
-    return combined.hexdigest(), each
 
 
 @dataclass(frozen=True)
@@ -244,7 +217,27 @@ def software_versions(torch_module=None) -> dict[str, str]:
 def read_provenance(path: str | Path) -> list[dict]:
     """The provenance records of an output file: one dict per annotated image.
 
-    Each dict has ``image`` (index), ``image_name`` and ``entries`` (key -> value).
+    The provenance is an OME ``MapAnnotation`` in :data:`PROVENANCE_NAMESPACE` on each
+    denoised image (DESIGN §4): software and versions, device, seed, the source files'
+    SHA-256, and each channel's labels, evidence and DIP configuration.
+
+    Parameters
+    ----------
+    path : str or Path
+        An output of autodip-watch (``*.autodip.ome.tif``).
+
+    Returns
+    -------
+    list of dict
+        Each has ``image`` (index), ``image_name`` and ``entries`` (key -> value, all
+        strings); empty for an OME-TIFF without autodip-watch's provenance.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    ValueError
+        The file holds no (valid) OME-XML.
     """
     import ome_types
 

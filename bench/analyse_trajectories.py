@@ -32,8 +32,8 @@ from pairs import PAIRS, Scorer, load  # noqa: E402
 from trajectories import DEFAULT_STORE  # noqa: E402
 
 from autodip_watch.dip.noise import Anscombe, NoiseModel  # noqa: E402
-from autodip_watch.dip.plane import (MEMBER_SEED_STRIDE, denormalise,  # noqa: E402
-                                     member_seed, normalise)
+from autodip_watch.dip.intensity import denormalise, normalise  # noqa: E402
+from autodip_watch.dip.plane import MEMBER_SEED_STRIDE, member_seed  # noqa: E402
 
 
 def spikes(losses: np.ndarray, window: int = 20, factor: float = 1.1) -> np.ndarray:

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autodip_watch import __version__  # noqa: E402
-from autodip_watch.calibrate import load_pairs, prepare_pair  # noqa: E402
+from autodip_watch.calibration.pairs import load_pairs, prepare_pair  # noqa: E402
 from autodip_watch.metrics import psnr  # noqa: E402
-from autodip_watch.transfer import CalibrationTable  # noqa: E402
+from autodip_watch.transfer.table import CalibrationTable  # noqa: E402
 
 FMD = ROOT.parent / "shared" / "data" / "pairs" / "fmd"
 #: The grayscale FMD pairs and their groups (../shared/data/SOURCES.md).

@@ -1,7 +1,7 @@
 """Floors of every configuration from counts and given device rates (no timing).
 
 The counts (FLOPs, kernel launches, bytes moved per iteration) come from
-``autodip_watch.dip.cost`` on the meta device; the rates are arguments. With the
+``bench/cost.py`` on the meta device; the rates are arguments. With the
 defaults they are a datasheet projection for an H100 SXM (fp32 67, TF32 495 and bf16
 989 dense TFLOP/s, 3.35 TB/s HBM3) and assumed launch costs (8 us per eager op, 2 us
 per kernel replayed from a CUDA graph). They are not measurements: ``bench/speed.py``
@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from autodip_watch.dip.cost import (floor_seconds, iteration_flops,  # noqa: E402
-                                    kernels_per_iteration, traffic_per_iteration)
+from cost import (floor_seconds, iteration_flops,  # noqa: E402
+                  kernels_per_iteration, traffic_per_iteration)
 from autodip_watch.dip.tiling import runnable_shape  # noqa: E402
-from autodip_watch.transfer import CalibrationTable  # noqa: E402
+from autodip_watch.transfer.table import CalibrationTable  # noqa: E402
 from speed import configurations  # noqa: E402
 
 

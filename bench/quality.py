@@ -38,15 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classical import PEERS  # noqa: E402
 from pairs import PAIRS, Scorer, load  # noqa: E402
-from speed import VARIANTS  # noqa: E402  (the fit variants, one definition for both benches)
+from speed import VARIANT_TF32, VARIANTS, use_tf32  # noqa: E402  (the fit variants, one definition for both benches)
 
 from autodip_watch import __version__  # noqa: E402
 from autodip_watch.dip.device import choose_device, describe_device  # noqa: E402
 from autodip_watch.dip.network import BASELINE  # noqa: E402
-from autodip_watch.dip.fit import FitOptions, fit_tile, fit_tiles  # noqa: E402
-from autodip_watch.dip.plane import denoise_plane, denormalise, normalise  # noqa: E402
+from autodip_watch.dip.options import FitOptions  # noqa: E402
+from autodip_watch.dip.fit import fit_tile, fit_tiles  # noqa: E402
+from autodip_watch.dip.plane import denoise_plane  # noqa: E402
+from autodip_watch.dip.intensity import denormalise, normalise  # noqa: E402
 from autodip_watch.dip.tiling import plane_tiles  # noqa: E402
-from autodip_watch.transfer import CalibrationTable  # noqa: E402
+from autodip_watch.transfer.table import CalibrationTable  # noqa: E402
 
 TV_WEIGHTS = np.geomspace(0.005, 0.5, 25)
 #: The variant that fits every seed of a plane in one batched optimisation.
@@ -259,6 +261,7 @@ def main() -> None:
             # Variants innermost: each seed's runs are adjacent, so a partial run is paired.
             for seed in seeds:
                 for variant in (v for v in variants if v != BATCHED):
+                    use_tf32(VARIANT_TF32.get(variant))
                     options = dataclasses.replace(VARIANTS[variant], seed=seed)
                     started = time.perf_counter()
                     output, tiles, final_loss, late = run_dip(noisy, params, device, options,

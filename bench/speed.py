@@ -32,21 +32,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autodip_watch import __version__  # noqa: E402
-from autodip_watch.dip.cost import (floor_seconds, forward_macs,  # noqa: E402
-                                    iteration_flops, kernels_per_iteration,
-                                    measure_launch_seconds, measure_matrix_rate,
-                                    measure_memory_bandwidth, meta_network,
-                                    traffic_per_iteration)
-from autodip_watch.dip.device import choose_device, describe_device  # noqa: E402
-from autodip_watch.dip.fit import GRAPH_WARMUP_ITERATIONS, FitOptions, fit_tiles  # noqa: E402
+from cost import (floor_seconds, forward_macs,  # noqa: E402
+                  iteration_flops, kernels_per_iteration,
+                  measure_launch_seconds, measure_matrix_rate,
+                  measure_memory_bandwidth, meta_network,
+                  traffic_per_iteration)
+from autodip_watch.dip.device import choose_device, configure_tf32, describe_device  # noqa: E402
+from autodip_watch.dip.fit import GRAPH_WARMUP_ITERATIONS, fit_tiles  # noqa: E402
+from autodip_watch.dip.options import FitOptions  # noqa: E402
 from autodip_watch.dip.network import BASELINE, DipParams  # noqa: E402
 from autodip_watch.dip.tiling import runnable_shape  # noqa: E402
-from autodip_watch.transfer import CalibrationTable  # noqa: E402
+from autodip_watch.transfer.table import CalibrationTable  # noqa: E402
 
 VARIANTS = {
     "eager": FitOptions(),
-    "strict-fp32": FitOptions(tf32=False),
-    "tf32": FitOptions(tf32=True),
+    "strict-fp32": FitOptions(),
+    "tf32": FitOptions(),
     "channels_last": FitOptions(channels_last=True),
     "bf16": FitOptions(bf16=True),
     "compile": FitOptions(compile=True),
@@ -55,9 +56,23 @@ VARIANTS = {
     # The memory-bound baseline's lever: fused element-wise ops (torch.compile) in bf16.
     "compiled-bf16": FitOptions(channels_last=True, bf16=True, compile=True),
 }
+#: The process's TF32 switch while a variant runs (TF32 is process-wide,
+#: dip.device.configure_tf32); variants not listed keep torch's defaults.
+VARIANT_TF32 = {"strict-fp32": False, "tf32": True}
+#: torch's TF32 defaults (cuDNN, matmul), restored for the variants that leave TF32 unset.
+TORCH_TF32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
 
 
-def matrix_precision(options: FitOptions, device: torch.device) -> str:
+def use_tf32(tf32: bool | None) -> None:
+    """The variant's TF32 switch for the process (None: torch's defaults)."""
+    if tf32 is None:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = TORCH_TF32
+    else:
+        configure_tf32(tf32)
+
+
+def matrix_precision(options: FitOptions, device: torch.device,
+                     tf32: bool | None = None) -> str:
     """The matmul precision whose measured rate bounds this variant's convolutions.
 
     On CUDA, torch's defaults differ by op: cuDNN convolutions may use TF32
@@ -69,14 +84,15 @@ def matrix_precision(options: FitOptions, device: torch.device) -> str:
         return "bf16"
     if device.type != "cuda":
         return "fp32"  # tf32 does not exist on CPU; the tf32 variant is the eager fit there
-    tf32 = torch.backends.cudnn.allow_tf32 if options.tf32 is None else options.tf32
+    tf32 = TORCH_TF32[0] if tf32 is None else tf32
     return "tf32" if tf32 else "fp32"
 
 
-def measure_rates(device: torch.device, options: list[FitOptions]) -> dict:
+def measure_rates(device: torch.device, variants: list[str]) -> dict:
     """Matrix rates (FLOP/s) and launch costs (s) the variants need, measured now."""
-    precisions = sorted({matrix_precision(o, device) for o in options})
-    launch_kinds = sorted({"graphed" if o.cuda_graphs else "eager" for o in options})
+    precisions = sorted({matrix_precision(VARIANTS[v], device, VARIANT_TF32.get(v))
+                         for v in variants})
+    launch_kinds = sorted({"graphed" if VARIANTS[v].cuda_graphs else "eager" for v in variants})
     return {
         "matrix_flops_per_s": {p: measure_matrix_rate(device, p) for p in precisions},
         "launch_seconds": {kind: measure_launch_seconds(device, graphed=kind == "graphed")
@@ -135,13 +151,13 @@ def configurations(table: CalibrationTable) -> list[tuple[str, DipParams]]:
 
 
 def floor_fields(options: FitOptions, flops: int, kernels: int, traffic: int, rates: dict,
-                 device: torch.device, median: float) -> dict:
+                 device: torch.device, median: float, tf32: bool | None = None) -> dict:
     """The row's floor columns, with the rates of this run on this device.
 
     A compiled fit fuses kernels, so the eager op count does not bound its launches:
     its launch floor is left out (None) and only the compute floor applies.
     """
-    precision = matrix_precision(options, device)
+    precision = matrix_precision(options, device, tf32)
     rate = rates["matrix_flops_per_s"][precision]
     launch = rates["launch_seconds"]["graphed" if options.cuda_graphs else "eager"]
     # bf16 autocast halves the bytes of the convolutions' tensors; count fp32 traffic
@@ -185,7 +201,7 @@ def main() -> None:
     if any(k < 1 for k in batches):
         parser.error("--batch values must be at least 1")
     table = CalibrationTable.load()
-    rates = measure_rates(device, [VARIANTS[v] for v in variants])
+    rates = measure_rates(device, variants)
     print("matrix rates (TFLOP/s): "
           + ", ".join(f"{p} {r / 1e12:.2f}" for p, r in rates["matrix_flops_per_s"].items())
           + "; launch (us): "
@@ -224,7 +240,8 @@ def main() -> None:
             macs = forward_macs(meta_network(params), shape)
             eager_rate = None  # planes/s of the eager fit at K=1: the issue's reference
             for variant in variants:
-                options = VARIANTS[variant]
+                options, tf32 = VARIANTS[variant], VARIANT_TF32.get(variant)
+                use_tf32(tf32)
                 warmup = warmup_for(options, args.warmup)
                 single_rate = None  # planes/s at K=1, for the speed-up of larger K
                 for planes in batches:
@@ -259,7 +276,7 @@ def main() -> None:
                            "speedup_over_eager_k1": (planes_per_s / eager_rate
                                                      if eager_rate else None)}
                     row.update(floor_fields(options, flops, kernels, traffic, rates, device,
-                                            median))
+                                            median, tf32))
                     rows.append(row)
                     save(complete=False)
                     print(f"{groups:50s} d{params.depth}/w{params.width}/s{params.skip} {size} "

@@ -30,7 +30,7 @@ from autodip_watch.dip.batching import SingleFitter  # noqa: E402
 from autodip_watch.dip.fit import FitOptions  # noqa: E402
 from autodip_watch.dip.modes import MODES, PAPER, STABLE  # noqa: E402
 from autodip_watch.dip.plane import PlaneJob, denoise_planes  # noqa: E402
-from autodip_watch.transfer import CalibrationTable  # noqa: E402
+from autodip_watch.transfer.table import CalibrationTable  # noqa: E402
 
 
 def settings_to_time() -> dict[str, tuple[FitOptions, int, bool]]:

@@ -54,7 +54,7 @@ from autodip_watch.dip.fit import FitOptions  # noqa: E402
 from autodip_watch.dip.modes import MODES, STABLE  # noqa: E402
 from autodip_watch.dip.plane import PlaneJob, denoise_planes  # noqa: E402
 from autodip_watch.dip.tiling import runnable_shape  # noqa: E402
-from autodip_watch.transfer import CalibrationTable  # noqa: E402
+from autodip_watch.transfer.table import CalibrationTable  # noqa: E402
 
 
 class RecordingFitter(TileFitter):

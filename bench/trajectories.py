@@ -35,10 +35,12 @@ from quality import machine  # noqa: E402
 
 from autodip_watch import __version__  # noqa: E402
 from autodip_watch.dip.device import choose_device, describe_device  # noqa: E402
-from autodip_watch.dip.fit import FitOptions, fit_tile  # noqa: E402
+from autodip_watch.dip.options import FitOptions  # noqa: E402
+from autodip_watch.dip.fit import fit_tile  # noqa: E402
 from autodip_watch.dip.params import DipParams  # noqa: E402
-from autodip_watch.dip.plane import VarianceStabilised, denormalise, normalise  # noqa: E402
-from autodip_watch.transfer import CalibrationTable  # noqa: E402
+from autodip_watch.dip.plane import VarianceStabilised  # noqa: E402
+from autodip_watch.dip.intensity import denormalise, normalise  # noqa: E402
+from autodip_watch.transfer.table import CalibrationTable  # noqa: E402
 
 DEFAULT_STORE = Path(__file__).resolve().parent / "out" / "trajectories"
 

@@ -58,7 +58,7 @@ def _lpips_torch_home(tmp_path_factory) -> Path:
     """
     import torchvision
 
-    from autodip_watch.metrics import ALEXNET_CHECKPOINT
+    from autodip_watch.perceptual import ALEXNET_CHECKPOINT
 
     home = tmp_path_factory.mktemp("torch_home")
     with torch.random.fork_rng(devices=[]):
@@ -77,3 +77,23 @@ def lpips_backbone(_lpips_torch_home, monkeypatch) -> Path:
     """Point the torch hub cache at the test backbone; returns the TORCH_HOME folder."""
     monkeypatch.setenv("TORCH_HOME", str(_lpips_torch_home))
     return _lpips_torch_home
+
+
+#: A test that takes longer than this (setup or call, in seconds) is marked ``slow``.
+SLOW_SECONDS = 5.0
+_UNMARKED_SLOW: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report):
+    """Note tests over :data:`SLOW_SECONDS` that are not marked ``slow`` (also under
+    pytest-xdist: the controller sees every worker's reports)."""
+    if (report.when in ("setup", "call") and report.duration > SLOW_SECONDS
+            and "slow" not in report.keywords):
+        _UNMARKED_SLOW.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _UNMARKED_SLOW:
+        terminalreporter.section(f"tests over {SLOW_SECONDS:g} s not marked slow")
+        for nodeid, seconds in sorted(_UNMARKED_SLOW, key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")

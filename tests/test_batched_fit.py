@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from autodip_watch.dip.fit import FitOptions, build_network, fit_tile, fit_tiles
+from autodip_watch.dip.options import FitOptions
+from autodip_watch.dip.fit import build_network, fit_tile, fit_tiles
 from autodip_watch.dip.network import DipParams, SkipNet
 
-from test_fit import noisy_blobs
+from helpers.images import noisy_blobs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", [DipParams(4, "16", 4, 8), DipParams(4, "asc", 0, 5),
                                     DipParams(5, "32", 4, 5)])
 def test_batched_equals_single_fits_in_float64(params):
@@ -26,6 +28,7 @@ def test_batched_equals_single_fits_in_float64(params):
     assert not np.allclose(batched[0].output, batched[1].output)
 
 
+@pytest.mark.slow
 def test_batched_float32_fits_are_as_good_as_single_fits():
     """In float32 rounding makes the paths drift slightly; the fits stay equally good."""
     params = DipParams(4, "16", 4, 40)

@@ -21,13 +21,14 @@ from autodip_watch.dip.batching import (BATCH_OVERHEAD_BYTES, ESTIMATE_MARGIN, B
                                         FitRequest, SharedFitter, SingleFitter,
                                         fit_memory_bytes, make_fitter, make_shared_fitter,
                                         run_together)
-from autodip_watch.dip.fit import FitOptions
+from autodip_watch.dip.options import FitOptions
 from autodip_watch.dip.params import DipParams
 from autodip_watch.dip.plane import PlaneJob, denoise_planes
-from autodip_watch.pipeline import DenoiseSettings, denoise_file
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
 from autodip_watch.provenance import read_provenance
-from omefiles import structured, write_ome_tiff
-from test_fit import noisy_blobs
+from helpers.omefiles import structured, write_ome_tiff
+from helpers.images import noisy_blobs
 
 SMALL = DipParams(4, "16", 4, 4)
 OTHER = DipParams(4, "asc", 0, 3)
@@ -45,6 +46,7 @@ def test_memory_estimate_grows_with_plane_and_network():
         2 * fit_memory_bytes(SMALL, (64, 64))
 
 
+@pytest.mark.slow
 def test_memory_estimate_matches_what_a_real_fit_uses():
     """Peak resident memory of fitting 1 and 5 networks together, each in a fresh
     process (the peak is reset after imports through /proc/self/clear_refs): each extra
@@ -102,6 +104,7 @@ def mixed_requests() -> list[FitRequest]:
             for i, (shape, p) in enumerate(zip(shapes, params))]
 
 
+@pytest.mark.slow
 def test_batched_fitter_equals_single_fits_and_keeps_order():
     requests = mixed_requests()
     budget = budget_for(2, OTHER, (32, 32))  # the larger network of the two
@@ -320,6 +323,7 @@ def test_pipeline_batches_planes_of_a_file(tmp_path):
         ["fitted in a batch of 2"] * 2
 
 
+@pytest.mark.slow
 def test_pipeline_batching_setting_in_float32(tmp_path):
     """``batching="on"`` through the settings, as the CLI and the daemon pass it."""
     source = tmp_path / "stack.ome.tif"
@@ -406,7 +410,7 @@ def test_cuda_ensemble_members_share_one_batch_in_the_default_mode():
 
 
 def test_fit_key_from_metadata_and_none_when_unknowable(tmp_path):
-    from autodip_watch.pipeline import fit_key
+    from autodip_watch.pipeline.plan import fit_key
 
     source = tmp_path / "stack.ome.tif"
     zstack(source, planes=2)

@@ -14,22 +14,32 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from autodip_watch import calibrate as cal
-from autodip_watch.cli import app
-from autodip_watch.dip.fit import FitOptions, fit_tile
+from autodip_watch.calibration.errors import CalibrationError
+from autodip_watch.calibration.fitting import run_fit, settings_key
+from autodip_watch.calibration.grid import CalibrationGrid, GridPoint
+from autodip_watch.calibration.pairs import CalibrationPair, PreparedPair, load_pairs, prepare_pair
+from autodip_watch.calibration.run import calibrate
+from autodip_watch.calibration.selection import Candidate, average_ranks, criterion, group_members, group_optimum, image_optimum
+from autodip_watch.calibration.state import CalibrationState
+from autodip_watch.settings.base import ConfigError
+from autodip_watch.settings.calibrate import CalibrateSettings
+from autodip_watch.cli.app import app
+from autodip_watch.dip.options import FitOptions
+from autodip_watch.dip.fit import fit_tile
 from autodip_watch.dip.network import DipParams
 from autodip_watch.metrics import psnr
-from autodip_watch.transfer import CalibrationTable
+from autodip_watch.transfer.table import CalibrationTable
+from helpers.pairs import make_pairs
 
-C = cal.Candidate
+C = Candidate
 
 
 # --------------------------------------------------------------------------- ranks by hand
 
 def test_average_ranks_share_ties():
-    assert cal.average_ranks([0.1, 0.3, 0.1, 0.2]).tolist() == [1.5, 4.0, 1.5, 3.0]
-    assert cal.average_ranks([30, 32, 32, 28], descending=True).tolist() == [3.0, 1.5, 1.5, 4.0]
-    assert cal.average_ranks([0.2, float("nan"), 0.1]).tolist() == [2.0, 3.0, 1.0]
+    assert average_ranks([0.1, 0.3, 0.1, 0.2]).tolist() == [1.5, 4.0, 1.5, 3.0]
+    assert average_ranks([30, 32, 32, 28], descending=True).tolist() == [3.0, 1.5, 1.5, 4.0]
+    assert average_ranks([0.2, float("nan"), 0.1]).tolist() == [2.0, 3.0, 1.0]
 
 
 def test_rank_sum_of_one_image_by_hand():
@@ -41,28 +51,28 @@ def test_rank_sum_of_one_image_by_hand():
         C(4, "32", 4, 100): {"lpips": 0.10, "psnr": 31.0},  # 2.5 + 1.5 = 4
         C(4, "32", 4, 200): {"lpips": 0.12, "psnr": 31.0},  # 4   + 1.5 = 5.5
     }
-    values, lower = cal.criterion(scores, "lpips_psnr")
+    values, lower = criterion(scores, "lpips_psnr")
     assert lower
     assert values == {C(4, "16", 4, 100): 5.5, C(4, "16", 4, 200): 5.0,
                       C(4, "32", 4, 100): 4.0, C(4, "32", 4, 200): 5.5}
-    assert cal.image_optimum(scores, "lpips_psnr") == (C(4, "32", 4, 100), 4.0)
+    assert image_optimum(scores, "lpips_psnr") == (C(4, "32", 4, 100), 4.0)
     # Single measures: PSNR tie between the two 31 dB candidates -> fewer iterations.
-    assert cal.image_optimum(scores, "psnr") == (C(4, "32", 4, 100), 31.0)
-    assert cal.image_optimum(scores, "lpips") == (C(4, "16", 4, 200), 0.08)
+    assert image_optimum(scores, "psnr") == (C(4, "32", 4, 100), 31.0)
+    assert image_optimum(scores, "lpips") == (C(4, "16", 4, 200), 0.08)
 
 
 def test_rank_sum_tie_prefers_fewer_iterations_then_grid_order():
     scores = {C(5, "16", 4, 200): {"lpips": 0.1, "psnr": 30.0},   # 1 + 2 = 3
               C(4, "32", 4, 100): {"lpips": 0.2, "psnr": 31.0}}   # 2 + 1 = 3
-    assert cal.image_optimum(scores, "lpips_psnr") == (C(4, "32", 4, 100), 3.0)
+    assert image_optimum(scores, "lpips_psnr") == (C(4, "32", 4, 100), 3.0)
     same_stop = {C(5, "16", 4, 100): {"lpips": 0.1, "psnr": 30.0},
                  C(4, "asc", 0, 100): {"lpips": 0.2, "psnr": 31.0},
                  C(4, "32", 4, 100): {"lpips": 0.3, "psnr": 29.0}}  # 3 + 3 = 6
     # Tied at 3: same iterations -> lower depth wins.
-    assert cal.image_optimum(same_stop, "lpips_psnr") == (C(4, "asc", 0, 100), 3.0)
+    assert image_optimum(same_stop, "lpips_psnr") == (C(4, "asc", 0, 100), 3.0)
     width_tie = {C(4, "asc", 4, 100): {"mse": 1.0}, C(4, "64", 4, 100): {"mse": 1.0},
                  C(4, "64", 0, 100): {"mse": 1.0}}
-    assert cal.image_optimum(width_tie, "mse")[0] == C(4, "64", 0, 100)
+    assert image_optimum(width_tie, "mse")[0] == C(4, "64", 0, 100)
 
 
 P, Q, R = C(4, "16", 4, 100), C(4, "32", 4, 100), C(4, "16", 4, 200)
@@ -78,38 +88,38 @@ IMAGE_Z = {P: {"lpips": 0.1, "psnr": 31.0}, Q: {"lpips": 0.3, "psnr": 32.0},
 
 
 def test_group_optimum_averages_rank_sums_by_hand():
-    assert cal.image_optimum(IMAGE_X, "lpips_psnr") == (Q, 3.0)
-    assert cal.image_optimum(IMAGE_Y, "lpips_psnr") == (P, 2.0)
+    assert image_optimum(IMAGE_X, "lpips_psnr") == (Q, 3.0)
+    assert image_optimum(IMAGE_Y, "lpips_psnr") == (P, 2.0)
     # Mean rank sums over X and Y: P 3, Q 4.5, R 4.5.
-    assert cal.group_optimum([IMAGE_X, IMAGE_Y], "lpips_psnr") == (P, 3.0)
+    assert group_optimum([IMAGE_X, IMAGE_Y], "lpips_psnr") == (P, 3.0)
     # Single measures average the values: mean PSNR P 31.5, Q 31, R 31.
-    assert cal.group_optimum([IMAGE_X, IMAGE_Y], "psnr") == (P, 31.5)
-    assert cal.group_optimum([IMAGE_X, IMAGE_Y], "lpips") == (P, pytest.approx(0.1))
+    assert group_optimum([IMAGE_X, IMAGE_Y], "psnr") == (P, 31.5)
+    assert group_optimum([IMAGE_X, IMAGE_Y], "lpips") == (P, pytest.approx(0.1))
 
 
 def test_group_optimum_tie_goes_to_grid_order():
     # Mean rank sums over X and Z: P 3.5, Q 3.5, R 5; P and Q stop at 100, depth 4,
     # and width 16 comes before 32.
-    assert cal.group_optimum([IMAGE_X, IMAGE_Z], "lpips_psnr") == (P, 3.5)
+    assert group_optimum([IMAGE_X, IMAGE_Z], "lpips_psnr") == (P, 3.5)
 
 
 def test_group_optimum_restrict_keeps_full_grid_ranks():
     # Restricted to width 16 (P, R): the ranks still count Q, so means are P 3, R 4.5.
-    best = cal.group_optimum([IMAGE_X, IMAGE_Y], "lpips_psnr",
+    best = group_optimum([IMAGE_X, IMAGE_Y], "lpips_psnr",
                              restrict=lambda c: c.width == "16")
     assert best == (P, 3.0)
 
 
 def _prepared(name, microscope, specimen):
     plane = np.zeros((16, 16), np.float32)
-    return cal.PreparedPair(name, microscope, specimen, plane, plane, "", "", "a", "b",
+    return PreparedPair(name, microscope, specimen, plane, plane, "", "", "a", "b",
                             "affine", None, None)
 
 
 def test_group_members_by_level():
     pairs = [_prepared("a", "widefield", "nucleus"), _prepared("b", "widefield", "actin"),
              _prepared("c", "confocal", "unknown")]
-    groups = cal.group_members(pairs)
+    groups = group_members(pairs)
     assert groups == {
         ("all", "all"): [0, 1, 2],
         ("microscope", "widefield"): [0, 1], ("microscope", "confocal"): [2],
@@ -120,68 +130,36 @@ def test_group_members_by_level():
 
 
 def test_grid_validation_and_order():
-    grid = cal.CalibrationGrid(depths=(5, 4), widths=("asc", "16", "asc_to512"), skips=(4,),
+    grid = CalibrationGrid(depths=(5, 4), widths=("asc", "16", "asc_to512"), skips=(4,),
                                max_iterations=300, every=100)
     assert [p.key for p in grid.points()] == ["d4/w16/s4", "d4/wasc/s4", "d5/w16/s4", "d5/wasc/s4"]
     assert grid.iterations == [100, 200, 300]
-    with pytest.raises(cal.CalibrationError, match="multiple"):
-        cal.CalibrationGrid(max_iterations=250, every=100)
-    with pytest.raises(cal.CalibrationError, match="depths"):
-        cal.CalibrationGrid(depths=(3,))
-    with pytest.raises(cal.CalibrationError, match="width"):
-        cal.CalibrationGrid(widths=("48",))
-    assert len(cal.CalibrationGrid().points()) == 5 * 7 * 2
+    with pytest.raises(CalibrationError, match="multiple"):
+        CalibrationGrid(max_iterations=250, every=100)
+    with pytest.raises(CalibrationError, match="depths"):
+        CalibrationGrid(depths=(3,))
+    with pytest.raises(CalibrationError, match="width"):
+        CalibrationGrid(widths=("48",))
+    assert len(CalibrationGrid().points()) == 5 * 7 * 2
 
 
 def test_config_section_sets_the_grid():
-    settings = cal.CalibrateSettings.from_mapping(
+    settings = CalibrateSettings.parse(
         {"depths": "4,5", "widths": ["16", "asc"], "skips": [4], "max_iterations": 300,
          "every": 100, "lpips": False})
-    assert settings.grid().points()[0] == cal.GridPoint(4, "16", 4)
+    assert settings.grid().points()[0] == GridPoint(4, "16", 4)
     assert settings.lpips is False
-    with pytest.raises(cal.CalibrationError, match="unknown key"):
-        cal.CalibrateSettings.from_mapping({"depth": 4})
+    with pytest.raises(ConfigError, match="depth: unknown key; did you mean 'depths'"):
+        CalibrateSettings.parse({"depth": 4})
+    with pytest.raises(ConfigError, match="multiple"):
+        CalibrateSettings.parse({"max_iterations": 250})
 
 
 # --------------------------------------------------------------------------- pairs
 
-def _structure(kind: str, seed: int, size: int = 32) -> np.ndarray:
-    """Blobs (nucleus-like) or lines (actin-like) in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    image = np.zeros((size, size))
-    if kind == "nucleus":
-        for _ in range(3):
-            cy, cx = rng.uniform(6, size - 6, 2)
-            image += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(2, 4) ** 2))
-    else:
-        for _ in range(4):
-            angle = rng.uniform(0, np.pi)
-            cy, cx = rng.uniform(8, size - 8, 2)
-            image += np.exp(-(((yy - cy) * np.cos(angle) - (xx - cx) * np.sin(angle)) ** 2) / 2)
-    return image / image.max()
-
-
-def make_pairs(root: Path) -> Path:
-    """4 synthetic 32x32 pairs with Poisson-Gaussian noise, two groups, folder layout."""
-    rng = np.random.default_rng(42)
-    groups = [("widefield", "nucleus"), ("widefield", "nucleus"), ("confocal", "actin"),
-              ("confocal", "actin")]
-    for index, (microscope, specimen) in enumerate(groups):
-        clean = _structure(specimen, index)
-        noisy = rng.poisson(clean * 30 + 2) + rng.normal(0, 2, clean.shape)
-        folder = root / microscope / specimen
-        folder.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(folder / f"cell{index}_noisy.tif",
-                         np.clip(noisy * 100, 0, 65535).astype(np.uint16))
-        # A ground truth on another scale, as in W2S/Hagen: the affine fit undoes it.
-        tifffile.imwrite(folder / f"cell{index}_gt.tif", (clean * 3000 + 200).astype(np.uint16))
-    return root
-
-
 def test_folder_layout_and_csv_give_the_same_pairs(tmp_path):
     root = make_pairs(tmp_path / "pairs")
-    from_folder = cal.load_pairs(root)
+    from_folder = load_pairs(root)
     assert [p.name for p in from_folder] == ["confocal/actin/cell2", "confocal/actin/cell3",
                                              "widefield/nucleus/cell0", "widefield/nucleus/cell1"]
     assert {(p.microscope, p.specimen) for p in from_folder} == {("confocal", "actin"),
@@ -194,7 +172,7 @@ def test_folder_layout_and_csv_give_the_same_pairs(tmp_path):
             writer.writerow([pair.name, os.path.relpath(pair.noisy, tmp_path),
                              os.path.relpath(pair.ground_truth, tmp_path), "Wide-Field",
                              "Nuclei", "none"])
-    from_csv = cal.load_pairs(csv_path)
+    from_csv = load_pairs(csv_path)
     assert [p.noisy for p in from_csv] == [p.noisy for p in from_folder]
     assert {(p.microscope, p.specimen, p.match) for p in from_csv} == {
         ("widefield", "nucleus", "none")}
@@ -203,27 +181,27 @@ def test_folder_layout_and_csv_give_the_same_pairs(tmp_path):
 def test_pairs_errors_are_explicit(tmp_path):
     root = make_pairs(tmp_path / "pairs")
     (root / "widefield" / "nucleus" / "cell1_gt.tif").unlink()
-    with pytest.raises(cal.CalibrationError, match="without a ground truth"):
-        cal.load_pairs(root)
+    with pytest.raises(CalibrationError, match="without a ground truth"):
+        load_pairs(root)
     bad = tmp_path / "bad.csv"
     bad.write_text("noisy,microscope\na.tif,confocal\n")
-    with pytest.raises(cal.CalibrationError, match="missing column"):
-        cal.load_pairs(bad)
-    with pytest.raises(cal.CalibrationError, match="do not exist"):
-        cal.load_pairs(tmp_path / "nowhere")
+    with pytest.raises(CalibrationError, match="missing column"):
+        load_pairs(bad)
+    with pytest.raises(CalibrationError, match="do not exist"):
+        load_pairs(tmp_path / "nowhere")
 
 
 def test_channels_and_crops(tmp_path):
     rgb = (np.random.default_rng(0).random((600, 40, 3)) * 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "n.tif", rgb)
     tifffile.imwrite(tmp_path / "g.tif", rgb)
-    pair = cal.CalibrationPair("x", tmp_path / "n.tif", tmp_path / "g.tif", "widefield",
+    pair = CalibrationPair("x", tmp_path / "n.tif", tmp_path / "g.tif", "widefield",
                                "actin", channel=2)
-    prepared = cal.prepare_pair(pair)
+    prepared = prepare_pair(pair)
     assert prepared.shape == (512, 40) and prepared.crop == (44, 0, 512, 40)
-    assert cal.prepare_pair(pair, crop=32).shape == (32, 32)
-    with pytest.raises(cal.CalibrationError, match="channel"):
-        cal.prepare_pair(cal.CalibrationPair("y", tmp_path / "n.tif", tmp_path / "g.tif",
+    assert prepare_pair(pair, crop=32).shape == (32, 32)
+    with pytest.raises(CalibrationError, match="channel"):
+        prepare_pair(CalibrationPair("y", tmp_path / "n.tif", tmp_path / "g.tif",
                                              "widefield", "actin"))
 
 
@@ -231,15 +209,15 @@ def test_channels_and_crops(tmp_path):
 
 def test_run_fit_snapshots_are_the_shorter_fits(tmp_path):
     """A snapshot at iteration i of one run scores exactly what an i-iteration fit returns."""
-    pair = cal.prepare_pair(cal.load_pairs(make_pairs(tmp_path / "pairs"))[0])
-    rows = cal.run_fit(pair, cal.GridPoint(4, "16", 4), 4, 2, "cpu", seed=0, with_lpips=False)
+    pair = prepare_pair(load_pairs(make_pairs(tmp_path / "pairs"))[0])
+    rows = run_fit(pair, GridPoint(4, "16", 4), 4, 2, "cpu", seed=0, with_lpips=False)
     assert [row["iteration"] for row in rows] == [2, 4]
     assert rows[0]["lpips"] is None
     short = fit_tile(pair.noisy, DipParams(4, "16", 4, 2), "cpu", FitOptions(seed=0))
     assert psnr(short.output, pair.truth) == pytest.approx(rows[0]["psnr"], abs=1e-4)
 
 
-TINY = cal.CalibrationGrid(depths=(4,), widths=("16", "32"), skips=(4,), max_iterations=4,
+TINY = CalibrationGrid(depths=(4,), widths=("16", "32"), skips=(4,), max_iterations=4,
                            every=2)
 
 
@@ -254,7 +232,7 @@ def test_interrupted_calibration_resumes_to_the_same_table(tmp_path, lpips_backb
     pairs = make_pairs(tmp_path / "pairs")
     whole = tmp_path / "whole"
     whole.mkdir()
-    report = cal.calibrate(pairs, whole / "site.toml", TINY, device="cpu")
+    report = calibrate(pairs, whole / "site.toml", TINY, device="cpu")
     assert (report.fits_total, report.fits_run, report.fits_resumed) == (8, 8, 0)
 
     # Interrupted: the real CLI in another process stops after 3 fits...
@@ -268,11 +246,11 @@ def test_interrupted_calibration_resumes_to_the_same_table(tmp_path, lpips_backb
     assert stopped.returncode == 3, stopped.stderr
     assert "run the same command again" in stopped.stderr.lower()
     assert not (parts / "site.toml").exists()
-    with cal.CalibrationState(parts / "site.calibration.sqlite") as state:
-        assert len(state.done(cal.settings_key(4, 2, 0, True))) == 3
+    with CalibrationState(parts / "site.calibration.sqlite") as state:
+        assert len(state.done(settings_key(4, 2, 0, True))) == 3
 
     # ... and resumes here, running only the 5 missing fits.
-    resumed = cal.calibrate(pairs, parts / "site.toml", TINY, device="cpu")
+    resumed = calibrate(pairs, parts / "site.toml", TINY, device="cpu")
     assert (resumed.fits_run, resumed.fits_resumed) == (5, 3)
     assert _without_date(parts / "site.toml") == _without_date(whole / "site.toml")
 
@@ -300,13 +278,13 @@ def test_interrupted_calibration_resumes_to_the_same_table(tmp_path, lpips_backb
 
 def test_growing_the_grid_reuses_finished_fits(tmp_path):
     pairs = make_pairs(tmp_path / "pairs")
-    small = cal.CalibrationGrid(depths=(4,), widths=("16",), skips=(4,), max_iterations=2,
+    small = CalibrationGrid(depths=(4,), widths=("16",), skips=(4,), max_iterations=2,
                                 every=1)
-    first = cal.calibrate(pairs, tmp_path / "t.toml", small, device="cpu", with_lpips=False)
+    first = calibrate(pairs, tmp_path / "t.toml", small, device="cpu", with_lpips=False)
     assert first.fits_run == 4 and first.metrics == ["mae", "mse", "psnr", "ssim"]
-    bigger = cal.CalibrationGrid(depths=(4,), widths=("16", "32"), skips=(4,),
+    bigger = CalibrationGrid(depths=(4,), widths=("16", "32"), skips=(4,),
                                  max_iterations=2, every=1)
-    second = cal.calibrate(pairs, tmp_path / "t.toml", bigger, device="cpu", with_lpips=False)
+    second = calibrate(pairs, tmp_path / "t.toml", bigger, device="cpu", with_lpips=False)
     assert (second.fits_run, second.fits_resumed) == (4, 4)
     table = CalibrationTable.load(tmp_path / "t.toml")
     assert table.default_metric == "psnr" and "lpips_psnr" not in table.metrics

@@ -1,4 +1,4 @@
-"""Interrupted test runs leave no processes behind (tests/children.py).
+"""Interrupted test runs leave no processes behind (tests/helpers/children.py).
 
 A stand-in for pytest starts a child the way the fixtures start daemons and Dask workers,
 and is then killed outright (SIGKILL: no fixture teardown, no atexit); the child must
@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 _PARENT = """
 import sys, time
 sys.path.insert(0, {here!r})
-from children import spawn
+from helpers.children import spawn
 child = spawn([sys.executable, "-c", "import time; time.sleep(300)"])
 print(child.pid, flush=True)
 sys.stdin.readline()  # the test has seen the child alive

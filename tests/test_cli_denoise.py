@@ -14,8 +14,8 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from autodip_watch.cli import app
-from autodip_watch.ometiff import ImageFile
+from autodip_watch.cli.app import app
+from autodip_watch.io.reader import ImageFile
 
 FAST = ["--depth", "4", "--width", "16", "--skip", "4", "--iterations", "2", "--device", "cpu"]
 
@@ -62,6 +62,7 @@ def test_denoise_writes_beside_input_and_keeps_it(tmp_path, runner):
     assert {"group", "seconds", "microscope", "specimen"} <= set(plane)
 
 
+@pytest.mark.slow
 def test_group_configuration_is_used_without_overrides(tmp_path, runner):
     source = tmp_path / "nuclei.tif"
     tifffile.imwrite(source, structured((24, 24), np.uint8))
@@ -143,6 +144,7 @@ def test_groups_prints_the_table(runner):
     assert "two-photon/nucleus" in text and "best_param_iter_comb_dict.yaml" in text
 
 
+@pytest.mark.slow
 def test_console_script_runs(tmp_path):
     source = tmp_path / "s.tif"
     tifffile.imwrite(source, structured((16, 16), np.float32))
@@ -176,7 +178,7 @@ def test_denoise_batching_on_fits_planes_together(tmp_path, runner):
     notes = [plane["note"] for plane in json.loads(result.stdout)["planes"]]
     assert notes == ["fitted in a batch of 3"] * 3 + ["fitted in a batch of 2"] * 2
     bad = runner.invoke(app, ["denoise", str(source), *FAST, "--batching", "sometimes"])
-    assert bad.exit_code == 2 and "auto, on or off" in bad.output
+    assert bad.exit_code == 2 and "--batching: must be one of auto, on, off" in bad.output
 
 
 def test_denoise_of_several_files_fits_their_planes_together(tmp_path, runner):

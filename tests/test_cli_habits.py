@@ -15,8 +15,8 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from acquisition import remount, tiny_filesystem
-from autodip_watch.cli import app
+from helpers.acquisition import remount, tiny_filesystem
+from autodip_watch.cli.app import app
 
 FAST = ["--depth", "4", "--width", "16", "--skip", "4", "--iterations", "2", "--device", "cpu"]
 

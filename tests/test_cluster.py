@@ -5,7 +5,7 @@ One cluster and one daemon serve the tests of the main flow (module fixtures, te
 file order): a burst, a worker killed mid-job, the scheduler killed and restarted, SIGTERM
 with a job in flight. Then ``calibrate --scheduler`` against a local run. Every process is
 killed in the fixtures' ``finally``, also when a test fails, and dies with the test
-process when the run is interrupted (tests/children.py). Long jobs are many-plane
+process when the run is interrupted (tests/helpers/children.py). Long jobs are many-plane
 stacks of tiny planes with 2-iteration fits, so that a job lasts seconds while the
 burst files stay quick.
 """
@@ -23,11 +23,12 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from autodip_watch.config import ConfigError, Config, parse_config, with_cli_executor  # noqa: E402
+from autodip_watch.settings.base import ConfigError  # noqa: E402
+from autodip_watch.settings.config import Config, parse_config, with_cli_executor  # noqa: E402
 from autodip_watch.provenance import read_provenance  # noqa: E402
-from autodip_watch.queue import JobQueue  # noqa: E402
-from children import spawn  # noqa: E402
-from test_daemon_e2e import (TINY_FIT, DaemonProcess, Raw, _env, cli, free_port,  # noqa: E402
+from autodip_watch.daemon.queue import JobQueue  # noqa: E402
+from helpers.children import spawn  # noqa: E402
+from helpers.daemon import (TINY_FIT, DaemonProcess, Raw, child_env, cli, free_port,  # noqa: E402
                              output_of, temp_files, wait_for, write_config)
 
 HOST = "127.0.0.1"
@@ -42,10 +43,10 @@ LONG_PLANES = 240
 def test_executor_keys_are_validated_with_their_names():
     config = parse_config({"executor": "dask", "scheduler": "gpu-server:8786",
                            "max_in_flight": 3}, Path("."))
-    assert (config.cluster.executor, config.cluster.scheduler, config.cluster.max_in_flight) == \
+    assert (config.executor, config.scheduler, config.max_in_flight) == \
         ("dask", "tcp://gpu-server:8786", 3)
-    assert parse_config({"scheduler": "tcp://10.0.0.5:8786"}, Path(".")).cluster.executor == "dask"
-    assert parse_config({}, Path(".")).cluster.executor == "local"
+    assert parse_config({"scheduler": "tcp://10.0.0.5:8786"}, Path(".")).executor == "dask"
+    assert parse_config({}, Path(".")).executor == "local"
     cases = {
         "executor: must be one of local, dask": {"executor": "gpu"},
         "scheduler: missing; executor \"dask\"": {"executor": "dask"},
@@ -63,10 +64,10 @@ def test_executor_keys_are_validated_with_their_names():
 
 def test_command_line_executor_options():
     assert with_cli_executor(Config(), None, None, None) == Config()
-    dask = with_cli_executor(Config(), None, "127.0.0.1:8786", 2).cluster
+    dask = with_cli_executor(Config(), None, "127.0.0.1:8786", 2)
     assert (dask.executor, dask.scheduler, dask.max_in_flight) == ("dask", "tcp://127.0.0.1:8786", 2)
     configured = parse_config({"scheduler": "tcp://a:1"}, Path("."))
-    assert with_cli_executor(configured, "local", None, None).cluster.executor == "local"
+    assert with_cli_executor(configured, "local", None, None).executor == "local"
     with pytest.raises(ConfigError, match="--scheduler: missing"):
         with_cli_executor(Config(), "dask", None, None)
     with pytest.raises(ConfigError, match="--scheduler: must be"):
@@ -91,7 +92,7 @@ class LoopbackCluster:
         self.scheduler: subprocess.Popen | None = None
         self.workers: dict[str, subprocess.Popen] = {}
         self.worker_ports = {name: free_port() for name in ("w0", "w1")}
-        self.env = {**_env(), "CUDA_VISIBLE_DEVICES": ""}
+        self.env = {**child_env(), "CUDA_VISIBLE_DEVICES": ""}
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         with open(self.root / log_name, "ab") as handle:
@@ -205,7 +206,7 @@ class Site:
         wanted = {str(p) for p in paths}
         return [job for job in self.queue.jobs() if job.path in wanted]
 
-    def wait_done(self, paths, timeout: float = 180) -> None:
+    def wait_done(self, paths, timeout: float = 600) -> None:
         def done():
             jobs = self.jobs(paths)
             return len(jobs) == len(list(paths)) and all(job.state == "done" for job in jobs)
@@ -225,7 +226,7 @@ class Site:
         return wait_for(check, timeout, "a job running on a worker with progress", self.daemon)
 
     def status(self) -> dict:
-        from autodip_watch.status import exit_status
+        from autodip_watch.daemon.status import exit_status
 
         result = cli("status", "--json", "--config", str(self.config), check=False)
         report = json.loads(result.stdout)
@@ -398,9 +399,9 @@ def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path
     """Queued a1, b1, a2, broken, a3 with batching on and 4 jobs per task: a1, a2,
     broken and a3 go as one task, whose good files are fitted in one batch of 3 while
     the broken one fails alone; b1 (another plane size) goes as its own task."""
-    from test_daemon_e2e import sha256
+    from helpers.daemon import sha256
 
-    from autodip_watch.pipeline import fit_key
+    from autodip_watch.pipeline.plan import fit_key
 
     cluster.wait_workers(2)
     site = Site(tmp_path, cluster, '[batching]\nmode = "on"\njobs_together = 4\n'
@@ -416,8 +417,8 @@ def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path
     broken.chmod(0o644)
     broken.write_bytes(broken.read_bytes()[:-200])
     site.raw.hashes[broken] = sha256(broken)
-    from autodip_watch.config import load_config
-    from autodip_watch.transfer import CalibrationTable
+    from autodip_watch.settings.config import load_config
+    from autodip_watch.transfer.table import CalibrationTable
 
     config = load_config(site.config)
     settings = config.denoise_settings(config.watch[0], "auto", CalibrationTable.load())
@@ -478,19 +479,21 @@ def test_files_of_one_fit_key_go_as_one_task_and_share_a_batch(cluster, tmp_path
 
 @pytest.mark.slow
 def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
-    from autodip_watch import calibrate as cal
-    from test_calibrate import make_pairs
+    from autodip_watch.calibration.grid import CalibrationGrid
+    from autodip_watch.calibration.run import calibrate
+    from autodip_watch.calibration.state import CalibrationState
+    from helpers.pairs import make_pairs
 
     cluster.wait_workers(2)
     pairs = make_pairs(tmp_path / "pairs")
-    grid = cal.CalibrationGrid(depths=(4,), widths=("16",), skips=(0, 4), max_iterations=4,
+    grid = CalibrationGrid(depths=(4,), widths=("16",), skips=(0, 4), max_iterations=4,
                                every=2)
-    local = cal.calibrate(pairs, tmp_path / "local.toml", grid, device="cpu", with_lpips=False)
+    local = calibrate(pairs, tmp_path / "local.toml", grid, device="cpu", with_lpips=False)
     command = [sys.executable, "-m", "autodip_watch.cli", "calibrate", str(pairs), "--out",
                str(tmp_path / "dask.toml"), "--depths", "4", "--widths", "16", "--skips", "0,4",
                "--max-iterations", "4", "--every", "2", "--no-lpips", "--device", "cpu",
                "--scheduler", cluster.address, "--json"]
-    result = subprocess.run(command, env={**_env(), "CUDA_VISIBLE_DEVICES": ""},
+    result = subprocess.run(command, env={**child_env(), "CUDA_VISIBLE_DEVICES": ""},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr + cluster.logs()
     report = json.loads(result.stdout)
@@ -504,12 +507,12 @@ def test_calibrate_on_the_cluster_gives_the_local_table(cluster, tmp_path):
     provenance = tomllib.loads((tmp_path / "dask.toml").read_text())["provenance"]
     assert provenance["device"] == report["device"] == f"Dask cluster {cluster.address}"
     # Each fit recorded where it ran, as it arrived.
-    with cal.CalibrationState(tmp_path / "dask.calibration.sqlite") as state:
+    with CalibrationState(tmp_path / "dask.calibration.sqlite") as state:
         devices = {row[0] for row in state.connection.execute("SELECT device FROM fits")}
     addresses = {cluster.worker_address(name) for name in cluster.worker_ports}
     assert devices and all(any(a in device for a in addresses) for device in devices), devices
 
     unreachable = subprocess.run(
         [*command[:-3], "--scheduler", f"tcp://{HOST}:{free_port()}", "--restart"],
-        env=_env(), capture_output=True, text=True, timeout=120)
+        env=child_env(), capture_output=True, text=True, timeout=120)
     assert unreachable.returncode == 2 and "--scheduler" in unreachable.stderr

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from autodip_watch.config import (DEFAULT_PATTERNS, ConfigError, check_runtime, default_state_dir,
-                                  load_config, parse_config, resolve_state_dir, with_cli_folders)
+from autodip_watch.defaults import RAW_PATTERNS
+from autodip_watch.settings.base import ConfigError
+from autodip_watch.settings.config import (default_state_dir, load_config, parse_config,
+                                           resolve_state_dir, with_cli_folders)
+from autodip_watch.settings.inference import InferenceSettings
+from autodip_watch.settings.runtime import check_runtime
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "autodip-watch.example.toml"
 
@@ -23,10 +27,10 @@ def test_minimal_config_defaults(tmp_path):
     config = load_config(write(tmp_path, '[[watch]]\npath = "in"\n'))
     folder = config.watch[0]
     assert folder.path == tmp_path / "in"  # relative to the config file
-    assert folder.patterns == DEFAULT_PATTERNS and not folder.polling
+    assert folder.patterns == RAW_PATTERNS and not folder.polling
     assert folder.settle_seconds == 10 and folder.observer_kind == "native"
     assert config.devices == ("auto",) and config.retry.max_attempts == 3
-    assert not config.metrics.enabled and config.output_root is None
+    assert not config.metrics.enabled and config.output.root is None
     assert check_runtime(config) == []
 
 
@@ -50,18 +54,45 @@ port = 70000
 """))
     problems = "\n".join(caught.value.problems)
     assert "devcie: unknown key; did you mean 'device'?" in problems
-    assert "watch[0].settle_seconds: must be a number, got 'ten' (e.g. settle_seconds = 10)" in problems
-    assert "watch[0].polling: must be true or false" in problems
-    assert "watch[0].patterns: must be a list of glob patterns" in problems
-    assert "watch[1].path: missing" in problems
+    assert "watch.0.settle_seconds: must be a number, got 'ten' (e.g. settle_seconds = 10)" in problems
+    assert "watch.0.polling: must be true or false, got 'yes' (e.g. polling = true)" in problems
+    assert "watch.0.patterns: must be a list of glob patterns" in problems
+    assert "watch.1.path: missing" in problems
     assert "retry.max_attempts: must be at least 1" in problems
     assert "output.suffix: must end in .ome.tif" in problems
     assert "metrics.port: must be at most 65535" in problems
     assert len(caught.value.problems) == 8
 
 
+def test_faults_in_every_table_are_listed_at_once_with_their_locations(tmp_path):
+    """The kind, not the instance: one fault in each table of the file, all reported in
+    one pass, each located by its table, entry and key."""
+    (tmp_path / "in").mkdir()
+    faults = {
+        "[[watch]]\npath = \"in\"\nsettle_seconds = -1": "watch.0.settle_seconds: must be at least 0",
+        "[output]\npreview = \"no\"": "output.preview: must be true or false",
+        "[retry]\nbackoff_factor = 0.5": "retry.backoff_factor: must be at least 1",
+        "[dip]\nwidth = 48\nmode = \"fast\"": "dip.width: must be one of 16, 32",
+        "[metrics]\nenabled = 1": "metrics.enabled: must be true or false",
+        "[daemon]\nheartbeat = 5": "daemon.heartbeat: unknown key; did you mean 'heartbeat_seconds'?",
+        "[dask]\nconnect_timeout_seconds = \"10\"": "dask.connect_timeout_seconds: must be a number",
+        "[batching]\nmax_batch = 0": "batching.max_batch: must be at least 1",
+        "[inference]\nfolders = [{path = \"in\", specimen = \"Nuclei!\"}]":
+            "inference.folders.0.specimen: invalid specimen",
+        "[calibrate]\nwidths = [\"48\"]": "calibrate: width must be one of",
+    }
+    text = "log_level = \"loud\"\n" + "\n".join(faults)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    problems = "\n".join(caught.value.problems)
+    for expected in [*faults.values(), "log_level: must be one of debug, info, warning, error",
+                     "dip.mode: unknown fit mode 'fast'"]:
+        assert expected in problems, (expected, problems)
+    assert len(caught.value.problems) == len(faults) + 2
+
+
 def test_nested_folders_and_shared_output_roots_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"watch\[1\].path: .* overlaps watch\[0\].path"):
+    with pytest.raises(ConfigError, match=r"watch\.1\.path: .* overlaps watch\.0\.path"):
         parse_config({"watch": [{"path": "a"}, {"path": "a/b"}]}, tmp_path)
     with pytest.raises(ConfigError, match="give each \\[\\[watch\\]\\] its own output_root"):
         parse_config({"watch": [{"path": "a"}, {"path": "b"}], "output": {"root": "out"}}, tmp_path)
@@ -73,18 +104,20 @@ def test_nested_folders_and_shared_output_roots_are_refused(tmp_path):
 
 def test_runtime_checks_name_the_key(tmp_path):
     config = parse_config({"watch": [{"path": "missing"}], "device": "cuda:7",
-                           "dip": {"depth": 3}, "calibration_table": "nope.toml"}, tmp_path)
+                           "calibration_table": "nope.toml"}, tmp_path)
     with pytest.raises(ConfigError) as caught:
         check_runtime(config)
     problems = "\n".join(caught.value.problems)
     assert "calibration_table: calibration table" in problems and "does not exist" in problems
     assert "device:" in problems
     config = parse_config({"watch": [{"path": "missing"}], "device": "cpu",
-                           "dip": {"depth": 3}}, tmp_path)
-    with pytest.raises(ConfigError, match="dip: depth must be one of"):
+                           "dip": {"metric": "fidelity"}}, tmp_path)
+    with pytest.raises(ConfigError, match="dip.metric: metric 'fidelity' not in table"):
         check_runtime(config)
+    with pytest.raises(ConfigError, match="dip.depth: must be one of 4, 5, 6, 7, 8, got 3"):
+        parse_config({"watch": [{"path": "missing"}], "dip": {"depth": 3}}, tmp_path)
     config = parse_config({"watch": [{"path": "missing"}], "device": "cpu"}, tmp_path)
-    assert check_runtime(config) == [f"watch[0].path: {tmp_path / 'missing'} does not exist (yet); "
+    assert check_runtime(config) == [f"watch.0.path: {tmp_path / 'missing'} does not exist (yet); "
                                      f"the daemon waits for it to appear"]
 
 
@@ -135,11 +168,10 @@ def test_missing_file(tmp_path):
 
 
 def test_inference_rules_are_checked_and_passed_on(tmp_path):
-    config = parse_config({"watch": [{"path": "in", "microscope": "confocal"}], "device": "cpu",
-                           "inference": {"specimen_rules": [{"pattern": "(", "label": "actin"}]}},
-                          tmp_path)
-    with pytest.raises(ConfigError, match="inference: rule pattern"):
-        check_runtime(config)
+    with pytest.raises(ConfigError, match=r"inference\.specimen_rules\.0\.pattern: rule pattern"):
+        parse_config({"watch": [{"path": "in", "microscope": "confocal"}], "device": "cpu",
+                      "inference": {"specimen_rules": [{"pattern": "(", "label": "actin"}]}},
+                     tmp_path)
     config = parse_config({"watch": [{"path": "in", "microscope": "confocal"}], "device": "cpu",
                            "inference": {"folders": [{"path": "in/mito", "specimen": "mito"}]}},
                           tmp_path)
@@ -147,13 +179,15 @@ def test_inference_rules_are_checked_and_passed_on(tmp_path):
     settings = config.denoise_settings(config.watch[0], "cpu", None)
     assert settings.folder_microscope == "confocal" and settings.microscope is None
     assert settings.rules.folder_defaults[0].folder == tmp_path / "in" / "mito"
+    # Parsed once, with the configuration: every job's settings share the same rules.
+    assert config.denoise_settings(None, "cpu").rules is settings.rules
+    assert isinstance(config.inference, InferenceSettings)
 
 
 def test_folder_labels_are_validated(tmp_path):
-    config = parse_config({"watch": [{"path": "in", "microscope": "confocl"}], "device": "cpu"},
-                          tmp_path)
-    with pytest.raises(ConfigError, match=r"watch\[0\].microscope: unknown microscope 'confocl'"):
-        check_runtime(config)
+    with pytest.raises(ConfigError, match=r"watch\.0\.microscope: unknown microscope 'confocl'"):
+        parse_config({"watch": [{"path": "in", "microscope": "confocl"}], "device": "cpu"},
+                     tmp_path)
 
 
 def test_batching_settings_reach_the_pipeline(tmp_path):
@@ -182,8 +216,71 @@ def test_speed_settings_are_checked(tmp_path):
     (tmp_path / "in").mkdir()
     config = load_config(write(tmp_path, '[[watch]]\npath = "in"\n[dip]\n'
                                          'speed = ["channels_last", "bf16"]\n'))
-    assert config.denoise_settings(None, "cpu", table=None).speed == "channels_last,bf16"
-    for bad, message in (('"bf16"', "must be a list"), ('["warp"]', "unknown setting"),
+    assert config.denoise_settings(None, "cpu", table=None).speed == ("channels_last", "bf16")
+    for bad, message in (('"bf16"', "must be a list"), ('["warp"]', "unknown speed setting"),
                          ('["compile", "cuda_graphs"]', "do not combine")):
         with pytest.raises(ConfigError, match=message):
             load_config(write(tmp_path, f'[[watch]]\npath = "in"\n[dip]\nspeed = {bad}\n'))
+
+
+def test_config_check_lists_every_problem_of_every_table_with_its_location(tmp_path):
+    """`config check` on a file with faults in [[watch]], [dip], [inference] and
+    [calibrate] lists all of them at once, each located (issue: one model of settings)."""
+    from typer.testing import CliRunner
+
+    from autodip_watch.cli.app import app
+
+    config = write(tmp_path, """
+[[watch]]
+path = "in"
+settle_seconds = "ten"
+[dip]
+depth = 9
+width = "17"
+iterations = 0
+mode = "fast"
+speed = ["warp"]
+[inference]
+specimen_rules = [{pattern = "(", label = "nucleus"}]
+denoise_non_fluorescence = 1
+[calibrate]
+every = 0
+match = "cubic"
+""")
+    result = CliRunner().invoke(app, ["config", "check", str(config)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    expected = ["watch.0.settle_seconds: must be a number", "dip.depth: must be one of",
+                "dip.width: must be one of", "dip.iterations: must be at least 1",
+                "dip.speed: unknown speed setting(s) warp", "dip.mode: unknown fit mode",
+                "inference.specimen_rules.0.pattern: rule pattern '(' is not a valid",
+                "inference.denoise_non_fluorescence: must be true or false",
+                "calibrate.every: must be at least 1", "calibrate.match: must be one of"]
+    for problem in expected:
+        assert problem in result.output, problem
+    assert "10 problem(s)" in result.output
+
+
+def test_the_dask_payload_is_the_settings_model_as_json():
+    """What a Dask task receives is DenoiseSettings.model_dump(mode="json"); read back on a
+    worker it gives the same fit, the same labelling rules and the same provenance."""
+    import json
+
+    from autodip_watch.settings.denoise import DenoiseSettings
+    from autodip_watch.transfer.table import CalibrationTable
+
+    inference = InferenceSettings.parse({
+        "specimen_rules": [{"pattern": "sir-dna", "label": "nucleus", "fields": ["fluor"]}],
+        "folders": [{"path": "/data/mito", "specimen": "mito"}],
+        "denoise_non_fluorescence": True}, base=None)
+    settings = DenoiseSettings(table=CalibrationTable.load(), depth=4, width="asc",
+                               iterations=7, seed=3, speed=["channels_last"], mode="paper",
+                               members=2, inference=inference, folder_microscope="confocal",
+                               batching="off", max_batch=8, command="test")
+    payload = json.loads(json.dumps(settings.model_dump(mode="json")))
+    back = DenoiseSettings.model_validate(payload)
+    assert back.fit_options() == settings.fit_options()
+    assert back.rules == settings.rules
+    assert back.table.document == settings.table.document
+    assert back.table.path.name == settings.table.path.name
+    assert back.provenance_record(back.table) == settings.provenance_record(settings.table)
+    assert back.model_dump(exclude={"table"}) == settings.model_dump(exclude={"table"})

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import tifffile
 
-from acquisition import fill, remount, set_xml, tiny_filesystem, write_pages, write_set_member
+from helpers.acquisition import fill, remount, set_xml, tiny_filesystem, write_pages, write_set_member
 from autodip_watch.provenance import read_provenance
-from autodip_watch.queue import JobQueue
-from test_daemon_e2e import TINY_FIT, DaemonProcess, Raw, cli, wait_for, write_config
+from autodip_watch.daemon.queue import JobQueue
+from helpers.daemon import TINY_FIT, DaemonProcess, Raw, cli, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 

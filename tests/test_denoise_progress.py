@@ -150,7 +150,7 @@ def test_denoise_without_a_terminal_prints_plain_lines_and_keeps_json_clean(tmp_
 def test_quiet_denoise_prints_no_progress(tmp_path):
     from typer.testing import CliRunner
 
-    from autodip_watch.cli import app
+    from autodip_watch.cli.app import app
 
     raw = _stack(tmp_path / "a.ome.tif", 1)
     result = CliRunner().invoke(app, ["denoise", str(raw), "--depth", "4", "--width", "16",

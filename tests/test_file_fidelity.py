@@ -17,12 +17,16 @@ import tifffile
 from ome_types import model
 from typer.testing import CliRunner
 
+from autodip_watch.transfer.table import default_table_path
 from autodip_watch import __version__
-from autodip_watch.cli import app
-from autodip_watch.ometiff import DimensionError, ImageFile, MissingFileError
-from autodip_watch.pipeline import DenoiseSettings, PipelineError, denoise_file
-from autodip_watch.provenance import read_provenance, sha256_file
-from omefiles import ome_model, structured, write_pages
+from autodip_watch.cli.app import app
+from autodip_watch.io.errors import DimensionError, MissingFileError
+from autodip_watch.io.reader import ImageFile
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import PipelineError, denoise_file
+from autodip_watch.provenance import read_provenance
+from autodip_watch.io.checksums import sha256_file
+from helpers.omefiles import ome_model, structured, write_pages
 
 SETTINGS = DenoiseSettings(iterations=2, depth=4, width="16", device="cpu")
 
@@ -49,6 +53,7 @@ def _single(path: Path, named: str, with_uuid: bool, planes: int = 3, declared: 
     return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_uuid", [True, False], ids=["own-uuid", "no-document-uuid"])
 @pytest.mark.parametrize("new_name", ["mouse3_liver_mito.ome.tif", "sub dir name.ome.tiff"])
 def test_renamed_single_file_is_read_as_itself(tmp_path, with_uuid, new_name):
@@ -191,7 +196,7 @@ def test_imagej_units_in_every_spelling(tmp_path, unit, per_px, expected_um):
 def test_every_spelling_of_micrometre(unit):
     """ImageJ descriptions are ASCII (\\u00B5m); other writers use the micro sign or the
     Greek mu; all are micrometres."""
-    from autodip_watch.physical import length_in_micrometres
+    from autodip_watch.io.physical import length_in_micrometres
 
     assert length_in_micrometres(0.3, unit) == (pytest.approx(0.3), "µm")
 
@@ -253,6 +258,7 @@ def test_output_keeps_lossless_compression(tmp_path, compression, expected):
         assert series.shape == data.shape and series.dtype == data.dtype
 
 
+@pytest.mark.slow
 def test_deflate_two_channel_output_is_no_larger_than_its_input(tmp_path):
     """Acceptance: a deflate-compressed 2-channel input gives an output at most 1.1x its
     size (it was 1.9-2.1x when outputs were written uncompressed)."""
@@ -268,6 +274,7 @@ def test_deflate_two_channel_output_is_no_larger_than_its_input(tmp_path):
     assert ratio <= 1.1, ratio
 
 
+@pytest.mark.slow
 def test_large_planes_are_tiled_and_pyramids_keep_their_levels(tmp_path):
     data = noisy((1, 1100, 1030), mean=50)
     path = tmp_path / "mosaic.ome.tif"
@@ -309,7 +316,7 @@ def test_attribution_and_provenance(tmp_path):
     assert entries["source.uuid"] == ome.uuid and entries["source.image_id"] == "Image:0"
     for name in ("python", "numpy", "tifffile", "ome-types", "torch", "cuda"):
         assert entries[f"version.{name}"], name
-    assert entries["calibration_table.sha256"] == sha256_file(SETTINGS.table.path)
+    assert entries["calibration_table.sha256"] == sha256_file(default_table_path())
     assert entries["command"]
     assert entries["source.sha256"] == sha256_file(path)  # existing keys keep their names
 

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from autodip_watch.dip.fit import GRAPH_WARMUP_ITERATIONS, FitOptions, fit_tile, fit_tiles
+from autodip_watch.dip.device import configure_tf32
+from autodip_watch.dip.fit import GRAPH_WARMUP_ITERATIONS, fit_tile, fit_tiles
 from autodip_watch.dip.modes import MODES, STABLE
+from autodip_watch.dip.options import FitOptions
 from autodip_watch.dip.network import DipParams
 
-from test_fit import noisy_blobs
+from helpers.images import noisy_blobs
 
 SMALL = DipParams(4, "16", 4, 3)
 
@@ -40,19 +42,39 @@ def test_bf16_autocast_fits_and_stays_close():
     assert bf16.losses[0] == pytest.approx(plain.losses[0], rel=0.05)
 
 
-def test_tf32_setting_is_restored_after_the_fit():
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    fit_tile(noisy_blobs(), SMALL, "cpu", FitOptions(tf32=True))
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+def _tf32() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.fixture
+def tf32_switches():
+    """torch's process-wide TF32 switches, put back after the test."""
+    saved = _tf32()
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_tf32_is_a_process_setting_that_no_fit_changes(tf32_switches, enabled):
+    """TF32 is switched for the process (configure_tf32, where a process sets up its
+    engine), never per fit: fits run side by side in threads, and a switch flipped and
+    restored around one fit would change the arithmetic of the others. Each value is
+    set, then a fit with every speed option the CPU has must leave it as it is."""
+    configure_tf32(enabled)
+    assert _tf32() == (enabled, enabled)
+    fit_tile(noisy_blobs(), SMALL, "cpu", FitOptions(channels_last=True, bf16=True))
+    assert _tf32() == (enabled, enabled)
+    configure_tf32(None)  # None: leave torch's switches as they are
+    assert _tf32() == (enabled, enabled)
 
 
 @pytest.mark.cuda
-def test_tf32_on_cuda_is_restored_and_close():
+def test_tf32_on_cuda_is_close(tf32_switches):
     tile = noisy_blobs()
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    strict = fit_tile(tile, SMALL, "cuda", FitOptions(seed=0, tf32=False))
-    fast = fit_tile(tile, SMALL, "cuda", FitOptions(seed=0, tf32=True))
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    configure_tf32(False)
+    strict = fit_tile(tile, SMALL, "cuda", FitOptions(seed=0))
+    configure_tf32(True)
+    fast = fit_tile(tile, SMALL, "cuda", FitOptions(seed=0))
     assert np.abs(strict.output - fast.output).max() < 2e-2
 
 
@@ -141,9 +163,10 @@ def test_graphed_fit_equals_eager_fit_in_float64(float64_default, options, count
 
 @needs_cuda
 @pytest.mark.parametrize("count", [1, 3])
-def test_graphed_fit_in_strict_fp32_is_as_good_as_eager(count):
+def test_graphed_fit_in_strict_fp32_is_as_good_as_eager(tf32_switches, count):
+    configure_tf32(False)
     tiles = [noisy_blobs(seed=s) for s in range(count)]
-    _assert_as_good_a_fit(*_eager_and_graphed(tiles, FitOptions(tf32=False)))
+    _assert_as_good_a_fit(*_eager_and_graphed(tiles, FitOptions()))
 
 
 @needs_cuda

@@ -13,11 +13,10 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from autodip_watch.cli import app
-from autodip_watch.ometiff import (DimensionError, ImageFile, ImageReadError,
-                                   MalformedMetadataError, NotAnImageError, TruncatedImageError,
-                                   UnsafeMetadataError)
-from omefiles import (billion_laughs, external_entity, ome_model, structured, write_ome_tiff,
+from autodip_watch.cli.app import app
+from autodip_watch.io.errors import (DimensionError, ImageReadError, MalformedMetadataError, NotAnImageError, TruncatedImageError, UnsafeMetadataError)
+from autodip_watch.io.reader import ImageFile
+from helpers.omefiles import (billion_laughs, external_entity, ome_model, structured, write_ome_tiff,
                       write_pages)
 
 

@@ -9,10 +9,11 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from autodip_watch.cli import app
-from autodip_watch.ometiff import ImageReadError
-from autodip_watch.pipeline import DenoiseSettings, inspect_file
-from omefiles import structured, write_ome_tiff
+from autodip_watch.cli.app import app
+from autodip_watch.io.errors import ImageReadError
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.plan import inspect_file
+from helpers.omefiles import structured, write_ome_tiff
 
 CHANNEL_KEYS = {"index", "name", "microscope", "specimen", "evidence", "level", "params"}
 
@@ -81,6 +82,7 @@ def test_unreadable_files_do_not_stop_the_others(tmp_path, runner):
     assert len(as_json["images"]) == 1
 
 
+@pytest.mark.slow
 def test_every_real_file_parses_or_fails_clearly(shared_data):
     folder = shared_data / "ome"
     if not folder.is_dir():

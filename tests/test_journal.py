@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from autodip_watch.log import JournalSink, configure, field_name, get_logger, readable
-from autodip_watch.queue import JobQueue
-from test_daemon_e2e import TINY_FIT, DaemonProcess, Raw, output_of, wait_for, write_config
+from autodip_watch.daemon.log import JournalSink, configure, field_name, get_logger, readable
+from autodip_watch.daemon.queue import JobQueue
+from helpers.daemon import TINY_FIT, DaemonProcess, Raw, output_of, wait_for, write_config
 
 
 # --------------------------------------------------------------------------- journald's side

@@ -2,7 +2,7 @@
 value the model rejects, is repaired or dropped with a warning, and the file is still
 inspected and denoised.
 
-The attributes are enumerated from ome-types' pydantic classes (tests/ome_kinds.py), not
+The attributes are enumerated from ome-types' pydantic classes (tests/helpers/ome_kinds.py), not
 from a hand list: every enum field, every bounded number, every ID and reference pattern,
 every colour, of every class reachable from <OME>. Each case is written into an OME-TIFF
 (generated: one 32x32 plane plus a minimal instance of the class holding the attribute),
@@ -24,11 +24,15 @@ import tifffile
 from lxml import etree
 from typer.testing import CliRunner
 
-import ome_kinds
-from autodip_watch.cli import app
-from autodip_watch.ometiff import (ImageFile, OmeTiffWriter, _ome_schema, _schema_problem,
-                                   parse_ome_xml)
-from autodip_watch.pipeline import DenoiseSettings, denoise_file, inspect_file
+from helpers import ome_kinds
+from autodip_watch.cli.app import app
+from autodip_watch.io.omexml import ome_schema, schema_problem
+from autodip_watch.io.reader import ImageFile
+from autodip_watch.io.writer import OmeTiffWriter
+from autodip_watch.io.omexml import parse_ome_xml
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
+from autodip_watch.pipeline.plan import inspect_file
 from autodip_watch.provenance import read_provenance
 
 CASES = ome_kinds.constrained_cases()
@@ -56,7 +60,7 @@ def test_the_enumeration_covers_every_kind_of_constraint():
 def test_every_constrained_attribute_is_read_with_a_warning(tmp_path, case):
     path = ome_kinds.write_case(tmp_path, case)
     xml = tifffile.TiffFile(path).pages.first.description
-    if _schema_problem(xml) is None:  # the value really is one the schema or model refuses
+    if schema_problem(xml) is None:  # the value really is one the schema or model refuses
         with pytest.raises(Exception):
             ome_types.from_xml(xml, validate=False)
     images = inspect_file(path, SETTINGS)
@@ -68,7 +72,7 @@ def test_every_constrained_attribute_is_read_with_a_warning(tmp_path, case):
         assert f'{case.attribute}="{case.bad}"' not in dumped
         # what the writer would publish is schema-valid (it refuses anything else)
         writer = OmeTiffWriter(tmp_path / "out.ome.tif", image)
-        assert _ome_schema().validate(etree.fromstring(ome_types.to_xml(writer.ome).encode()))
+        assert ome_schema().validate(etree.fromstring(ome_types.to_xml(writer.ome).encode()))
         if case.category == "id":  # the old ID survives inside the new one, unless the
             # factory's element held a reference to nothing and was dropped for that
             assert "not_a_valid_id" in dumped or any(
@@ -106,6 +110,7 @@ def _enum_of(case):
 DENOISED = _denoise_subset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", DENOISED, ids=[case.id for case in DENOISED])
 def test_denoise_succeeds_and_records_the_repair(tmp_path, case):
     path = ome_kinds.write_case(tmp_path, case)
@@ -119,6 +124,7 @@ def test_denoise_succeeds_and_records_the_repair(tmp_path, case):
     assert _mentions(recorded, case)
 
 
+@pytest.mark.slow
 def test_real_samples_every_present_attribute(shared_data):
     """Real OME-XML (OME specification samples, ome-types' Zeiss/Micro-Manager/Bio-Formats
     fake files): every constrained attribute whose element is present in a sample is
@@ -225,7 +231,7 @@ def test_repaired_ids_keep_their_names_and_references(tmp_path, detector_id):
 
 
 def test_warnings_reach_inspect_text_json_and_status(tmp_path):
-    from autodip_watch.queue import JobQueue
+    from autodip_watch.daemon.queue import JobQueue
 
     path = tmp_path / "mm.ome.tif"
     _micro_manager(path, "Left-EMCCD")

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 from ome_types import model
 
-from autodip_watch.metadata import (ACQUISITION_MODES, DEFAULT_RULES, NON_FLUORESCENCE,
-                                    POLICY_COPY, POLICY_DENOISE, ChannelContext, FolderDefaults,
-                                    InferenceRules, LabelRule, LightSourceHint, channel_contexts,
-                                    infer_channel, infer_channels, infer_image)
-from autodip_watch.ometiff import ImageFile
-from autodip_watch.transfer import CalibrationTable
-from omefiles import ome_model, structured, write_ome_tiff
+from autodip_watch.settings.base import ConfigError
+from autodip_watch.settings.inference import InferenceSettings
+from autodip_watch.metadata.labels import (ACQUISITION_MODES, NON_FLUORESCENCE, POLICY_COPY, POLICY_DENOISE)
+from autodip_watch.metadata.rules import DEFAULT_RULES, FolderDefaults, InferenceRules, LabelRule
+from autodip_watch.metadata.context import ChannelContext, LightSourceHint, channel_contexts
+from autodip_watch.metadata.infer import infer_channel, infer_channels, infer_image
+from autodip_watch.io.reader import ImageFile
+from autodip_watch.transfer.table import CalibrationTable
+from helpers.omefiles import ome_model, structured, write_ome_tiff
 
 
 def one_channel_ome(instrument=None, **channel) -> model.OME:
@@ -242,21 +244,21 @@ def test_microscope_name_rules():
 # --------------------------------------------------------------------------- configuration
 
 def test_configured_rules_come_first_and_are_validated(tmp_path):
-    rules = InferenceRules.from_mapping({
+    rules = InferenceSettings.parse({
         "specimen_rules": [{"pattern": "sir-?dna", "label": "nucleus", "fields": ["fluor"]},
                            {"pattern": "membrane|cellmask", "label": "membrane"}],
         "microscope_rules": [{"pattern": "^scope-7$", "label": "two-photon",
                               "fields": ["path"]}],
         "folders": [{"path": str(tmp_path), "microscope": "widefield"}],
         "denoise_non_fluorescence": True,
-    })
+    }).rules
     assert infer_ome(one_channel_ome(fluor="SiR-DNA"), rules=rules).specimen == "nucleus"
     assert infer_ome(one_channel_ome(name="CellMask"), rules=rules).specimen == "membrane"
     assert infer_ome(one_channel_ome(fluor="DAPI"), rules=rules).specimen == "nucleus"  # defaults kept
     assert rules.defaults_for(tmp_path / "x.tif").microscope == "widefield"
     assert "configured rule" in infer_ome(one_channel_ome(fluor="SiR-DNA"),
                                           rules=rules).evidence[1]
-    only = InferenceRules.from_mapping({"replace_default_rules": True})
+    only = InferenceSettings.parse({"replace_default_rules": True}).rules
     assert only.specimen_rules == () and infer_ome(one_channel_ome(fluor="DAPI"),
                                                    rules=only).specimen == "unknown"
     for bad, message in (({"specimen_rules": [{"pattern": "(", "label": "nucleus"}]}, "regular"),
@@ -268,8 +270,8 @@ def test_configured_rules_come_first_and_are_validated(tmp_path):
                                                "fields": ["filename"]}]}, "fields"),
                          ({"folders": [{"path": "/x", "microscope": "scope"}]}, "scope"),
                          ({"colour": True}, "colour")):
-        with pytest.raises(ValueError, match=message):
-            InferenceRules.from_mapping(bad)
+        with pytest.raises(ConfigError, match=message):
+            InferenceSettings.parse(bad)
 
 
 def test_unknown_override_is_refused():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from autodip_watch import metrics
+from autodip_watch import metrics, perceptual
 
 
 def test_pixel_measures_against_hand_values():
@@ -64,18 +64,19 @@ def test_mean_gradient_is_zero_for_flat_and_linear_in_contrast():
 
 def test_missing_backbone_error_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    expected = tmp_path / "hub" / "checkpoints" / metrics.ALEXNET_CHECKPOINT
-    assert metrics.alexnet_checkpoint_path() == expected
-    with pytest.raises(metrics.LpipsWeightsMissing) as error:
-        metrics.Lpips("cpu")
+    expected = tmp_path / "hub" / "checkpoints" / perceptual.ALEXNET_CHECKPOINT
+    assert perceptual.alexnet_checkpoint_path() == expected
+    with pytest.raises(perceptual.LpipsWeightsMissing) as error:
+        perceptual.Lpips("cpu")
     assert str(expected) in str(error.value)
     assert "TORCH_HOME" in str(error.value)
     assert not expected.exists()  # and nothing was downloaded
 
 
 def test_lpips_zero_for_identical_positive_and_symmetric(lpips_backbone):
-    measure = metrics.get_lpips("cpu")
-    assert metrics.get_lpips("cpu") is measure  # loaded once per process and device
+    networks = perceptual.LpipsNetworks()
+    measure = networks.get("cpu")
+    assert networks.get("cpu") is measure  # loaded once per owner and device
     rng = np.random.default_rng(4)
     clean = rng.random((32, 32)).astype(np.float32)
     noisy = np.clip(clean + rng.normal(0, 0.2, clean.shape), 0, 1).astype(np.float32)
@@ -89,7 +90,7 @@ def test_lpips_zero_for_identical_positive_and_symmetric(lpips_backbone):
 
 
 def test_lpips_feeds_grayscale_as_three_channels_in_minus_one_to_one(lpips_backbone):
-    measure = metrics.get_lpips("cpu")
+    measure = perceptual.LpipsNetworks().get("cpu")
     rng = np.random.default_rng(5)
     a = rng.random((32, 32)).astype(np.float32)
     b = rng.random((32, 32)).astype(np.float32)
@@ -107,6 +108,6 @@ def test_lpips_feeds_grayscale_as_three_channels_in_minus_one_to_one(lpips_backb
 def test_quality_reports_every_measure(lpips_backbone):
     rng = np.random.default_rng(6)
     a = rng.random((32, 32)).astype(np.float32)
-    scores = metrics.quality(a, a * 0.9, metrics.get_lpips("cpu"))
+    scores = metrics.quality(a, a * 0.9, perceptual.LpipsNetworks().get("cpu"))
     assert set(scores) == {"mse", "mae", "psnr", "ssim", "lpips"}
     assert metrics.quality(a, a * 0.9)["lpips"] is None

@@ -17,11 +17,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from acquisition import remount, tiny_filesystem
-from autodip_watch.config import parse_config
-from autodip_watch.outputs import (OutputConflictError, check_output, describe_os_error,
-                                   output_name)
-from autodip_watch.pipeline import DenoiseSettings, PipelineError, denoise_file
+from helpers.acquisition import remount, tiny_filesystem
+from autodip_watch.settings.config import parse_config
+from autodip_watch.io.outputs import OutputConflictError, check_output, output_name
+from autodip_watch.io.atomic import describe_os_error
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import PipelineError, denoise_file
 
 FAST = dict(depth=4, width="16", skip=4, iterations=2, device="cpu")
 
@@ -147,17 +148,19 @@ _WRITE_EVERY_KIND = textwrap.dedent("""
     # One process, one thread: each umask in turn (the umask is per process).
     import os, sys, numpy as np
     from pathlib import Path
-    from autodip_watch.ometiff import atomic_write_tiff
-    from autodip_watch.calibrate import _atomic_write_bytes
-    from autodip_watch.pipeline import DenoiseSettings, denoise_file
+    from autodip_watch.io.atomic import atomic_output
+    from autodip_watch.pipeline.denoise import denoise_file
+    from autodip_watch.settings.denoise import DenoiseSettings
     import tifffile
     for folder, umask in zip(sys.argv[1::2], sys.argv[2::2]):
         folder = Path(folder)
         os.umask(int(umask, 8))
         raw = folder / "raw.ome.tif"
         tifffile.imwrite(raw, np.arange(24 * 24, dtype=np.uint16).reshape(24, 24))
-        atomic_write_tiff(folder / "small.ome.tif", [(np.zeros((8, 8), np.uint8), "YX")])
-        _atomic_write_bytes(folder / "table.toml", lambda temp: Path(temp).write_text("x = 1"))
+        with atomic_output(folder / "small.ome.tif") as temp:
+            tifffile.imwrite(temp, np.zeros((8, 8), np.uint8))
+        with atomic_output(folder / "table.toml") as temp:
+            temp.write_text("x = 1")
         denoise_file(raw, DenoiseSettings(depth=4, width="16", skip=4, iterations=1,
                                           device="cpu"))
 """)

@@ -13,9 +13,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from autodip_watch.pipeline import DenoiseSettings, denoise_file
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
+from autodip_watch.io.outputs import preview_path
 from autodip_watch.preview import (HIGH_PERCENTILE, LOW_PERCENTILE, PreviewError, build_preview,
-                                   find_pair, preview_path, structured_region)
+                                   find_pair, structured_region)
 
 
 def cells(shape=(96, 96), seed: int = 0) -> np.ndarray:
@@ -59,6 +61,7 @@ def _roughness(panel: np.ndarray) -> float:
     return float(np.mean(np.abs(np.diff(panel, axis=1))))
 
 
+@pytest.mark.slow
 def test_show_writes_a_png_whose_raw_and_denoised_panels_differ(denoised, tmp_path):
     raw, output = denoised
     picture = build_preview(output)
@@ -94,6 +97,7 @@ def test_show_writes_a_png_whose_raw_and_denoised_panels_differ(denoised, tmp_pa
     assert "60 iterations" in caption and " s" in caption and "ch 1 'Phalloidin'" in caption
 
 
+@pytest.mark.slow
 def test_show_from_the_command_line_raw_or_output(denoised, tmp_path):
     raw, output = denoised
     for given in (output, raw):  # the output, or the raw file with its output beside it
@@ -113,6 +117,7 @@ def test_show_from_the_command_line_raw_or_output(denoised, tmp_path):
     assert preview_path(output).name == "cells.autodip.preview.png"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arguments, message", [
     (["--z", "3"], "--z 3 is outside the image"),
     (["--channel", "5"], "no channel 5"),
@@ -164,12 +169,13 @@ def test_the_zoom_goes_where_the_structure_is(corner):
 ])
 def test_previews_are_the_daemons_own_outputs(suffix, name, own):
     """A watch pattern such as *.png must never take a preview as a raw image."""
-    from autodip_watch.config import Config
+    from autodip_watch.io.outputs import preview_path
+    from autodip_watch.settings.config import Config
 
-    config = Config(output_suffix=suffix)
+    config = Config(output={"suffix": suffix})
     assert config.is_output(Path("/data") / name) is own
     stem = suffix.rsplit(".ome.tif", 1)[0]
     if own and name.endswith(stem + ".preview.png"):
         output = Path("/data") / (name[: -len(stem + ".preview.png")] + suffix)
-        assert config.preview_for(output) == Path("/data") / name
+        assert preview_path(output) == Path("/data") / name
 

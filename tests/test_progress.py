@@ -14,11 +14,12 @@ import pytest
 import tifffile
 from rich.console import Console
 
-from autodip_watch.config import Config
-from autodip_watch.progress import FitProgress, IterationMeter, eta_seconds, format_duration
-from autodip_watch.progress_view import DenoiseProgress, describe_event
-from autodip_watch.queue import JobQueue
-from autodip_watch.status import collect_status, queue_eta, render_status
+from autodip_watch.settings.config import Config
+from autodip_watch.daemon.progress import FitProgress, IterationMeter, eta_seconds, format_duration
+from autodip_watch.cli.progress_view import DenoiseProgress, describe_event
+from autodip_watch.daemon.queue import JobQueue
+from autodip_watch.daemon.status import collect_status, queue_eta
+from autodip_watch.cli.status_view import render_status
 
 
 class Clock:
@@ -221,8 +222,9 @@ def test_queue_eta_says_why_there_is_none_yet(tmp_path):
 def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
     """A real pipeline run through the daemon's worker callback: each iteration's report
     gives `status` a rate and an ETA from the second write on, and the job ends at 1."""
-    from autodip_watch import worker as worker_module
-    from autodip_watch.transfer import CalibrationTable
+    from autodip_watch.daemon import worker as worker_module
+    from autodip_watch.daemon.lifecycle import JobOutcomes
+    from autodip_watch.transfer.table import CalibrationTable
 
     monkeypatch.setattr(worker_module, "PROGRESS_WRITE_SECONDS", 0.0)  # every iteration
     raw = tmp_path / "cells.ome.tif"
@@ -232,8 +234,9 @@ def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
     queue.register_daemon(heartbeat_seconds=5)  # a live daemon: its running job is current
     queued = queue.enqueue(str(raw), raw.stat().st_size, raw.stat().st_mtime_ns, "aa")
     config = Config(devices=("cpu",))
+    outcomes = JobOutcomes(queue, config.retry)
     worker = worker_module.Worker(config, queue, "auto", CalibrationTable.load(),
-                                  threading.Event(), threading.Event())
+                                  threading.Event(), threading.Event(), outcomes)
     assert worker.device == "cpu" and worker.name.startswith("cpu@")  # resolved, never "auto"
     job = queue.claim(worker.name)
     assert job.id == queued.id and job.worker.startswith("cpu@")
@@ -244,7 +247,8 @@ def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
         record(*report)
         seen.append(collect_status(queue)["current"][0])
 
-    from autodip_watch.pipeline import DenoiseSettings, denoise_file
+    from autodip_watch.settings.denoise import DenoiseSettings
+    from autodip_watch.pipeline.denoise import denoise_file
 
     settings = DenoiseSettings(depth=4, width="16", iterations=6, device="cpu")
     denoise_file(raw, settings, tmp_path / "out.ome.tif", progress=progress)

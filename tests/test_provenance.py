@@ -16,11 +16,12 @@ from ome_types import model
 from PIL import Image
 
 from autodip_watch import __version__
-from autodip_watch.metadata import InferenceRules
-from autodip_watch.ometiff import diff_ome
-from autodip_watch.pipeline import DenoiseSettings, PipelineError, denoise_file
+from autodip_watch.settings.inference import InferenceSettings
+from helpers.ome_diff import diff_ome
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import PipelineError, denoise_file
 from autodip_watch.provenance import PROVENANCE_NAMESPACE, read_provenance
-from omefiles import structured, write_ome_tiff
+from helpers.omefiles import structured, write_ome_tiff
 
 FAST = dict(depth=4, width="16", skip=4, iterations=2, device="cpu")
 
@@ -169,7 +170,7 @@ def test_non_fluorescence_can_be_denoised_when_configured(tmp_path):
     write_ome_tiff(source, data, "YX", channels=[{"name": "BF", "contrast_method": "Brightfield"}])
     report = denoise_file(source, DenoiseSettings(**FAST))
     np.testing.assert_array_equal(tifffile.imread(report.output), data)
-    settings = DenoiseSettings(**FAST, rules=InferenceRules(denoise_non_fluorescence=True))
+    settings = DenoiseSettings(**FAST, inference=InferenceSettings(denoise_non_fluorescence=True))
     report = denoise_file(source, settings)
     assert report.planes[0].policy == "denoise"
     assert not np.array_equal(tifffile.imread(report.output), data)

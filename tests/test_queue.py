@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from autodip_watch.config import RetryPolicy
-from autodip_watch.queue import SCHEMA_VERSION, JobQueue, QueueError
+from autodip_watch.settings.sections import RetryPolicy
+from autodip_watch.daemon.database import SCHEMA_VERSION
+from autodip_watch.daemon.queue import JobQueue, QueueError
 
 FAST_RETRY = RetryPolicy(max_attempts=3, backoff_seconds=0.2, backoff_factor=2,
                          max_backoff_seconds=1.0)

@@ -30,8 +30,9 @@ import pytest
 import tifffile
 from ome_types import model
 
-from autodip_watch.pipeline import DenoiseSettings, denoise_file
-from omefiles import ome_model, write_ome_tiff, write_pages
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
+from helpers.omefiles import ome_model, write_ome_tiff, write_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 JAR = ROOT / ".bioformats" / "bioformats_package.jar"
@@ -201,6 +202,7 @@ def _bioformats_ome(text: str):
     return ome_types.from_xml(text[start:end + len("</OME>")], validate=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_bioformats_reads_the_output_like_its_input(outputs, kind):
     read = outputs[kind]

@@ -10,11 +10,15 @@ import tifffile
 import tomli_w
 from typer.testing import CliRunner
 
-from autodip_watch import similarity
-from autodip_watch.calibrate import PreparedPair, write_sidecar
-from autodip_watch.cli import app
+from autodip_watch.transfer.hierarchy import apply_overrides
+from autodip_watch.transfer.images import SimilarityError, check_table_supports, load_images
+from autodip_watch.transfer.modes import check_mode
+from autodip_watch.transfer.nearest import nearest
+from autodip_watch.calibration.pairs import PreparedPair
+from autodip_watch.calibration.tables import write_sidecar
+from autodip_watch.cli.app import app
 from autodip_watch.metrics import mean_gradient
-from autodip_watch.transfer import CalibrationTable
+from autodip_watch.transfer.table import CalibrationTable
 
 
 def _blobs(seed: int, size: int = 32) -> np.ndarray:
@@ -86,7 +90,7 @@ def _raw(plane: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["nearest-mae", "nearest-mse", "nearest-psnr", "nearest-ssim",
                                   "nearest-lpips", "nearest-gradient"])
 def test_every_measure_finds_the_same_image(mode, table, lpips_backbone):
-    found = similarity.nearest(_raw(IMAGES[1][3]), table, None, None, mode)
+    found = nearest(_raw(IMAGES[1][3]), table, None, None, mode)
     assert found.image == "wf-actin"
     assert found.params.as_dict() == {"depth": 5, "width": "32", "skip": 4, "iterations": 200}
     assert found.level == mode and found.pool == "all" and found.metric == "lpips_psnr"
@@ -96,19 +100,19 @@ def test_every_measure_finds_the_same_image(mode, table, lpips_backbone):
 
 def test_distances_have_their_natural_direction(table):
     query = _raw(IMAGES[0][3])
-    by_psnr = similarity.nearest(query, table, None, None, "nearest-psnr")
-    by_mse = similarity.nearest(query, table, None, None, "nearest-mse")
+    by_psnr = nearest(query, table, None, None, "nearest-psnr")
+    by_mse = nearest(query, table, None, None, "nearest-mse")
     # Most similar = highest PSNR (the reference took the argmin of PSNR and SSIM; the
     # paper's identical MSE and PSNR results show the intended direction).
     assert by_psnr.image == by_mse.image == "wf-nucleus"
     assert by_psnr.ranking[0][1] > by_psnr.ranking[-1][1] > 0
     assert by_mse.ranking[0][1] < by_mse.ranking[-1][1]
-    by_ssim = similarity.nearest(query, table, None, None, "nearest-ssim")
+    by_ssim = nearest(query, table, None, None, "nearest-ssim")
     assert by_ssim.distance == pytest.approx(1.0, abs=1e-3)
 
 
 def test_metric_picks_which_per_image_optimum(table):
-    found = similarity.nearest(_raw(IMAGES[2][3]), table, None, None, "nearest-mse",
+    found = nearest(_raw(IMAGES[2][3]), table, None, None, "nearest-mse",
                                metric="mse")
     assert found.image == "cf-nucleus"
     assert found.params.iterations == 900
@@ -116,62 +120,55 @@ def test_metric_picks_which_per_image_optimum(table):
 
 def test_within_group_walks_the_hierarchy(table):
     query = _raw(IMAGES[2][3])  # looks like cf-nucleus
-    assert similarity.nearest(query, table, "widefield", "actin", "nearest-mse").image == "cf-nucleus"
-    inside = similarity.nearest(query, table, "widefield", "actin", "nearest-mse",
+    assert nearest(query, table, "widefield", "actin", "nearest-mse").image == "cf-nucleus"
+    inside = nearest(query, table, "widefield", "actin", "nearest-mse",
                                 within_group=True)
     assert (inside.image, inside.pool) == ("wf-actin", "widefield/actin")
     assert inside.level == "nearest-mse within widefield/actin"
     # No two-photon images: the specimen level decides.
-    fallback = similarity.nearest(query, table, "two-photon", "nucleus", "nearest-mse",
+    fallback = nearest(query, table, "two-photon", "nucleus", "nearest-mse",
                                   within_group=True)
     assert fallback.pool == "nucleus" and fallback.image == "cf-nucleus"
-    microscope_only = similarity.nearest(query, table, "widefield", None, "nearest-mse",
+    microscope_only = nearest(query, table, "widefield", None, "nearest-mse",
                                          within_group=True)
     assert microscope_only.pool == "widefield"
     assert {name for name, _ in microscope_only.ranking} == {"wf-nucleus", "wf-actin"}
-    anything = similarity.nearest(query, table, None, None, "nearest-mse", within_group=True)
+    anything = nearest(query, table, None, None, "nearest-mse", within_group=True)
     assert anything.pool == "all"
 
 
 def test_planes_of_another_size_are_compared_on_their_common_centre(table):
     big = np.zeros((48, 40))
     big[8:40, 4:36] = IMAGES[1][3]
-    assert similarity.nearest(_raw(big), table, None, None, "nearest-mae").image == "wf-actin"
+    assert nearest(_raw(big), table, None, None, "nearest-mae").image == "wf-actin"
 
 
 def test_nearest_transfer_keeps_user_overrides(table):
-    class Settings:
-        transfer, within_group, metric = "nearest-mse", False, None
-        depth, width, skip, iterations = None, None, None, 42
-
-    class Group:
-        microscope, specimen = "widefield", "actin"
-
-    Settings.table = table
-    transfer = similarity.nearest_transfer(_raw(IMAGES[1][3]), Group, Settings)
+    found = nearest(_raw(IMAGES[1][3]), table, "widefield", "actin", "nearest-mse")
+    transfer = apply_overrides(found, iterations=42)
     assert transfer.params.iterations == 42 and transfer.params.depth == 5
     assert transfer.level.endswith("+override")
 
 
 def test_tables_without_images_say_so():
     shipped = CalibrationTable.load()
-    similarity.check_table_supports(shipped, "group")
-    with pytest.raises(similarity.SimilarityError, match="calibrate"):
-        similarity.check_table_supports(shipped, "nearest-lpips")
+    check_table_supports(shipped, "group")
+    with pytest.raises(SimilarityError, match="calibrate"):
+        check_table_supports(shipped, "nearest-lpips")
     with pytest.raises(ValueError, match="transfer mode"):
-        similarity.check_mode("nearest-umap")
+        check_mode("nearest-umap")
 
 
 def test_a_replaced_sidecar_is_refused(tmp_path):
     path = make_table(tmp_path)
     tifffile.imwrite(tmp_path / "site.images.tif", np.zeros((32, 32), np.float32))
-    with pytest.raises(similarity.SimilarityError, match="sha256"):
-        similarity.load_images(CalibrationTable.load(path))
+    with pytest.raises(SimilarityError, match="sha256"):
+        load_images(CalibrationTable.load(path))
     (tmp_path / "site.images.tif").unlink()
-    with pytest.raises(similarity.SimilarityError, match="do not exist"):
-        similarity.load_images(CalibrationTable.load(path))
+    with pytest.raises(SimilarityError, match="do not exist"):
+        load_images(CalibrationTable.load(path))
     # The mean gradient is in the table itself: no sidecar needed.
-    similarity.check_table_supports(CalibrationTable.load(path), "nearest-gradient")
+    check_table_supports(CalibrationTable.load(path), "nearest-gradient")
 
 
 def test_denoise_cli_refuses_nearest_with_the_shipped_table(tmp_path):

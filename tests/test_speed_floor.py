@@ -2,19 +2,25 @@
 
 Counts run on the meta device, so even the large configurations are instant; the rate
 measurements run small on the CPU (their GPU numbers come from ``bench/speed.py``).
+``cost.py`` lives beside the benchmarks that use it (``bench/``).
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from autodip_watch.dip import cost
-from autodip_watch.dip.fit import FitOptions, training_step
+from autodip_watch.dip.fit import training_step
 from autodip_watch.dip.network import DipParams, SkipNet
+from autodip_watch.dip.options import FitOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import cost  # noqa: E402
 
 CONFIGS = [DipParams(4, "16", 4, 1), DipParams(5, "128", 4, 1), DipParams(8, "asc", 4, 1),
            DipParams(4, "64", 0, 1)]
@@ -51,6 +57,7 @@ def test_meta_counts_equal_a_real_cpu_step():
     assert counter.get_total_flops() == cost.iteration_flops(params, shape)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", CONFIGS[:3], ids=lambda p: p.label())
 def test_flops_scale_linearly_with_stacked_networks(params):
     shape = (512, 512)
@@ -70,6 +77,7 @@ def test_grouped_conv_backward_counts_one_forward_per_gradient():
     assert counter.get_total_flops() == 3 * forward
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", [DipParams(4, "16", 4, 1), DipParams(8, "32", 4, 1)],
                          ids=lambda p: p.label())
 def test_kernel_count_does_not_grow_with_stacked_networks(params):
@@ -91,6 +99,7 @@ def test_kernel_count_without_skips_is_the_same_for_any_stack():
             == cost.kernels_per_iteration(params, (64, 64), networks=8))
 
 
+@pytest.mark.slow
 def test_kernel_count_does_not_depend_on_the_plane_size():
     params = DipParams(5, "32", 4, 1)
     assert cost.kernels_per_iteration(params, (64, 64)) == cost.kernels_per_iteration(
@@ -116,6 +125,7 @@ def test_floor_is_the_larger_part():
         cost.floor_seconds(flops=1.0, matrix_rate=0.0, kernels=1, launch_seconds=1e-6)
 
 
+@pytest.mark.slow
 def test_memory_traffic_scales_with_plane_and_stack_and_covers_saved_tensors():
     from autodip_watch.dip.batching import fit_memory_bytes
 

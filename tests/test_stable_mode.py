@@ -11,16 +11,17 @@ import tifffile
 import torch
 from typer.testing import CliRunner
 
-from autodip_watch.cli import app
+from autodip_watch.cli.app import app
 from autodip_watch.dip.batching import SingleFitter
-from autodip_watch.dip.fit import (ROLLBACK_CHECK_EVERY, FitOptions, _Stabiliser, build_network,
-                                   fit_tile, fit_tiles, make_input, training_step)
+from autodip_watch.dip.fit import (ROLLBACK_CHECK_EVERY, _Stabiliser, build_network, fit_tile, fit_tiles, make_input, training_step)
+from autodip_watch.dip.options import FitOptions
 from autodip_watch.dip.modes import MODES, PAPER, STABLE, fit_mode
 from autodip_watch.dip.noise import Anscombe, NoiseModel, estimate_noise
 from autodip_watch.dip.params import DipParams
-from autodip_watch.dip.plane import (PlaneJob, VarianceStabilised, denoise_planes, denormalise,
-                                     member_seed, normalise)
-from autodip_watch.pipeline import DenoiseSettings, denoise_file
+from autodip_watch.dip.plane import PlaneJob, VarianceStabilised, denoise_planes, member_seed
+from autodip_watch.dip.intensity import denormalise, normalise
+from autodip_watch.settings.denoise import DenoiseSettings
+from autodip_watch.pipeline.denoise import denoise_file
 from autodip_watch.provenance import PROVENANCE_NAMESPACE
 
 SMALL = DipParams(depth=4, width="16", skip=4, iterations=12)
@@ -147,6 +148,7 @@ def _fit_with_planted_spike(rollback: bool, spike_at: int = 30, iterations: int 
     return losses[:, 0].numpy(), stabiliser, net, history
 
 
+@pytest.mark.slow
 def test_a_planted_spike_is_rolled_back():
     spike_at = 30
     kept, stabiliser, _, _ = _fit_with_planted_spike(rollback=True, spike_at=spike_at)
@@ -174,6 +176,7 @@ def test_rollback_restores_the_last_verified_weights():
         assert torch.equal(restored.detach(), expected)
 
 
+@pytest.mark.slow
 def test_rollback_in_a_stack_touches_only_the_network_that_spiked():
     tiles = [np.random.default_rng(s).random((64, 64)).astype(np.float32) for s in (5, 6)]
     params = DipParams(4, "16", 4, 30)
@@ -263,6 +266,7 @@ def test_homoscedastic_noise_is_not_transformed():
 
 # -------------------------------------------------------------------------- ensembles
 
+@pytest.mark.slow
 def test_an_ensemble_is_the_mean_of_its_members_fits():
     _, noisy = cells()
     plane = np.clip(noisy * 20, 0, 65535).astype(np.uint16)
@@ -337,6 +341,7 @@ def test_inspect_shows_the_mode(tmp_path):
     assert data["images"][0]["mode"]["name"] == STABLE
 
 
+@pytest.mark.slow
 def test_a_batching_fitter_fits_the_members_together():
     from autodip_watch.dip.batching import BatchedFitter
 

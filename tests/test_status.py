@@ -14,8 +14,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from autodip_watch.log import Condition
-from autodip_watch.status import daemon_state, exit_status, status_json
+from autodip_watch.daemon.log import Condition
+from autodip_watch.daemon.status import daemon_state, exit_status, status_json
 
 
 def dead_pid() -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autodip_watch.dip.plane import denoise_plane_with, denormalise, normalise
+from autodip_watch.dip.intensity import denormalise, normalise
 from autodip_watch.dip.tiling import (blend_weights, crop_padded, pad_for_depth, plane_tiles,
-                                      process_tiled, runnable_shape, tile_starts)
+                                      runnable_shape, tile_starts)
+from helpers.planes import denoise_plane_with, process_tiled
 
 
 def identity(tile, index, count):

@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from autodip_watch.dip.network import DipParams
-from autodip_watch.transfer import (CalibrationTable, TableError, apply_overrides,
-                                    canonical_microscope, canonical_specimen)
+from autodip_watch.transfer.table import CalibrationTable, TableError
+from autodip_watch.transfer.hierarchy import apply_overrides
+from autodip_watch.transfer.labels import canonical_microscope, canonical_specimen
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 import tifffile
 from structlog.testing import capture_logs
 
-from autodip_watch.config import parse_config
-from autodip_watch.queue import JobQueue
-from autodip_watch.watcher import UnreadableImage, Watcher, inspect_image
+from autodip_watch.settings.config import parse_config
+from autodip_watch.daemon.queue import JobQueue
+from autodip_watch.daemon.watcher import UnreadableImage, Watcher, inspect_image
 
 SETTLE = 0.4
 
@@ -246,8 +246,9 @@ def test_a_dead_observer_is_reported_and_restarted(tmp_path):
 
 # ------------------------------------------------------------- acquisition habits (issue 12)
 
-from acquisition import set_xml, write_pages, write_set_member  # noqa: E402
+from helpers.acquisition import set_xml, write_pages, write_set_member  # noqa: E402
 
+@pytest.mark.slow
 @pytest.mark.parametrize("polling, page_seconds",
                          [(False, 0.8), (False, 2.0), (True, 1.5)],
                          ids=["native, a page every 0.8 s", "native, a page every 2 s",

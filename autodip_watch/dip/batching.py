@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fit import FitOptions, ProgressCallback, fit_tiles
+from .fit import ProgressCallback, fit_tiles
 from .network import INPUT_CHANNELS, SkipNet
+from .options import FitOptions
 from .params import DEFAULT_LINGER_SECONDS, DEFAULT_MAX_BATCH, DipParams
 from .tiling import runnable_shape
 

@@ -63,3 +63,19 @@ def free_device_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:  # a broken driver must not fail the job that just succeeded
         pass
+
+
+def configure_tf32(enabled: bool | None) -> None:
+    """Set whether CUDA convolutions and matmuls may use TF32 in this process.
+
+    torch keeps the switch process-wide (``torch.backends.cudnn.allow_tf32``,
+    ``torch.backends.cuda.matmul.allow_tf32``), so it is set once where a process sets up
+    its engine, from its settings (``denoise --speed tf32``, the daemon's ``[dip]
+    speed``), never around a single fit: fits run side by side in threads, and a switch
+    flipped and restored per fit would change the arithmetic of the others. ``None``
+    leaves torch's defaults.
+    """
+    if enabled is None:
+        return
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .network import INPUT_CHANNELS, INPUT_NOISE_SCALE, DipParams, SkipNet
+from .options import FitOptions
 from .tiling import crop_padded, pad_for_depth
 
 #: progress(iteration, total) after each iteration.
@@ -45,50 +46,6 @@ ROLLBACK_CHECK_EVERY = 5
 #: not be allocated during capture (Adam's state, cuDNN workspaces, autograd buffers);
 #: they are real iterations of the fit. Three, as in PyTorch's whole-network example.
 GRAPH_WARMUP_ITERATIONS = 3
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """Optimisation settings that are not part of the calibrated configuration."""
-
-    seed: int = 0
-    learning_rate: float = 0.01
-    reg_noise_std: float = 0.0
-    ema_weight: float | None = None  # e.g. 0.99 in the original DIP; None = off
-    # Speed settings (bench/speed.py measures them); the defaults are the plain path.
-    channels_last: bool = False  # NHWC memory layout for the convolutions
-    tf32: bool | None = None  # CUDA TF32 convs/matmuls: None = torch's default, True/False force
-    bf16: bool = False  # bfloat16 autocast of the forward pass (loss and Adam stay fp32)
-    compile: bool = False  # torch.compile the network
-    # Replay one captured CUDA graph per iteration instead of launching each kernel from
-    # Python (CUDA only): the small widefield networks are bound by launch overhead.
-    cuda_graphs: bool = False
-    # Stabilisation (module docstring); 0 / None / False = the paper's last iterate.
-    #: Return the mean output of the last ``average_fraction`` of the iterations (0 < f <= 1).
-    average_fraction: float = 0.0
-    #: A loss above ``spike_factor`` x the lowest of the SPIKE_REFERENCE_ITERATIONS before
-    #: it marks a spike: left out of the average, and the trigger of ``rollback``.
-    spike_factor: float | None = None
-    #: After a spike, restore each network's weights from its last healthy check (Adam's
-    #: moments are kept: their inflated second moments damp the steps that follow).
-    rollback: bool = False
-
-    def __post_init__(self) -> None:
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be positive")
-        if self.reg_noise_std < 0:
-            raise ValueError("reg_noise_std must be >= 0")
-        if self.ema_weight is not None and not 0.0 <= self.ema_weight < 1.0:
-            raise ValueError("ema_weight must be in [0, 1)")
-        if not 0.0 <= self.average_fraction <= 1.0:
-            raise ValueError("average_fraction must be in [0, 1]")
-        if self.spike_factor is not None and self.spike_factor <= 1.0:
-            raise ValueError("spike_factor must be greater than 1")
-        if self.rollback and self.spike_factor is None:
-            raise ValueError("rollback needs spike_factor (what counts as a spike)")
-        if self.cuda_graphs and self.compile:
-            raise ValueError("cuda_graphs and compile do not combine: capture the eager step, "
-                             "or let torch.compile graph it (mode='reduce-overhead')")
 
 
 @dataclass
@@ -172,6 +129,46 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     """
     device = torch.device(device)
     started = time.perf_counter()
+    options, shared = _batch_options(tiles, options, device)
+    padded_tiles, originals = zip(*(pad_for_depth(np.asarray(t, dtype=np.float32), params.depth)
+                                    for t in tiles))
+    if len({p.shape for p in padded_tiles}) != 1:
+        raise ValueError("batched tiles must pad to the same shape")
+    shape = padded_tiles[0].shape
+    net, z = _stacked_network(params, options, shape, device, dtype)
+    forward = torch.compile(net) if shared.compile else net
+    target = torch.from_numpy(np.stack(padded_tiles))[None].to(device=device, dtype=dtype)
+    # capturable: Adam's step counts live on the GPU, so that a graph replay advances them.
+    optimiser = torch.optim.Adam(net.parameters(), lr=shared.learning_rate,
+                                 capturable=shared.cuda_graphs)
+    noise = torch.empty_like(z) if shared.reg_noise_std > 0 else None
+    noise_generator = (torch.Generator(device=device).manual_seed(shared.seed + 1)
+                       if noise is not None else None)
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        return training_step(forward, optimiser, z, target, noise, noise_generator, shared,
+                             device)
+
+    run_step = _GraphedStep(step, optimiser, noise_generator) if shared.cuda_graphs else step
+    stabiliser = (_Stabiliser(shared, params.iterations, net, len(tiles), stops)
+                  if _stabilised(shared) else None)
+    final, stopped, all_losses = _optimise(run_step, params.iterations, shared, device, dtype,
+                                           len(tiles), stabiliser, originals, stops, progress,
+                                           snapshot, snapshot_every)
+    seconds = time.perf_counter() - started
+    rollbacks = stabiliser.rollbacks if stabiliser is not None else [0] * len(tiles)
+    return [FitResult(output=np.clip(crop_padded(final[k], originals[k]), 0.0, 1.0),
+                      losses=all_losses[:, k], seconds=seconds, padded_shape=shape,
+                      rollbacks=rollbacks[k],
+                      stopped={stop: np.clip(crop_padded(frames[k], originals[k]), 0.0, 1.0)
+                               for stop, frames in stopped.items()})
+            for k in range(len(tiles))]
+
+
+def _batch_options(tiles: list[np.ndarray], options: list[FitOptions] | None,
+                   device: torch.device) -> tuple[list[FitOptions], FitOptions]:
+    """One option per tile (default: seeds 0..K-1), checked to differ only in the seed;
+    and the options they share."""
     count = len(tiles)
     options = list(options) if options is not None else [FitOptions(seed=i) for i in range(count)]
     if len(options) != count or count == 0:
@@ -182,44 +179,43 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
                          "reg_noise_std, ema_weight, speed settings)")
     if shared.cuda_graphs and device.type != "cuda":
         raise ValueError(f"cuda_graphs needs a CUDA device, not {device.type!r}")
-    padded_tiles, originals = zip(*(pad_for_depth(np.asarray(t, dtype=np.float32), params.depth)
-                                    for t in tiles))
-    if len({p.shape for p in padded_tiles}) != 1:
-        raise ValueError("batched tiles must pad to the same shape")
-    shape = padded_tiles[0].shape
+    return options, shared
+
+
+def _stacked_network(params: DipParams, options: list[FitOptions], shape: tuple[int, int],
+                     device: torch.device, dtype: torch.dtype
+                     ) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The K networks (one per option's seed) as one grouped network on ``device``, and
+    their fixed inputs z concatenated on the channel axis."""
     nets, inputs = [], []
     for option in options:
         net, generator = build_network(params, option.seed)
         nets.append(net)
         inputs.append(make_input(shape, generator))
-    net = nets[0] if count == 1 else SkipNet.stack(nets, params.depth, params.width, params.skip)
+    net = nets[0] if len(nets) == 1 else SkipNet.stack(nets, params.depth, params.width,
+                                                        params.skip)
     net = net.to(device=device, dtype=dtype)
     net.train()  # BatchNorm uses the statistics of this one image, always
     z = torch.cat(inputs, dim=1).to(device=device, dtype=dtype)
-    if shared.channels_last:
+    if options[0].channels_last:
         net = net.to(memory_format=torch.channels_last)
         z = z.contiguous(memory_format=torch.channels_last)
-    forward = torch.compile(net) if shared.compile else net
-    target = torch.from_numpy(np.stack(padded_tiles))[None].to(device=device, dtype=dtype)
-    # capturable: Adam's step counts live on the GPU, so that a graph replay advances them.
-    optimiser = torch.optim.Adam(net.parameters(), lr=shared.learning_rate,
-                                 capturable=shared.cuda_graphs)
-    losses = torch.zeros(params.iterations, count, device=device, dtype=dtype)
+    return net, z
+
+
+def _optimise(run_step: Callable[[], tuple[torch.Tensor, torch.Tensor]], iterations: int,
+              shared: FitOptions, device: torch.device, dtype: torch.dtype, count: int,
+              stabiliser: _Stabiliser | None, originals, stops: Sequence[int],
+              progress: ProgressCallback | None,
+              snapshot: Callable[[int, torch.Tensor], None] | None, snapshot_every: int
+              ) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
+    """The iterations of a fit: ``(final outputs (K, H, W), outputs at each stop,
+    losses (iterations, K))``, all on the host."""
+    losses = torch.zeros(iterations, count, device=device, dtype=dtype)
     ema: torch.Tensor | None = None
-    noise = torch.empty_like(z) if shared.reg_noise_std > 0 else None
-    noise_generator = (torch.Generator(device=device).manual_seed(shared.seed + 1)
-                       if noise is not None else None)
-
-    def step() -> tuple[torch.Tensor, torch.Tensor]:
-        return training_step(forward, optimiser, z, target, noise, noise_generator, shared,
-                             device)
-
-    run_step = _GraphedStep(step, optimiser, noise_generator) if shared.cuda_graphs else step
     output = None
-    stabiliser = (_Stabiliser(shared, params.iterations, net, count, stops)
-                  if _stabilised(shared) else None)
-    with _precision(device, shared), _side_stream(device, shared.cuda_graphs):
-        for iteration in range(1, params.iterations + 1):
+    with _side_stream(device, shared.cuda_graphs):
+        for iteration in range(1, iterations + 1):
             output, per_network = run_step()
             # Losses stay on the device: a .item() per iteration would sync the GPU.
             losses[iteration - 1] = per_network
@@ -235,22 +231,14 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
                 frame = current[0].clone() if shared.cuda_graphs else current[0]
                 snapshot(iteration, _crop_each(frame, originals))
             if progress is not None:
-                progress(iteration, params.iterations)
+                progress(iteration, iterations)
         if stabiliser is not None and stabiliser.averaging:
-            final = stabiliser.mean(params.iterations).float().cpu().numpy()
+            final = stabiliser.mean(iterations).float().cpu().numpy()
             stopped = {stop: stabiliser.mean(stop).float().cpu().numpy() for stop in stops}
         else:
             final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
             stopped = {}
-        all_losses = losses.cpu().numpy()
-    seconds = time.perf_counter() - started
-    rollbacks = stabiliser.rollbacks if stabiliser is not None else [0] * count
-    return [FitResult(output=np.clip(crop_padded(final[k], originals[k]), 0.0, 1.0),
-                      losses=all_losses[:, k], seconds=seconds, padded_shape=shape,
-                      rollbacks=rollbacks[k],
-                      stopped={stop: np.clip(crop_padded(frames[k], originals[k]), 0.0, 1.0)
-                               for stop, frames in stopped.items()})
-            for k in range(count)]
+        return final, stopped, losses.cpu().numpy()
 
 
 def training_step(forward, optimiser, z, target, noise, noise_generator,
@@ -429,20 +417,6 @@ def _side_stream(device: torch.device, enabled: bool):
             yield
     finally:
         outer.wait_stream(stream)
-
-
-@contextlib.contextmanager
-def _precision(device: torch.device, options: FitOptions):
-    """Apply the TF32 setting for this fit only (torch keeps it process-wide)."""
-    if device.type != "cuda" or options.tf32 is None:
-        yield
-        return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = options.tf32
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _crop_each(outputs: torch.Tensor, originals) -> torch.Tensor:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the fit needs torch; the mode table must not (config check, inspect)
-    from .fit import FitOptions
+    from .options import FitOptions
 
 PAPER = "paper"
 STABLE = "stable"

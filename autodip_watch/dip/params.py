@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import defaults
+
 #: Depths, widths and skip sizes AUTO-DIP searched; anything else has no calibration.
 DEPTHS = (4, 5, 6, 7, 8)
 WIDTHS = ("16", "32", "64", "128", "256", "512", "asc")
@@ -83,10 +85,7 @@ SPEED_SETTINGS = ("channels_last", "tf32", "bf16", "compile", "cuda_graphs")
 #: provenance lists the settings that were applied).
 CUDA_ONLY_SPEED = ("tf32", "cuda_graphs")
 
-# Batching defaults live here, not in batching.py, so that settings can name them
-# without importing torch.
-#: Default largest batch: beyond this the widefield networks gain nothing more on an
-#: H100-class GPU (bench/README.md), and one bad tile would fail many.
-DEFAULT_MAX_BATCH = 32
-#: How long a shared batch waits for other jobs still reading their pages.
-DEFAULT_LINGER_SECONDS = 2.0
+# The batching defaults are written once, in defaults.py (settings and the CLI's help
+# name them too); the fitter's keyword defaults are the same values.
+DEFAULT_MAX_BATCH = defaults.MAX_BATCH
+DEFAULT_LINGER_SECONDS = defaults.LINGER_SECONDS

@@ -23,15 +23,12 @@ import numpy as np
 import torch
 
 from .batching import FitRequest, SingleFitter, TileFitter
-from .fit import FitOptions
+from .intensity import check_dtype, denormalise, normalise
+from .options import FitOptions
 from .network import DipParams
 from .noise import Anscombe, NoiseModel, estimate_noise
-from .tiling import TILE_OVERLAP, TILE_SIZE, blend_tiles, plane_tiles, process_tiled
+from .tiling import blend_tiles, plane_tiles
 
-#: Dtypes a plane may have; others are refused with a clear error.
-SUPPORTED_DTYPES = tuple(np.dtype(name) for name in
-                         ("uint8", "uint16", "int8", "int16", "uint32", "int32",
-                          "float32", "float64"))
 
 #: Member k of an ensemble with seed s is fitted with seed s + k * MEMBER_SEED_STRIDE, so
 #: member 0 is the single fit of seed s, and the members of seeds 0, 1, 2, ... never
@@ -41,8 +38,6 @@ MEMBER_SEED_STRIDE = 1_000_000
 #: plane_progress(tile, tiles, iteration, iterations); with an ensemble, each member's
 #: fit of each tile counts as a tile (tiles = tiles of the plane x members).
 PlaneProgress = Callable[[int, int, int, int], None]
-#: A tile denoiser: takes a [0,1] float32 tile, returns the denoised tile.
-TileDenoiser = Callable[[np.ndarray, int, int], np.ndarray]
 
 
 @dataclass
@@ -77,55 +72,6 @@ class PlaneJob:
 def member_seed(seed: int, member: int) -> int:
     """The seed of ensemble member ``member`` (0-based) of a fit with ``seed``."""
     return seed + member * MEMBER_SEED_STRIDE
-
-
-def check_dtype(dtype: np.dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"unsupported pixel type {dtype}; supported: "
-                         f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
-    return dtype
-
-
-def normalise(plane: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Min-max rescale to [0, 1]; returns the rescaled plane and the (min, max) used."""
-    values = np.asarray(plane, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError("plane contains NaN or infinite values")
-    low, high = float(values.min()), float(values.max())
-    if high == low:
-        return np.zeros_like(values), low, high
-    return (values - low) / (high - low), low, high
-
-
-def denormalise(unit: np.ndarray, low: float, high: float, dtype: np.dtype) -> np.ndarray:
-    """Map [0, 1] back to ``[low, high]`` in ``dtype``: round integers, clip to the dtype."""
-    dtype = np.dtype(dtype)
-    values = np.asarray(unit, dtype=np.float64) * (high - low) + low
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        values = np.clip(np.rint(values), info.min, info.max)
-    else:
-        info = np.finfo(dtype)
-        values = np.clip(values, info.min, info.max)
-    return values.astype(dtype)
-
-
-def denoise_plane_with(plane: np.ndarray, denoise_tile: TileDenoiser,
-                       tile: int = TILE_SIZE, overlap: int = TILE_OVERLAP) -> np.ndarray:
-    """Normalise ``plane``, run ``denoise_tile`` over its tiles, map back to its dtype.
-
-    The seam between the method and the plumbing: tests pass an identity here to
-    prove normalisation, tiling and reassembly are exact.
-    """
-    if plane.ndim != 2:
-        raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
-    dtype = check_dtype(plane.dtype)
-    unit, low, high = normalise(plane)
-    if high == low:
-        return plane.copy()
-    denoised = process_tiled(unit, denoise_tile, tile, overlap)
-    return denormalise(denoised, low, high, dtype)
 
 
 def denoise_plane(plane: np.ndarray, params: DipParams, device: torch.device | str = "cpu",

@@ -10,7 +10,6 @@ pixel its weight is the only one, so an identity "denoiser" returns its input.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,18 +69,6 @@ def blend_weights(tile: Tile, shape: tuple[int, int], overlap: int = TILE_OVERLA
     wy = _ramp(tile.y1 - tile.y0, tile.y0 > 0, tile.y1 < height, overlap)
     wx = _ramp(tile.x1 - tile.x0, tile.x0 > 0, tile.x1 < width, overlap)
     return np.outer(wy, wx)
-
-
-def process_tiled(plane: np.ndarray, process: Callable[[np.ndarray, int, int], np.ndarray],
-                  tile: int = TILE_SIZE, overlap: int = TILE_OVERLAP) -> np.ndarray:
-    """Apply ``process(tile_pixels, index, count)`` to every tile and blend the results.
-
-    Returns a float64 plane of the same shape.
-    """
-    windows = plane_tiles(plane.shape, tile, overlap)
-    results = [process(plane[window.slices], index, len(windows))
-               for index, window in enumerate(windows)]
-    return blend_tiles(plane.shape, windows, results, overlap)
 
 
 def blend_tiles(shape: tuple[int, int], windows: list[Tile], results: list[np.ndarray],

@@ -1,0 +1,5 @@
+"""``python -m autodip_watch.cli``: the command line."""
+
+from . import app
+
+app()

@@ -1,0 +1,49 @@
+"""Microscope and specimen labels of the calibration, and their spellings.
+
+The calibration knows three microscope types and three specimens (paper §III-A, FMD
+BPAE); files and people spell them in many ways (``wide-field``, ``2p``, ``nuclei``),
+which :func:`canonical_microscope` and :func:`canonical_specimen` map to one label.
+"""
+
+from __future__ import annotations
+
+#: Microscope types of the calibration.
+MICROSCOPES = ("confocal", "widefield", "two-photon")
+#: Specimens of the calibration.
+SPECIMENS = ("actin", "mito", "nucleus")
+#: The label of what no source says.
+UNKNOWN = "unknown"
+
+_MICROSCOPE_ALIASES = {
+    "confocal": "confocal", "widefield": "widefield", "wide-field": "widefield",
+    "wf": "widefield", "epifluorescence": "widefield",
+    "two-photon": "two-photon", "twophoton": "two-photon", "2p": "two-photon",
+    "multiphoton": "two-photon", "multi-photon": "two-photon", "two photon": "two-photon",
+    "spinning-disk": "confocal", "spinning disk": "confocal", "laser-scanning": "confocal",
+    # modes outside the calibration (metadata: their policy and fallback)
+    "tirf": "tirf", "total internal reflection": "tirf",
+    "light-sheet": "light-sheet", "lightsheet": "light-sheet", "light sheet": "light-sheet",
+    "spim": "light-sheet",
+    "bright-field": "brightfield", "bf": "brightfield", "phase": "phase-contrast",
+    "phase contrast": "phase-contrast",
+}
+_SPECIMEN_ALIASES = {
+    "actin": "actin", "f-actin": "actin", "mito": "mito", "mitochondria": "mito",
+    "mitochondrion": "mito", "nucleus": "nucleus", "nuclei": "nucleus", "dna": "nucleus",
+    "nuclear": "nucleus",
+}
+
+
+def canonical_microscope(label: str | None) -> str:
+    """Canonical microscope label; anything not in the calibration passes through lower-cased."""
+    if label is None or not str(label).strip():
+        return UNKNOWN
+    text = str(label).strip().lower()
+    return _MICROSCOPE_ALIASES.get(text, text)
+
+
+def canonical_specimen(label: str | None) -> str:
+    if label is None or not str(label).strip():
+        return UNKNOWN
+    text = str(label).strip().lower()
+    return _SPECIMEN_ALIASES.get(text, text)

@@ -1,1 +1,0 @@
-"""Shipped AUTO-DIP calibration tables (data only; installed as ``autodip_watch.calibration``)."""
