@@ -89,7 +89,8 @@ def _running(status: dict, console) -> None:
     for job in status["current"]:
         if job["plane"]:
             where = (f"plane {job['plane']}/{job['planes']}"
-                     + (f", tile {job['tile']}/{job['tiles']}" if (job["tiles"] or 1) > 1 else "")
+                     # the pipeline counts every fit of a plane: its tiles x ensemble members
+                     + (f", fit {job['tile']}/{job['tiles']}" if (job["tiles"] or 1) > 1 else "")
                      + f", iteration {job['iteration']}/{job['iterations']}")
             rate = job.get("iterations_per_second")
             eta = (f", {rate:.2f} it/s" if rate else "") + (
