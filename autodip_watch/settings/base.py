@@ -17,11 +17,14 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Strict, StringConstraints,
-                      ValidationError, ValidationInfo)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict,
+                      StringConstraints, ValidationError, ValidationInfo)
 from pydantic.fields import FieldInfo
+
+from ..dip.modes import MODES
+from ..metadata.labels import validate_microscope, validate_specimen
 
 #: A number: TOML integers and floats, never a string or a boolean.
 Number = Annotated[float, Strict()]
@@ -31,6 +34,24 @@ Whole = Annotated[int, Strict()]
 Flag = Annotated[bool, Strict()]
 #: A non-empty string, surrounding whitespace dropped.
 Text = Annotated[str, Strict(), StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+def _optional(check):
+    return lambda value: None if value is None else check(value)
+
+
+def _known_mode(name: str) -> str:
+    if name not in MODES:
+        raise ValueError(f"unknown fit mode {name!r}; choose from {', '.join(MODES)}")
+    return name
+
+
+#: A microscope label (``metadata.labels``), canonicalised; None: unset.
+MicroscopeLabel = Annotated[Optional[Text], AfterValidator(_optional(validate_microscope))]
+#: A specimen label (``metadata.labels``), canonicalised; None: unset.
+SpecimenLabel = Annotated[Optional[Text], AfterValidator(_optional(validate_specimen))]
+#: The name of a fit mode (``dip.modes.MODES``).
+FitModeName = Annotated[Text, AfterValidator(_known_mode)]
 
 
 def _lowered(value: Any) -> Any:

@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr, field_validator
 from ..metadata.labels import validate_microscope, validate_specimen
 from ..metadata.rules import (DEFAULT_MICROSCOPE_RULES, DEFAULT_SPECIMEN_RULES, TEXT_FIELDS,
                               FolderDefaults, InferenceRules, LabelRule)
-from .base import ConfigPath, Flag, Settings, Text
+from .base import ConfigPath, Flag, MicroscopeLabel, Settings, SpecimenLabel, Text
 
 
 class _Rule(Settings):
@@ -65,18 +65,8 @@ class FolderLabels(Settings):
 
     path: ConfigPath = Field(description="Relative to the config file.",
                              examples=["/data/incoming/mito"])
-    microscope: Text | None = Field(None, examples=["confocal"])
-    specimen: Text | None = Field(None, examples=["mito"])
-
-    @field_validator("microscope")
-    @classmethod
-    def _microscope(cls, value: str | None) -> str | None:
-        return validate_microscope(value) if value is not None else None
-
-    @field_validator("specimen")
-    @classmethod
-    def _specimen(cls, value: str | None) -> str | None:
-        return validate_specimen(value) if value is not None else None
+    microscope: MicroscopeLabel = Field(None, examples=["confocal"])
+    specimen: SpecimenLabel = Field(None, examples=["mito"])
 
 
 class InferenceSettings(Settings):

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .. import defaults
-from ..metadata.labels import validate_microscope, validate_specimen
-from .base import ConfigPath, Flag, Number, Settings, Text, Whole, lowercase
+from .base import (ConfigPath, Flag, MicroscopeLabel, Number, Settings, SpecimenLabel, Text,
+                   Whole, lowercase)
 
 
 class WatchFolder(Settings):
@@ -43,9 +43,9 @@ class WatchFolder(Settings):
         "never closes it) is taken as it is and its job ends partial (default 1800, at least "
         "settle_seconds); longer than the longest pause between two frames.",
         examples=[1800])
-    microscope: Text | None = Field(None, description="Folder default, below the file's own "
+    microscope: MicroscopeLabel = Field(None, description="Folder default, below the file's own "
                                     "metadata.", examples=["widefield"])
-    specimen: Text | None = Field(None, description="Folder default, below the file's own "
+    specimen: SpecimenLabel = Field(None, description="Folder default, below the file's own "
                                   "metadata.", examples=["nucleus"])
     output_root: ConfigPath | None = Field(None, description="Mirror outputs under this "
                                            "folder instead of beside the raw files.",
@@ -86,16 +86,6 @@ class WatchFolder(Settings):
         if settle is not None and value < settle:
             raise ValueError(f"must be at least settle_seconds ({settle:g})")
         return value
-
-    @field_validator("microscope")
-    @classmethod
-    def _microscope(cls, value: str | None) -> str | None:
-        return validate_microscope(value) if value is not None else None
-
-    @field_validator("specimen")
-    @classmethod
-    def _specimen(cls, value: str | None) -> str | None:
-        return validate_specimen(value) if value is not None else None
 
     @property
     def observer_kind(self) -> str:
