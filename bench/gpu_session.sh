@@ -9,7 +9,7 @@
 # (a step starts only if at least 20 s are left, and gets what is left if that is less
 # than its own limit): env, tests, speed-baseline, speed-widefield, confocal,
 # quality-baseline, quality-confocal, stable-cost, stable-quality-widefield,
-# stable-quality-confocal. Each writes its JSON
+# stable-quality-confocal, stable-quality-more. Each writes its JSON
 # while it runs, so a step cut by its timeout leaves what it measured. What comes back
 # ($OUT, at most 8 files): session.log (everything printed), results.tar (every step's
 # JSON, logs and steps.jsonl; repacked every 20 s and after each step) and summary.md
@@ -99,6 +99,7 @@ if [ $smoke = 1 ]; then
     cost="--configs 4/16/4 --members 1,2 --size 64 --iterations 2 --warmup 1 --variants eager"
     sq="--seeds 0 --members 1,2 --crop 64 --iterations 3"
     sq_wide=fmd-confocal-mito  # (widefield groups are depth 8: 512 px even when cropped)
+    sq_more=fmd-confocal-mito
 else
     base="--sizes 512 --iterations 15 --warmup 5"
     base_variants=eager,strict-fp32,tf32,channels_last,bf16,cuda_graphs,fast,compiled-bf16
@@ -107,8 +108,10 @@ else
     case_args=""; case_fit=""; fast=bf16,channels_last,cuda_graphs
     q="--seeds 0,1,2 --late 100 --every 5"
     cost="--configs 8/asc/4,8/32/4,6/256/4,5/128/4,4/32/4 --members 1,4,8 --iterations 30 --warmup 5 --variants eager,fast"
-    sq="--seeds 0,1,2 --members 1,4,8"
+    sq="--seeds 0,1,2 --members 1,3,4,8"  # 3: the CPU default, replayed from the same fits
     sq_wide=fmd-widefield-nucleus,hagen-nucleus,w2s-005-ch0
+    # issue 14's widefield pairs that waited for CPU time; last, so a rerun can ask for it
+    sq_more=w2s-056-ch1,w2s-010-ch0,w2s-118-ch2,fmd-widefield-rgb-mito,fmd-widefield-rgb-actin
 fi
 
 export py device case_args case_fit fast R
@@ -136,6 +139,8 @@ step stable-quality-widefield 90 "$py" bench/stable_gpu.py quality --device $dev
     --pairs $sq_wide --out "$R/stable.json" --append
 step stable-quality-confocal 150 "$py" bench/stable_gpu.py quality --device $device $sq \
     --pairs fmd-confocal-mito --out "$R/stable.json" --append
+step stable-quality-more 150 "$py" bench/stable_gpu.py quality --device $device $sq \
+    --pairs $sq_more --out "$R/stable.json" --append
 
 kill $packer 2>/dev/null
 rm -f "$R"/*.part

@@ -13,7 +13,10 @@ for file in fmd/FMD_WideField_BPAE_B_1_raw.png fmd/FMD_WideField_BPAE_B_1_gt.png
             fmd/image_R_1_001.png fmd/image_R_1_avg50.png \
             fmd/WideField_BPAE_raw_rgb_new1.png fmd/WideField_BPAE_gt_rgb_new1.png \
             hagen2021/nucleus-lowsnr-sample.png hagen2021/nucleus-highsnr-sample.png \
-            w2s/input_avg1_005_0.tif w2s/target_avg400_005_0.tif; do
+            w2s/input_avg1_005_0.tif w2s/target_avg400_005_0.tif \
+            w2s/input_avg1_010_0.tif w2s/target_avg400_010_0.tif \
+            w2s/input_avg1_056_1.tif w2s/target_avg400_056_1.tif \
+            w2s/input_avg1_118_2.tif w2s/target_avg400_118_2.tif; do
     mkdir -p ".pairs/$(dirname "$file")"
     cp "$source/$file" ".pairs/$file"
 done

@@ -259,6 +259,30 @@ def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
     assert [entry["fraction"] for entry in seen] == sorted(entry["fraction"] for entry in seen)
     assert seen[-1]["fraction"] == 1.0 and seen[-1]["eta_seconds"] == 0.0
     assert queue.get(job.id).rate > 0
+    # every member of the ensemble is a fit of its own, counted in status as in denoise
+    assert {entry["tiles"] for entry in seen} == {members}
+    assert {entry["tile"] for entry in seen} == set(range(1, members + 1))
+
+
+# (planes, tile, tiles, iteration) as the worker reports them, then what status says
+WHERE_CASES = {
+    "one fit per plane": ((2, 1, 1, 30), "plane 1/2, iteration 30/300"),
+    "three ensemble members": ((1, 2, 3, 30), "plane 1/1, fit 2/3, iteration 30/300"),
+    "four tiles x three members": ((3, 12, 12, 299), "plane 1/3, fit 12/12, iteration 299/300"),
+}
+
+
+@pytest.mark.parametrize("name", list(WHERE_CASES))
+def test_status_says_which_fit_of_a_plane_runs(tmp_path, name):
+    (planes, tile, tiles, iteration), expected = WHERE_CASES[name]
+    queue = JobQueue(tmp_path)
+    queue.register_daemon(heartbeat_seconds=5)
+    job = queue.enqueue("/data/a.tif", 1, 1, "aa")
+    queue.claim("cpu@1")
+    queue.progress(job.id, 1, planes, tile, tiles, iteration, 300, fraction=0.5, rate=0.01)
+    shown = io.StringIO()
+    render_status(collect_status(queue), Console(file=shown, width=300))
+    assert f"now: #1 /data/a.tif - {expected} (" in shown.getvalue(), shown.getvalue()
 
 
 def test_the_network_is_announced_once_per_configuration_in_a_row():
