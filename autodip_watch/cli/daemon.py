@@ -21,14 +21,14 @@ from ..settings.config import Config, load_config, resolve_state_dir
 from .app import CONFIG_OPTION, STATE_OPTION, app, console, fail, json_flag, queue_app, say
 
 
-def daemon_config(path: Optional[Path]) -> Config:
-    """The configuration ``--config`` names (default: every default), or exit 2."""
+def daemon_config(path: Optional[Path], code: int = 2) -> Config:
+    """The configuration ``--config`` names (default: every default), or exit ``code``."""
     if path is None:
         return Config()
     try:
         return load_config(path)
     except ConfigError as error:
-        fail(error)
+        fail(error, code)
 
 
 def _open_queue(config: Optional[Path], state_dir: Optional[Path]) -> JobQueue:
@@ -61,15 +61,18 @@ def run(
     """Run the watcher daemon: denoise every settled image dropped into the watched folders."""
     from ..daemon.log import configure
     from ..daemon.service import EXIT_CONFIG, run_daemon
-    from ..settings.config import with_cli_executor, with_cli_folders
+    from ..settings.config import with_cli_executor, with_cli_folders, with_cli_log_level
 
-    settings = daemon_config(config)
+    # 78 for every configuration fault, as for the runtime checks: the unit's
+    # RestartPreventExitStatus=78 must stop systemd from restart-looping on a typo.
+    settings = daemon_config(config, EXIT_CONFIG)
     try:
         settings = with_cli_folders(settings, list(watch or []))
         settings = with_cli_executor(settings, executor, scheduler, max_in_flight)
+        settings = with_cli_log_level(settings, log_level)
     except ConfigError as error:
         fail(error, EXIT_CONFIG)
-    configure(log_level or settings.log_level)
+    configure(settings.log_level)
     raise typer.Exit(run_daemon(settings, resolve_state_dir(state_dir, settings)))
 
 
