@@ -203,7 +203,8 @@ class JobOutcomes:
     def quarantine(self, job: Job, bound, error: str, output: str) -> None:
         """A person must look (the output path holds a file that is not ours)."""
         self.queue.quarantine(job.id, error)
-        bound.warning("job.quarantined", error=error, output=output)
+        # needs a person, like every quarantine: err, so `journalctl -p err` lists it
+        bound.error("job.quarantined", error=error, output=output)
 
 
 def ready_to_run(job: Job, output: Path, outcomes: JobOutcomes, bound) -> bool:
