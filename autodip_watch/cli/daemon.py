@@ -7,6 +7,7 @@ They read the configuration and the state directory; only ``run`` loads the engi
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Optional
 
@@ -159,7 +160,7 @@ def queue_retry(
                                 if all_quarantined else [])
     if not chosen:
         fail("give job ids (see `autodip-watch queue list`) or --all-quarantined")
-    done = _queue_action(jobs.retry, chosen)
+    done = _queue_action(jobs, jobs.retry, chosen)
     say(f"queued again: {', '.join(map(str, done))}")
 
 
@@ -181,13 +182,18 @@ def queue_forget(
         chosen += [job.id for job in jobs.jobs([state])]
     if not chosen:
         fail("give job ids (see `autodip-watch queue list`) or --state")
-    done = _queue_action(jobs.forget, chosen)
+    done = _queue_action(jobs, jobs.forget, chosen)
     say(f"forgotten: {len(done)} job(s)")
 
 
-def _queue_action(action, ids: list[int]) -> list:
-    """Run a queue change on ``ids``; a refused change is a clear error and exit 1."""
+def _queue_action(jobs: JobQueue, action, ids: list[int]) -> list:
+    """Run a queue change on ``ids``; a refused change is a clear error and exit 1, and so
+    is a database this user may read but not change (a read-only state folder, a
+    database the daemon keeps busy), never a traceback."""
     try:
         return action(ids)
     except QueueError as error:
         fail(error, 1)
+    except sqlite3.Error as error:
+        fail(f"cannot change the queue in {jobs.path}: {error} (run it as a user who may "
+             f"write the state directory, e.g. the daemon's: sudo -u autodip ...)", 1)
