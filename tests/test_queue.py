@@ -318,3 +318,26 @@ def test_queue_changes_on_a_state_it_may_only_read_are_one_clear_line(command):
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot change the queue in "
                                                    f"{state / 'queue.sqlite3'}:"), lines
     assert listed.returncode == 0 and '"quarantined"' in listed.stdout
+
+
+@pytest.mark.parametrize("command, doing", [
+    (["queue", "list"], "read"),
+    (["queue", "list", "--history", "1"], "read"),
+    (["queue", "retry", "1"], "change"),
+    (["queue", "retry", "--all-quarantined"], "change"),
+    (["queue", "forget", "1"], "change"),
+    (["queue", "forget", "--state", "failed"], "change"),
+], ids=["list", "history", "retry-id", "retry-all", "forget-id", "forget-state"])
+def test_queue_commands_on_a_damaged_database_are_one_clear_line(tmp_path, command, doing):
+    """A queue database that is not one (damaged, overwritten): every queue command says
+    so in one line naming it, exit 1, never a traceback (as `status`, which exits 4)."""
+    from helpers.daemon import cli
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "queue.sqlite3").write_bytes(b"not a database, 100 bytes of it " * 4)
+    result = cli(*command, "--state-dir", str(state), check=False)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot {doing} the queue in {state / 'queue.sqlite3'}: file is not a database"]

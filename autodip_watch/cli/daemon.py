@@ -6,8 +6,10 @@ They read the configuration and the state directory; only ``run`` loads the engi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -125,14 +127,16 @@ def queue_list(
             fail(f"unknown state {name!r}; use one of {', '.join(STATES)}")
     jobs = _open_queue(config, state_dir)
     if history is not None:
-        try:
-            job = jobs.get(history)
-        except QueueError as error:
-            fail(error, 1)
-        record = {**job.as_dict(with_report=True), "events": jobs.events(history)}
+        with _database_errors(jobs, "read"):
+            try:
+                job = jobs.get(history)
+            except QueueError as error:
+                fail(error, 1)
+            record = {**job.as_dict(with_report=True), "events": jobs.events(history)}
         typer.echo(json.dumps(record, indent=2))
         return
-    rows = jobs.jobs(state, limit=limit, newest_first=limit is not None)
+    with _database_errors(jobs, "read"):
+        rows = jobs.jobs(state, limit=limit, newest_first=limit is not None)
     if as_json:
         typer.echo(json.dumps([job.as_dict() for job in rows], indent=2))
         return
@@ -156,11 +160,12 @@ def queue_retry(
 ) -> None:
     """Queue failed, quarantined or skipped jobs again, with a fresh retry budget."""
     jobs = _open_queue(config, state_dir)
-    chosen = list(ids or []) + ([job.id for job in jobs.jobs(["quarantined"])]
-                                if all_quarantined else [])
-    if not chosen:
-        fail("give job ids (see `autodip-watch queue list`) or --all-quarantined")
-    done = _queue_action(jobs, jobs.retry, chosen)
+    with _database_errors(jobs, "change"):
+        chosen = list(ids or []) + ([job.id for job in jobs.jobs(["quarantined"])]
+                                    if all_quarantined else [])
+        if not chosen:
+            fail("give job ids (see `autodip-watch queue list`) or --all-quarantined")
+        done = _queue_action(jobs.retry, chosen)
     say(f"queued again: {', '.join(map(str, done))}")
 
 
@@ -175,25 +180,36 @@ def queue_forget(
     """Delete jobs and their history. A forgotten file still present is taken again at the
     next start."""
     jobs = _open_queue(config, state_dir)
-    chosen = list(ids or [])
-    if state is not None:
-        if state == "running":
-            fail("running jobs cannot be forgotten; stop the daemon first")
-        chosen += [job.id for job in jobs.jobs([state])]
-    if not chosen:
-        fail("give job ids (see `autodip-watch queue list`) or --state")
-    done = _queue_action(jobs, jobs.forget, chosen)
+    with _database_errors(jobs, "change"):
+        chosen = list(ids or [])
+        if state is not None:
+            if state == "running":
+                fail("running jobs cannot be forgotten; stop the daemon first")
+            chosen += [job.id for job in jobs.jobs([state])]
+        if not chosen:
+            fail("give job ids (see `autodip-watch queue list`) or --state")
+        done = _queue_action(jobs.forget, chosen)
     say(f"forgotten: {len(done)} job(s)")
 
 
-def _queue_action(jobs: JobQueue, action, ids: list[int]) -> list:
-    """Run a queue change on ``ids``; a refused change is a clear error and exit 1, and so
-    is a database this user may read but not change (a read-only state folder, a
-    database the daemon keeps busy), never a traceback."""
+def _queue_action(action, ids: list[int]) -> list:
+    """Run a queue change on ``ids``; a refused change is a clear error and exit 1."""
     try:
         return action(ids)
     except QueueError as error:
         fail(error, 1)
+
+
+@contextlib.contextmanager
+def _database_errors(jobs: JobQueue, doing: str) -> Iterator[None]:
+    """A queue database this user cannot ``doing`` (read, change): a read-only state
+    folder, a damaged file, a database kept busy: one line naming it, exit 1, never a
+    traceback."""
+    try:
+        yield
     except sqlite3.Error as error:
-        fail(f"cannot change the queue in {jobs.path}: {error} (run it as a user who may "
-             f"write the state directory, e.g. the daemon's: sudo -u autodip ...)", 1)
+        read_only = (getattr(error, "sqlite_errorname", "").startswith("SQLITE_READONLY")
+                     or "readonly" in str(error))
+        hint = (" (run it as a user who may write the state directory, e.g. the daemon's: "
+                "sudo -u autodip ...)" if read_only else "")
+        fail(f"cannot {doing} the queue in {jobs.path}: {error}{hint}", 1)
