@@ -70,8 +70,9 @@ def test_a_file_changed_while_its_job_runs_is_skipped_not_failed(tmp_path):
 
         def settled():
             jobs = jobs_now()
-            return jobs and all([job.state for job in jobs if job.path == str(path)] == ["skipped", "done"]
-                       for path in survivors) and \
+            return jobs and all(
+                [job.state for job in jobs if job.path == str(path)] == ["skipped", "done"]
+                for path in survivors) and \
                 [job.state for job in jobs if job.path == str(names["deleted"])] == ["skipped"]
         wait_for(settled, 300, "the old versions skipped, the new ones done", daemon)
         for job in JobQueue(state, create=False).jobs():
