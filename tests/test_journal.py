@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import struct
 import threading
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from autodip_watch.daemon.log import JournalSink, configure, field_name, get_logger, readable
-from autodip_watch.daemon.queue import JobQueue
+from autodip_watch.daemon.queue import JobQueue, QueueError
 from helpers.daemon import TINY_FIT, DaemonProcess, Raw, output_of, wait_for, write_config
 
 
@@ -193,8 +194,10 @@ class JournalSite:
         return JobQueue(self.state, create=False)
 
     def job(self, path: Path):
-        return next((job for job in self.queue.jobs() if job.path == str(path)), None) \
-            if (self.state / "queue.sqlite3").exists() else None
+        try:  # the daemon may still be creating its database
+            return next((job for job in self.queue.jobs() if job.path == str(path)), None)
+        except (QueueError, sqlite3.Error):
+            return None
 
     def wait_outcomes(self) -> None:
         def settled():
