@@ -84,13 +84,23 @@ class PreviewFigure:
         plt.close(self.figure)
 
 
+def _raw_of(output: Path, name: str, denoised_at: str | None) -> Path | None:
+    """The raw file named ``name`` beside ``output``, else in the folder it was denoised
+    in (the provenance's ``input.path``: outputs under an output root or ``--out``)."""
+    candidates = [output.parent / name]
+    if denoised_at:
+        candidates.append(Path(denoised_at).parent / name)
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
 def find_pair(path: str | Path, raw: str | Path | None = None,
               denoised: str | Path | None = None, verify: bool = True
               ) -> tuple[Path, Path, list[str]]:
     """(raw file, output file, notes) for ``path``, which may be either.
 
     An output is recognised by its provenance record; its raw file is the one the record
-    names, beside the output unless ``raw`` says where. For a raw file, the output is
+    names, beside the output, else where it was denoised (``input.path``: an output root,
+    ``denoise --out``), unless ``raw`` says where. For a raw file, the output is
     ``<stem>.autodip.ome.tif`` beside it unless ``denoised`` says where. With
     ``verify``, notes say when the raw file is not the one the output was made from
     (size, or SHA-256 for files up to :data:`VERIFY_BYTES`, differ from the provenance).
@@ -110,10 +120,10 @@ def find_pair(path: str | Path, raw: str | Path | None = None,
             if not name:
                 raise PreviewError(f"{path}: the provenance names no source file; give it "
                                    f"with --raw")
-            raw = output.parent / name
-            if not Path(raw).exists():
-                raise PreviewError(f"{path} was made from {name}, which is not beside it "
-                                   f"({raw}); give the raw file with --raw")
+            raw = _raw_of(output, name, entries.get("input.path"))
+            if raw is None:
+                raise PreviewError(f"{path} was made from {name}, which is neither beside it "
+                                   f"nor where it was denoised; give the raw file with --raw")
         raw = Path(raw)
     else:
         raw = path

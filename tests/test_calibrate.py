@@ -318,3 +318,19 @@ def test_calibrate_cli_reports_missing_lpips_weights(tmp_path, monkeypatch):
                                       "--max-iterations", "1", "--every", "1", "--device", "cpu"])
     assert result.exit_code == 2
     assert "alexnet-owt-7be5be79.pth" in result.output
+
+
+@pytest.mark.parametrize("name", ["site.toml", "site table.toml", "it's ours.toml"])
+def test_calibrate_cli_suggests_a_table_option_that_pastes_into_a_shell(tmp_path, name):
+    """The closing line's `--table PATH` is shell-quoted: pasted, it names the table."""
+    import shlex
+
+    pairs = make_pairs(tmp_path / "pairs")
+    out = tmp_path / name
+    result = CliRunner().invoke(app, ["calibrate", str(pairs), "--out", str(out), "--depths",
+                                      "4", "--widths", "16", "--skips", "4",
+                                      "--max-iterations", "2", "--every", "1", "--no-lpips",
+                                      "--device", "cpu"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output
+    suggestion = result.output.rsplit("use it with ", 1)[1].strip()
+    assert shlex.split(suggestion) == ["--table", str(out)]

@@ -284,3 +284,28 @@ def test_the_dask_payload_is_the_settings_model_as_json():
     assert back.table.path.name == settings.table.path.name
     assert back.provenance_record(back.table) == settings.provenance_record(settings.table)
     assert back.model_dump(exclude={"table"}) == settings.model_dump(exclude={"table"})
+
+
+@pytest.mark.parametrize("text, option, expected", [
+    ('[[watch]]\npath = "in"\nsettle_secnds = 3\n', [], "did you mean 'settle_seconds'"),
+    ('[[watch]]\npath = "in"\npolling = "yes"\n', [], "watch.0.polling: must be true or false"),
+    ('[[watch]]\npath = "in"\n[dip\niterations = 3\n', [], "not valid TOML"),
+    (None, [], "file not found"),
+    ('[[watch]]\npath = "in"\n', ["--executor", "bogus"], "--executor: must be one of"),
+    ('[[watch]]\npath = "in"\n', ["--log-level", "verbose"], "--log-level: must be one of"),
+], ids=["unknown-key", "wrong-type", "not-toml", "missing-file", "bad-executor",
+        "bad-log-level"])
+def test_run_exits_78_on_every_configuration_fault(tmp_path, text, option, expected):
+    """`run` with a faulty configuration (file or options) exits 78 (EX_CONFIG), which the
+    unit's RestartPreventExitStatus=78 needs to keep systemd from restart-looping on a
+    typo; it names the problem and never starts watching. A real subprocess."""
+    from helpers.daemon import cli
+
+    config = tmp_path / "config.toml"
+    if text is not None:
+        config.write_text(text, encoding="utf-8")
+    result = cli("run", "--config", str(config), "--state-dir", str(tmp_path / "state"),
+                 *option, check=False)
+    assert result.returncode == 78, (result.stdout, result.stderr)
+    assert expected in result.stderr
+    assert "watch.start" not in result.stderr and "daemon.ready" not in result.stderr

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import struct
 import threading
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from autodip_watch.daemon.log import JournalSink, configure, field_name, get_logger, readable
-from autodip_watch.daemon.queue import JobQueue
+from autodip_watch.daemon.queue import JobQueue, QueueError
 from helpers.daemon import TINY_FIT, DaemonProcess, Raw, output_of, wait_for, write_config
 
 
@@ -183,6 +184,9 @@ class JournalSite:
         self.good = self.raw.write(self.folder / "good.ome.tif", seed=1)
         self.corrupt = self.folder / "corrupt.tif"
         self.corrupt.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+        # a person's own file where the output would go: never overwritten, quarantined
+        self.foreign = self.raw.write(self.folder / "foreign.ome.tif", seed=2)
+        self.raw.write(output_of(self.foreign), seed=3)
         self.daemon = DaemonProcess(self.config, self.stderr, env)
 
     @property
@@ -190,15 +194,20 @@ class JournalSite:
         return JobQueue(self.state, create=False)
 
     def job(self, path: Path):
-        return next((job for job in self.queue.jobs() if job.path == str(path)), None) \
-            if (self.state / "queue.sqlite3").exists() else None
+        try:  # the daemon may still be creating its database
+            return next((job for job in self.queue.jobs() if job.path == str(path)), None)
+        except (QueueError, sqlite3.Error):
+            return None
 
     def wait_outcomes(self) -> None:
         def settled():
             good, corrupt = self.job(self.good), self.job(self.corrupt)
-            return (good is not None and good.state == "done" and corrupt is not None
-                    and corrupt.state == "quarantined")
-        wait_for(settled, 120, "the good file done and the corrupt one quarantined", self.daemon)
+            foreign = self.job(self.foreign)
+            return (good is not None and good.state == "done"
+                    and all(job is not None and job.state == "quarantined"
+                            for job in (corrupt, foreign)))
+        wait_for(settled, 120, "the good file done, the corrupt and the foreign one "
+                 "quarantined", self.daemon)
 
     def close(self) -> None:
         self.daemon.kill()
@@ -221,12 +230,14 @@ def test_journalctl_p_err_and_job_id_filters_work_on_the_daemons_entries(native_
     site = native_site
     good, corrupt = site.job(site.good), site.job(site.corrupt)
     journal = site.journal
-    wait_for(lambda: journal.find(EVENT="job.preview") and journal.find(EVENT="job.quarantined"),
+    wait_for(lambda: journal.find(EVENT="job.preview")
+             and len(journal.find(EVENT="job.quarantined")) == 2,
              60, "the job.preview and job.quarantined entries", site.daemon)
-    # journalctl -p err: what needs a person, and nothing routine
+    # journalctl -p err: what needs a person, whatever the cause, and nothing routine
     errors = [entry for entry in journal.entries if int(entry["PRIORITY"]) <= 3]
     assert {entry["EVENT"] for entry in errors} == {"job.quarantined"}, errors
-    quarantined = errors[0]
+    assert {entry["PATH"] for entry in errors} == {str(site.corrupt), str(site.foreign)}
+    quarantined = next(entry for entry in errors if entry["PATH"] == str(site.corrupt))
     assert quarantined["JOB_ID"] == str(corrupt.id) and quarantined["PATH"] == str(site.corrupt)
     assert "not a readable" in quarantined["ERROR"]
     assert quarantined["SYSLOG_IDENTIFIER"] == "autodip-watch"
@@ -255,7 +266,8 @@ def test_the_daemon_writes_a_preview_beside_each_output(native_site):
     assert Image.open(preview).format == "PNG" and Image.open(preview).size[0] > 300
     assert (preview.stat().st_mode & 0o777) == 0o666 & ~_umask_of(site.daemon.process.pid)
     # the preview is the daemon's own output: never a job of its own
-    assert {job.path for job in site.queue.jobs()} == {str(site.good), str(site.corrupt)}
+    assert {job.path for job in site.queue.jobs()} == {str(site.good), str(site.corrupt),
+                                                       str(site.foreign)}
     assert not list(site.folder.glob(".*.tmp"))
     site.raw.check_unchanged()
 
@@ -272,15 +284,18 @@ def test_without_journald_socket_the_stream_carries_priorities(tmp_path):
     site = JournalSite(tmp_path, native=False)
     try:
         site.wait_outcomes()
-        corrupt = site.job(site.corrupt)
-        wait_for(lambda: f"job.quarantined job_id={corrupt.id}" in site.stderr.read_text(),
-                 60, "the quarantine line", site.daemon)
+        corrupt, foreign = site.job(site.corrupt), site.job(site.foreign)
+        wait_for(lambda: all(f"job.quarantined job_id={job.id}" in site.stderr.read_text()
+                             for job in (corrupt, foreign)), 60, "the quarantine lines",
+                 site.daemon)
         records = parse_stream(site.stderr.read_text(errors="replace"))
     finally:
         site.close()
     errors = [text for priority, text in records if priority <= 3]
-    assert len(errors) == 1 and errors[0].startswith(f"job.quarantined job_id={corrupt.id} ")
-    assert f'path={site.corrupt}' in errors[0]
+    assert len(errors) == 2, errors
+    for job in (corrupt, foreign):
+        assert any(text.startswith(f"job.quarantined job_id={job.id} ")
+                   and f"path={job.path}" in text for text in errors), (job, errors)
     good = site.job(site.good)
     done = [(priority, text) for priority, text in records
             if text.startswith(f"job.done job_id={good.id} ")]

@@ -140,8 +140,7 @@ def test_pairs_are_found_or_the_missing_half_is_named(denoised, tmp_path):
         find_pair(lonely)
     moved = tmp_path / "moved.autodip.ome.tif"
     moved.write_bytes(output.read_bytes())
-    with pytest.raises(PreviewError, match="give the raw file with --raw"):
-        find_pair(moved)
+    assert find_pair(moved)[:2] == (raw, moved)  # the raw file is still where it was denoised
     assert find_pair(moved, raw=raw)[:2] == (raw, moved)
     other = tmp_path / "cells.ome.tif"
     tifffile.imwrite(other, cells(seed=5), metadata={"axes": "CYX"})
@@ -179,3 +178,36 @@ def test_previews_are_the_daemons_own_outputs(suffix, name, own):
         output = Path("/data") / (name[: -len(stem + ".preview.png")] + suffix)
         assert preview_path(output) == Path("/data") / name
 
+
+
+@pytest.mark.parametrize("layout, found", [
+    ("output beside the raw file", "beside"),
+    ("output in another folder (output root, --out), raw file where it was", "denoised at"),
+    ("raw file both beside the output and where it was denoised", "beside"),
+    ("output in another folder, raw file moved away", None),
+])
+def test_show_finds_the_raw_file_beside_the_output_or_where_it_was_denoised(tmp_path, layout,
+                                                                           found):
+    """A daemon with an output root, or `denoise --out folder/`, writes the output away
+    from its raw file: `show OUTPUT` finds the raw file where the provenance says it was
+    denoised (input.path), after looking beside the output; where neither holds it, the
+    error asks for --raw. Real tiny outputs."""
+    acquisition, results = tmp_path / "acquisition", tmp_path / "results"
+    acquisition.mkdir()
+    results.mkdir()
+    raw = acquisition / "cells.ome.tif"
+    tifffile.imwrite(raw, cells(shape=(32, 32))[0])
+    settings = DenoiseSettings(depth=4, width="16", iterations=2, members=1, device="cpu")
+    beside = layout.startswith("output beside")
+    output = Path(denoise_file(raw, settings, out=None if beside else results).output)
+    if layout.startswith("raw file both"):
+        (results / "cells.ome.tif").write_bytes(raw.read_bytes())
+    if layout.endswith("moved away"):
+        raw.rename(tmp_path / "cells.ome.tif")
+    if found is None:
+        with pytest.raises(PreviewError, match="neither beside it nor where it was denoised; "
+                                               "give the raw file with --raw"):
+            find_pair(output)
+        return
+    expected = output.parent / "cells.ome.tif" if found == "beside" else raw
+    assert find_pair(output)[:2] == (expected, output)

@@ -284,3 +284,60 @@ def test_a_schema_1_database_is_migrated(tmp_path):
     assert queue.get(job.id).missing_info() == {"reason": "3 of 5 planes"}
     assert queue.known("/d/part.tif", 5, 5, 7) and not queue.known("/d/part.tif", 5, 5, 8)
     assert queue.known("/d/old.tif", 1, 1, 99)  # rows from before ctimes match any ctime
+
+
+@pytest.mark.parametrize("command", [
+    ["queue", "retry", "1"],
+    ["queue", "retry", "--all-quarantined"],
+    ["queue", "forget", "1"],
+    ["queue", "forget", "--state", "quarantined"],
+], ids=["retry-id", "retry-all", "forget-id", "forget-state"])
+def test_queue_changes_on_a_state_it_may_only_read_are_one_clear_line(command):
+    """A person who may read the state folder but not write it (README: `status` works
+    for them) gets one line naming the database and what to do when they try to change
+    the queue, exit 1, never a traceback; `queue list` still works. A real read-only
+    mount of a real database, the CLI as a subprocess."""
+    from helpers.acquisition import remount, tiny_filesystem
+    from helpers.daemon import cli
+
+    with tiny_filesystem("4m") as disk:
+        state = disk / "state"
+        queue = JobQueue(state)
+        job = queue.enqueue(str(disk / "cells.ome.tif"), 10, 1, "0" * 64)
+        queue.quarantine(job.id, "needs a person")
+        queue.close()
+        remount(disk, "ro")
+        try:
+            result = cli(*command, "--state-dir", str(state), check=False)
+            listed = cli("queue", "list", "--state-dir", str(state), "--json", check=False)
+        finally:
+            remount(disk, "rw")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot change the queue in "
+                                                   f"{state / 'queue.sqlite3'}:"), lines
+    assert listed.returncode == 0 and '"quarantined"' in listed.stdout
+
+
+@pytest.mark.parametrize("command, doing", [
+    (["queue", "list"], "read"),
+    (["queue", "list", "--history", "1"], "read"),
+    (["queue", "retry", "1"], "change"),
+    (["queue", "retry", "--all-quarantined"], "change"),
+    (["queue", "forget", "1"], "change"),
+    (["queue", "forget", "--state", "failed"], "change"),
+], ids=["list", "history", "retry-id", "retry-all", "forget-id", "forget-state"])
+def test_queue_commands_on_a_damaged_database_are_one_clear_line(tmp_path, command, doing):
+    """A queue database that is not one (damaged, overwritten): every queue command says
+    so in one line naming it, exit 1, never a traceback (as `status`, which exits 4)."""
+    from helpers.daemon import cli
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "queue.sqlite3").write_bytes(b"not a database, 100 bytes of it " * 4)
+    result = cli(*command, "--state-dir", str(state), check=False)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot {doing} the queue in {state / 'queue.sqlite3'}: file is not a database"]

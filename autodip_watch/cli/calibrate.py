@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -128,7 +129,7 @@ def calibrate(pairs: Pairs, out: Out, depths: Depths = None, widths: Widths = No
         return
     say(f"wrote {report.table} and {report.sidecar}: {report.images} image(s), "
         f"{report.fits_total} fits ({report.fits_resumed} resumed), {report.fit_seconds:.1f} s "
-        f"of fitting on {report.device}; use it with --table {report.table}")
+        f"of fitting on {report.device}; use it with --table {shlex.quote(str(report.table))}")
 
 
 def _cluster_executor(scheduler: str, device: str | None):

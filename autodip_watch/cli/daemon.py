@@ -6,7 +6,10 @@ They read the configuration and the state directory; only ``run`` loads the engi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -21,14 +24,14 @@ from ..settings.config import Config, load_config, resolve_state_dir
 from .app import CONFIG_OPTION, STATE_OPTION, app, console, fail, json_flag, queue_app, say
 
 
-def daemon_config(path: Optional[Path]) -> Config:
-    """The configuration ``--config`` names (default: every default), or exit 2."""
+def daemon_config(path: Optional[Path], code: int = 2) -> Config:
+    """The configuration ``--config`` names (default: every default), or exit ``code``."""
     if path is None:
         return Config()
     try:
         return load_config(path)
     except ConfigError as error:
-        fail(error)
+        fail(error, code)
 
 
 def _open_queue(config: Optional[Path], state_dir: Optional[Path]) -> JobQueue:
@@ -61,15 +64,18 @@ def run(
     """Run the watcher daemon: denoise every settled image dropped into the watched folders."""
     from ..daemon.log import configure
     from ..daemon.service import EXIT_CONFIG, run_daemon
-    from ..settings.config import with_cli_executor, with_cli_folders
+    from ..settings.config import with_cli_executor, with_cli_folders, with_cli_log_level
 
-    settings = daemon_config(config)
+    # 78 for every configuration fault, as for the runtime checks: the unit's
+    # RestartPreventExitStatus=78 must stop systemd from restart-looping on a typo.
+    settings = daemon_config(config, EXIT_CONFIG)
     try:
         settings = with_cli_folders(settings, list(watch or []))
         settings = with_cli_executor(settings, executor, scheduler, max_in_flight)
+        settings = with_cli_log_level(settings, log_level)
     except ConfigError as error:
         fail(error, EXIT_CONFIG)
-    configure(log_level or settings.log_level)
+    configure(settings.log_level)
     raise typer.Exit(run_daemon(settings, resolve_state_dir(state_dir, settings)))
 
 
@@ -121,14 +127,16 @@ def queue_list(
             fail(f"unknown state {name!r}; use one of {', '.join(STATES)}")
     jobs = _open_queue(config, state_dir)
     if history is not None:
-        try:
-            job = jobs.get(history)
-        except QueueError as error:
-            fail(error, 1)
-        record = {**job.as_dict(with_report=True), "events": jobs.events(history)}
+        with _database_errors(jobs, "read"):
+            try:
+                job = jobs.get(history)
+            except QueueError as error:
+                fail(error, 1)
+            record = {**job.as_dict(with_report=True), "events": jobs.events(history)}
         typer.echo(json.dumps(record, indent=2))
         return
-    rows = jobs.jobs(state, limit=limit, newest_first=limit is not None)
+    with _database_errors(jobs, "read"):
+        rows = jobs.jobs(state, limit=limit, newest_first=limit is not None)
     if as_json:
         typer.echo(json.dumps([job.as_dict() for job in rows], indent=2))
         return
@@ -152,11 +160,12 @@ def queue_retry(
 ) -> None:
     """Queue failed, quarantined or skipped jobs again, with a fresh retry budget."""
     jobs = _open_queue(config, state_dir)
-    chosen = list(ids or []) + ([job.id for job in jobs.jobs(["quarantined"])]
-                                if all_quarantined else [])
-    if not chosen:
-        fail("give job ids (see `autodip-watch queue list`) or --all-quarantined")
-    done = _queue_action(jobs.retry, chosen)
+    with _database_errors(jobs, "change"):
+        chosen = list(ids or []) + ([job.id for job in jobs.jobs(["quarantined"])]
+                                    if all_quarantined else [])
+        if not chosen:
+            fail("give job ids (see `autodip-watch queue list`) or --all-quarantined")
+        done = _queue_action(jobs.retry, chosen)
     say(f"queued again: {', '.join(map(str, done))}")
 
 
@@ -171,14 +180,15 @@ def queue_forget(
     """Delete jobs and their history. A forgotten file still present is taken again at the
     next start."""
     jobs = _open_queue(config, state_dir)
-    chosen = list(ids or [])
-    if state is not None:
-        if state == "running":
-            fail("running jobs cannot be forgotten; stop the daemon first")
-        chosen += [job.id for job in jobs.jobs([state])]
-    if not chosen:
-        fail("give job ids (see `autodip-watch queue list`) or --state")
-    done = _queue_action(jobs.forget, chosen)
+    with _database_errors(jobs, "change"):
+        chosen = list(ids or [])
+        if state is not None:
+            if state == "running":
+                fail("running jobs cannot be forgotten; stop the daemon first")
+            chosen += [job.id for job in jobs.jobs([state])]
+        if not chosen:
+            fail("give job ids (see `autodip-watch queue list`) or --state")
+        done = _queue_action(jobs.forget, chosen)
     say(f"forgotten: {len(done)} job(s)")
 
 
@@ -188,3 +198,18 @@ def _queue_action(action, ids: list[int]) -> list:
         return action(ids)
     except QueueError as error:
         fail(error, 1)
+
+
+@contextlib.contextmanager
+def _database_errors(jobs: JobQueue, doing: str) -> Iterator[None]:
+    """A queue database this user cannot ``doing`` (read, change): a read-only state
+    folder, a damaged file, a database kept busy: one line naming it, exit 1, never a
+    traceback."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        read_only = (getattr(error, "sqlite_errorname", "").startswith("SQLITE_READONLY")
+                     or "readonly" in str(error))
+        hint = (" (run it as a user who may write the state directory, e.g. the daemon's: "
+                "sudo -u autodip ...)" if read_only else "")
+        fail(f"cannot {doing} the queue in {jobs.path}: {error}{hint}", 1)

@@ -137,7 +137,7 @@ def show(
                                                 help="Channel (repeatable; default: all)."),
     series: int = typer.Option(0, min=0, metavar="N", help="Image (series) of the file."),
     raw: Optional[Path] = typer.Option(None, metavar="FILE", help="The raw file, when it is "
-                                       "not beside the output."),
+                                       "neither beside the output nor where it was denoised."),
     denoised: Optional[Path] = typer.Option(None, metavar="FILE", help="The output, when FILE "
                                             "is the raw file and the output is elsewhere."),
 ) -> None:

@@ -148,6 +148,10 @@ class JobOutcomes:
         elif outcome.status == "conflict":
             self.quarantine(job, bound, outcome.error or "output path taken", outcome.output)
         elif outcome.status == "error":
+            # A raw file rewritten or deleted during the run is a superseded version, not a
+            # failure, whatever error it caused: skipped (the watcher queues the new one).
+            if _current_hashes(job, self.queue, bound) is None:
+                return
             self.fail(job, bound, f"{outcome.error}{f' (on {where})' if where else ''}",
                       outcome.traceback)
         elif outcome.status == "kept":
@@ -203,7 +207,8 @@ class JobOutcomes:
     def quarantine(self, job: Job, bound, error: str, output: str) -> None:
         """A person must look (the output path holds a file that is not ours)."""
         self.queue.quarantine(job.id, error)
-        bound.warning("job.quarantined", error=error, output=output)
+        # needs a person, like every quarantine: err, so `journalctl -p err` lists it
+        bound.error("job.quarantined", error=error, output=output)
 
 
 def ready_to_run(job: Job, output: Path, outcomes: JobOutcomes, bound) -> bool:

@@ -6,12 +6,20 @@ target, then the folder is fsynced: a reader, or a crash, never sees a half-writ
 output. Temporary files are created with mode 0666 less the umask, as a plain ``open()``
 would create them. Every writer of the project (outputs, previews, calibration tables
 and their images) goes through here.
+
+A writer holds an exclusive ``flock`` on its temporary file until it publishes or
+discards it, so that a sweep of leftovers (:func:`remove_temporary_outputs`: a job that
+starts, a ``denoise`` stopped by Ctrl-C, a daemon recovering from a crash) removes only
+the temporary files of writers that are gone, never the one another process is writing
+now (a ``denoise`` by hand beside the daemon, a second daemon on the same folder, a Dask
+worker on the same share: NFS carries ``flock`` as a lock of the whole file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as errno_codes
+import fcntl
 import os
 import secrets
 import tempfile
@@ -22,6 +30,16 @@ from pathlib import Path
 #: Mode a new file asks for; the process umask (or a default ACL) takes bits away, as
 #: for any file a program creates with ``open()``.
 NEW_FILE_MODE = 0o666
+
+#: Temporary files this process is writing now, as (device, inode). Its own sweeps may
+#: remove them (they run after its writer failed or was stopped); other processes find
+#: them locked.
+_WRITING: set[tuple[int, int]] = set()
+
+
+def _identity(descriptor: int) -> tuple[int, int]:
+    status = os.fstat(descriptor)
+    return status.st_dev, status.st_ino
 
 
 def create_temporary(out_path: str | Path) -> tuple[int, Path]:
@@ -86,17 +104,53 @@ class AtomicFile:
         self.out_path = Path(out_path)
         # Mode 0666 less the umask (or a default ACL), as a plain open() would give:
         # mkstemp's 0600 would survive the rename and lock the group out.
-        descriptor, self.temp = create_temporary(self.out_path)
-        os.close(descriptor)
+        self._descriptor, self.temp = _create_locked(self.out_path)
+        self._identity = _identity(self._descriptor)
+        _WRITING.add(self._identity)
 
     def publish(self) -> None:
-        with open(self.temp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if self._descriptor is None:
+            raise RuntimeError(f"{self.temp} was already published or discarded")
+        os.fsync(self._descriptor)
         os.replace(self.temp, self.out_path)
         fsync_directory(self.out_path.parent)
+        self._release()
 
     def discard(self) -> None:
-        self.temp.unlink(missing_ok=True)
+        if self._descriptor is not None:
+            self.temp.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        """Close the descriptor, and with it the lock (after the rename or the unlink)."""
+        _WRITING.discard(self._identity)
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def _create_locked(out_path: Path) -> tuple[int, Path]:
+    """:func:`create_temporary`, locked (``flock``, exclusive) before anyone may sweep it.
+
+    Between the creation and the lock a sweep may take the lock itself and remove the
+    file: then the name no longer leads to this descriptor's file, and another is made.
+    Where the file system has no ``flock`` the file is written unlocked, as before.
+    """
+    while True:
+        descriptor, temp = create_temporary(out_path)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a sweep holds it and is removing it
+            os.close(descriptor)
+            continue
+        except OSError:  # no flock here (ENOLCK, EOPNOTSUPP): cannot be protected
+            return descriptor, temp
+        try:
+            if os.stat(temp).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor, temp
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
 
 
 @contextlib.contextmanager
@@ -157,16 +211,40 @@ def temporary_outputs(output: Path) -> list[Path]:
 def remove_temporary_outputs(output: Path,
                              on_error: Callable[[Path, OSError], None] | None = None) -> list[Path]:
     """Remove the leftover temporary files of ``output`` (a writer killed mid-write, a
-    stopped fit); returns those removed. A file that cannot be removed is handed to
-    ``on_error`` (the daemon logs it) and left."""
+    stopped fit); returns those removed. A temporary file that another process is
+    writing now (it holds the file's lock, see :class:`AtomicFile`) is left alone. A file
+    that cannot be removed is handed to ``on_error`` (the daemon logs it) and left."""
     removed = []
     for temporary in temporary_outputs(output):
         try:
-            temporary.unlink()
-            removed.append(temporary)
+            with _unless_written_elsewhere(temporary) as free:
+                if free:
+                    temporary.unlink()
+                    removed.append(temporary)
         except FileNotFoundError:
             pass
         except OSError as error:
             if on_error is not None:
                 on_error(temporary, error)
     return removed
+
+
+@contextlib.contextmanager
+def _unless_written_elsewhere(temporary: Path) -> Iterator[bool]:
+    """Yield False while another process's writer holds ``temporary``; else True, holding
+    its lock until the caller has removed it (so no writer takes it in between)."""
+    descriptor = os.open(temporary, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if _identity(descriptor) in _WRITING:  # this process's own, its writer failed
+            yield True
+            return
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # no flock on this file system: cannot tell, a leftover as before
+            pass
+        yield True
+    finally:
+        os.close(descriptor)

@@ -308,6 +308,15 @@ def with_cli_executor(config: Config, executor: str | None, scheduler: str | Non
     return _revalidated(config, changes, "command line", _CLI_OPTIONS)
 
 
+def with_cli_log_level(config: Config, level: str | None) -> Config:
+    """Apply ``--log-level`` over the config's, checked as the config's ``log_level`` is
+    (a misspelt level is refused, not silently taken as ``info``)."""
+    if level is None:
+        return config
+    return _revalidated(config, {"log_level": level}, "command line",
+                        {"log_level": "--log-level"})
+
+
 def config_schema() -> dict:
     """The JSON Schema of the configuration file (``autodip-watch config schema``).
 
