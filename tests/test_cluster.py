@@ -343,8 +343,11 @@ def test_the_scheduler_killed_and_restarted_loses_nothing(site, cluster):
         return view if view and not view["connected"] else None
     view = wait_for(unreachable, 30, "status to show the scheduler unreachable", site.daemon)
     assert view["scheduler"] == cluster.address and view["error"]
-    text = cli("status", "--config", str(site.config)).stdout
+    shown = cli("status", "--config", str(site.config), check=False)
+    text = shown.stdout
     assert "cluster unreachable" in text and "files are still watched and queued" in text
+    # a monitoring check on `status` alerts: exit 1, the daemon degraded, not unhealthy
+    assert shown.returncode == 1 and "DEGRADED: Dask scheduler" in text, text
     wait_for(lambda: not site.queue.jobs(["running"]), 30, "jobs in flight released", site.daemon)
     assert site.events("cluster.lost")
 

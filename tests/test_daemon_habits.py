@@ -74,8 +74,9 @@ class Habits:
     def status(self, exit_status: int | None = 0) -> dict:
         result = cli("status", "--json", "--config", str(self.config), check=False)
         if exit_status is not None:
-            assert result.returncode == exit_status, (result.returncode, result.stdout,
-                                                      result.stderr)
+            report = json.loads(result.stdout or "{}")  # the parts that decide the exit
+            assert result.returncode == exit_status, (result.returncode, report.get("daemon"),
+                                                      report.get("watches"), result.stderr)
         return json.loads(result.stdout)
 
     def start_time_lapses(self) -> None:
@@ -210,6 +211,7 @@ def test_a_file_at_the_output_path_that_is_not_ours_is_never_overwritten(habits)
              "the job stopped", habits.daemon)
     error = habits.jobs_of(raw)[0].error
     assert str(foreign) in error and "not written by autodip-watch" in error
+    assert f"the output of {raw}" in error  # both files named
     assert "queue retry" in error
     assert foreign.read_bytes() == b"a person's own notes, named like an output"
     problems = {item["path"]: item for item in habits.status()["problems"]}

@@ -3,6 +3,7 @@ and how conditions are logged: once when they start, once when they end."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -26,8 +28,10 @@ def dead_pid() -> int:
 
 def row(**fields) -> dict:
     now = time.time()
+    # a daemon records its start once it runs: after its process was created
+    started = psutil.Process().create_time() + 1
     return {"pid": os.getpid(), "host": socket.gethostname(), "version": "t", "devices": ["cpu"],
-            "started": now - 100, "heartbeat": now, "heartbeat_seconds": 1.0, "stopped": None,
+            "started": started, "heartbeat": now, "heartbeat_seconds": 1.0, "stopped": None,
             "healthy": 1, "status": "0 waiting", **fields}
 
 
@@ -97,3 +101,100 @@ def test_a_condition_is_logged_once_when_it_starts_and_once_when_it_ends():
                                                   "db.writable"]
     assert "No space left on device" in logs[0]["error"] and logs[0]["traceback"]
     assert logs[2]["repeats"] == 5 and logs[2]["where"] == "state"
+
+
+def _killed_unreaped() -> subprocess.Popen:
+    """A child killed with SIGKILL and not waited for: a zombie until it is reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.kill()
+    deadline = time.monotonic() + 20
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the killed child never became a zombie"
+        time.sleep(0.05)
+    return child
+
+
+# name: (how the pid's process stands, heartbeat age s, recorded start in s after the
+# process was created: negative, the daemon's start came before this process existed)
+PID_CASES = {
+    "killed, not reaped yet, heartbeat fresh": ("zombie", 0, 0.5),
+    "killed, not reaped yet, heartbeat old": ("zombie", 600, 0.5),
+    "the pid now another, younger process's": ("other", 600, -3600),
+    "the pid now another process's, heartbeat fresh": ("other", 0, -3600),
+    "the same process, heartbeat old (hung)": ("same", 600, 0.5),
+}
+
+
+@pytest.mark.parametrize("case", list(PID_CASES))
+def test_a_pid_that_is_no_longer_the_daemon_is_a_crash(case):
+    """`status` right after `kill -9` (before anyone reaps the process), or after a
+    reboot handed the daemon's pid to another program, says crashed, not up or hung."""
+    kind, heartbeat_age, started = PID_CASES[case]
+    child = _killed_unreaped() if kind == "zombie" else subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        created = psutil.Process(child.pid).create_time()
+        now = time.time()
+        info = row(pid=child.pid, heartbeat=now - heartbeat_age, started=created + started)
+        state = daemon_state(info, now, None)
+        expected = "hung" if kind == "same" else "crashed"
+        assert state["state"] == expected, state
+        assert exit_status({"daemon": state}) == (1 if expected == "hung" else 3)
+        assert not state["up"]
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _watch(path: str, available, note: str = "") -> dict:
+    return {"path": path, "observer": "polling", "configured": "polling", "available": available,
+            "patterns": ["*.tif"], "settle_seconds": 2.0, "microscope": None, "specimen": None,
+            "note": note, "restarts": 0}
+
+
+def _cluster(connected: bool, gpus: int) -> dict:
+    return {"executor": "dask", "scheduler": "tcp://sched:8786", "connected": connected,
+            "since": time.time() - 60, "error": None if connected else "timed out",
+            "retry_at": None, "workers": [], "gpus": gpus, "in_flight": 0, "tasks": 0,
+            "max_in_flight": 1, "jobs_per_task": 1, "updated": time.time()}
+
+
+# name: (watches, cluster view, expected state, what status must name)
+OUTSIDE_CASES = {
+    "all there": ([_watch("/data/a", True)], _cluster(True, 2), "running", None),
+    "a folder still being checked": ([_watch("/data/a", None)], None, "running", None),
+    "a share not mounted": ([_watch("/data/a", True), _watch("/mnt/share", False, "gone")],
+                            None, "degraded", "watched folder /mnt/share unavailable (gone)"),
+    "scheduler unreachable": ([_watch("/data/a", True)], _cluster(False, 0), "degraded",
+                              "Dask scheduler tcp://sched:8786 unreachable (timed out)"),
+    "scheduler without a GPU worker": ([_watch("/data/a", True)], _cluster(True, 0),
+                                       "degraded", "no GPU worker at Dask scheduler"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTSIDE_CASES))
+def test_a_healthy_daemon_that_cannot_work_is_degraded(tmp_path, case):
+    """A monitoring check on `status` alerts (exit 1) when the daemon runs but denoises
+    nothing or misses files for a cause outside it; the daemon itself stays healthy."""
+    from rich.console import Console
+
+    from autodip_watch.cli.status_view import render_status
+    from autodip_watch.daemon.queue import JobQueue
+    from autodip_watch.daemon.status import collect_status
+
+    watches, cluster, expected, named = OUTSIDE_CASES[case]
+    queue = JobQueue(tmp_path)
+    queue.register_daemon(heartbeat_seconds=5)
+    queue.heartbeat(True, "0 waiting", watches)
+    queue.set_info("cluster", cluster)
+    report = collect_status(queue)
+    assert report["daemon"]["state"] == expected
+    assert report["daemon"]["up"] and report["daemon"]["healthy"]
+    assert exit_status(report) == (0 if expected == "running" else 1)
+    shown = io.StringIO()
+    render_status(report, Console(file=shown, width=300))
+    if named:
+        assert any(named in problem for problem in report["daemon"]["problems"])
+        assert "DEGRADED: " in shown.getvalue() and named in shown.getvalue()
+    else:
+        assert "DEGRADED" not in shown.getvalue()

@@ -53,6 +53,8 @@ def _daemon(status: dict, console) -> None:
     if daemon["up"]:
         problems = "; ".join(daemon.get("problems") or []) or daemon.get("status") or "?"
         health = "" if daemon["healthy"] else f" [red]UNHEALTHY: {escape(problems)}[/red]"
+        if daemon["state"] == "degraded":
+            health = f" [yellow]DEGRADED: {escape(problems)}[/yellow]"
         console.print(f"[green]daemon up[/green]: pid {daemon['pid']} on "
                       f"{escape(str(daemon['host']))}, heartbeat "
                       f"{age(daemon['heartbeat_age_seconds'])} ago, version {daemon['version']}, "

@@ -15,6 +15,9 @@ state      meaning                                                              
 running    heartbeat fresh, every part healthy                                     0
 unhealthy  heartbeat fresh (in the database or, when the daemon cannot write its   1
            database, in its lock file), but something is wrong: says what
+degraded   healthy, but it cannot do its work for a cause outside it: a watched     1
+           folder is unavailable, the Dask scheduler is unreachable or has no GPU
+           worker (systemd's watchdog is still fed: a restart would not help)
 hung       the process is there but has not written a heartbeat for a while        1
 stopped    stopped cleanly                                                         3
 crashed    the process is gone without a clean stop (crash, kill -9, power loss)   3
@@ -33,6 +36,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
+
 from .. import __version__
 from .progress import eta_seconds
 from .queue import DATABASE_NAME, STATES, Job, JobQueue, QueueError
@@ -41,8 +46,10 @@ from .queue import DATABASE_NAME, STATES, Job, JobQueue, QueueError
 STALE_PERIODS = 3
 STALE_MIN_SECONDS = 15.0
 #: Exit status of `autodip-watch status` per daemon state (see the module docstring).
-EXIT_STATUS = {"running": 0, "unhealthy": 1, "hung": 1, "stopped": 3, "crashed": 3,
+EXIT_STATUS = {"running": 0, "unhealthy": 1, "degraded": 1, "hung": 1, "stopped": 3, "crashed": 3,
                "never-ran": 3, "unknown": 4}
+#: A process created this long after the daemon's recorded start is another process.
+PID_REUSE_SLACK_SECONDS = 2.0
 #: The daemon's lock file in the state directory; it also holds its health record.
 LOCK_NAME = "daemon.lock"
 #: Keys whose values are times (seconds since the epoch); JSON shows them as ISO 8601 UTC.
@@ -61,14 +68,26 @@ def read_lock_record(state_dir) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _process_alive(pid: int | None) -> bool | None:
+def _process_alive(pid: int | None, started: float | None = None) -> bool | None:
+    """Whether the daemon's process still runs on this host: None without a pid.
+
+    A killed process that its parent has not reaped yet (a zombie: a container whose
+    init never reaps, a supervisor between two polls) is dead; so is a pid that now
+    belongs to a process created after the daemon started (reused after a reboot or a
+    long time).
+    """
     if not pid:
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # create_time is derived from boot time and clock ticks: allow for its rounding
+        if started and process.create_time() > started + PID_REUSE_SLACK_SECONDS:
+            return False
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True  # exists, belongs to another user (the service user)
     return True
 
@@ -87,7 +106,8 @@ def daemon_state(info: dict | None, now: float, lock: dict | None = None) -> dic
              "heartbeat_age_seconds": round(age, 1), "healthy": bool(info["healthy"]),
              "status": info["status"], "problems": []}
     stale_after = max(STALE_MIN_SECONDS, STALE_PERIODS * (info["heartbeat_seconds"] or 5))
-    alive = _process_alive(info["pid"]) if info["host"] == socket.gethostname() else None
+    alive = (_process_alive(info["pid"], info["started"]) if info["host"] == socket.gethostname()
+             else None)
     # The lock file's record is rewritten even when the database cannot be written.
     if lock and lock.get("pid") == info["pid"] and lock.get("host") == info["host"]:
         lock_age = now - float(lock.get("heartbeat") or 0)
@@ -173,13 +193,17 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20,
         # The last description the daemon wrote; nothing watches now.
         watches = [{**watch, "available": None, "running": False} for watch in watches]
     waiting = queue.waiting() if live else []
+    cluster = queue.info("cluster") if live else None
+    outside = _outside_causes(cluster, watches) if daemon["state"] == "running" else []
+    if outside:
+        daemon.update(state="degraded", problems=outside)
     return {
         "version": __version__,
         "database": str(queue.path),
         "database_access": queue.access,
         "daemon": daemon,
         # What the Dask dispatcher last saw (None with the local executor, or when down).
-        "cluster": queue.info("cluster") if live else None,
+        "cluster": cluster,
         "watches": watches,
         "counts": queue.counts(),
         "current": current,
@@ -193,6 +217,23 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20,
         "queue_eta": queue_eta(queue.jobs(["queued", "failed"]), current, throughput,
                                _parallel(daemon, info, queue)),
     }
+
+
+def _outside_causes(cluster: dict | None, watches: list[dict]) -> list[str]:
+    """Why a healthy daemon denoises nothing (or misses files): the Dask scheduler it
+    cannot reach or that has no GPU worker, watched folders that are not there."""
+    causes = []
+    if cluster and not cluster.get("connected"):
+        causes.append(f"Dask scheduler {cluster.get('scheduler')} unreachable "
+                      f"({cluster.get('error')}): files are watched and queued, none is "
+                      f"denoised")
+    elif cluster and not cluster.get("gpus"):
+        causes.append(f"no GPU worker at Dask scheduler {cluster.get('scheduler')}: jobs "
+                      f"wait until one joins")
+    causes += [f"watched folder {watch['path']} unavailable"
+               + (f" ({watch['note']})" if watch.get("note") else "")
+               for watch in watches if watch.get("available") is False]
+    return causes
 
 
 def _iteration_rate(job: Job) -> float | None:

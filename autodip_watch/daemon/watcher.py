@@ -177,7 +177,6 @@ class Watcher:
         """Start observers on folders that are there; restart dead or replaced ones."""
         for state in self.folders:
             folder = state.folder
-            state.checked = True
             try:
                 info = os.stat(folder.path)
                 if not stat.S_ISDIR(info.st_mode):
@@ -190,6 +189,9 @@ class Watcher:
                                 action="waiting for it to come back")
                 state.available = False
                 state.note = f"unavailable: {error.strerror or error}"
+                # only now: while the first observer starts, the folder is not yet known
+                # to be unavailable (status would call a healthy start degraded)
+                state.checked = True
                 stop_observer(state)
                 continue
             identity = (info.st_dev, info.st_ino)
@@ -202,7 +204,10 @@ class Watcher:
                           "folder replaced or remounted" if replaced else "observer stopped")
                 log.warning("watch.restart", folder=str(folder.path), reason=reason)
             stop_observer(state)
-            start_observer(state, self.inbox)
+            try:
+                start_observer(state, self.inbox)
+            finally:
+                state.checked = True  # an observer that fails to start: unavailable
             state.identity = identity
             state.available = True
             state.real_root = os.path.realpath(folder.path)
