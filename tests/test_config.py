@@ -260,6 +260,37 @@ match = "cubic"
     assert "10 problem(s)" in result.output
 
 
+# name: (config text, --watch folders given to check, exit code, what it says)
+WATCH_CASES = {
+    "no folders anywhere": ("[dip]\niterations = 5\n", [], 2, "no folders to watch"),
+    "folders on the command line, as for run": ("[dip]\niterations = 5\n", ["in"], 0,
+                                                "watch {in}"),
+    "folders in the file and on the command line": ('[[watch]]\npath = "a"\n', ["in"], 0,
+                                                   "watch {in}"),
+    "a folder on the command line that is not there yet": ("", ["absent"], 0,
+                                                           "does not exist (yet)"),
+}
+
+
+@pytest.mark.parametrize("case", list(WATCH_CASES))
+def test_config_check_checks_what_run_will_run(tmp_path, case):
+    """`run --watch DIR --config FILE` accepts a file without [[watch]]; `config check
+    FILE --watch DIR` checks the same combination, so a file that runs also checks."""
+    from typer.testing import CliRunner
+
+    from autodip_watch.cli.app import app
+
+    text, folders, code, said = WATCH_CASES[case]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a").mkdir()
+    config = write(tmp_path, text)
+    arguments = [argument for folder in folders for argument in ("--watch", str(tmp_path / folder))]
+    result = CliRunner().invoke(app, ["config", "check", str(config), *arguments],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == code, result.output
+    assert said.format(**{"in": tmp_path / "in"}) in result.output, result.output
+
+
 def test_the_dask_payload_is_the_settings_model_as_json():
     """What a Dask task receives is DenoiseSettings.model_dump(mode="json"); read back on a
     worker it gives the same fit, the same labelling rules and the same provenance."""
@@ -309,3 +340,43 @@ def test_run_exits_78_on_every_configuration_fault(tmp_path, text, option, expec
     assert result.returncode == 78, (result.stdout, result.stderr)
     assert expected in result.stderr
     assert "watch.start" not in result.stderr and "daemon.ready" not in result.stderr
+
+
+def _damaged_database(state, how: str) -> None:
+    """A real queue database with rows, then damaged the way disks and people damage it."""
+    from autodip_watch.daemon.queue import DATABASE_NAME, JobQueue
+
+    queue = JobQueue(state)
+    for number in range(300):
+        queue.enqueue(f"/data/f{number}.tif", 1, 1, f"{number:064x}")
+    queue.close()
+    path = state / DATABASE_NAME
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[:len(data) // 3]
+    elif how == "pages overwritten":  # the first page intact: opening it reads fine
+        data[4096:3 * 4096] = bytes(range(256)) * 32
+    elif how == "header overwritten":
+        data[:16] = b"not a database!!"
+    elif how == "not SQLite at all":
+        data = bytearray(b"queue notes, saved over the database by an editor\n" * 50)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "pages overwritten", "header overwritten",
+                                 "not SQLite at all"])
+def test_run_on_a_damaged_queue_exits_78_naming_the_database(tmp_path, how):
+    """A damaged queue database needs a person, not a restart every 10 s: exit 78, the
+    file named, what to do said; the damage inside the file is found at start too."""
+    from helpers.daemon import cli
+
+    state = tmp_path / "state"
+    _damaged_database(state, how)
+    (tmp_path / "in").mkdir()
+    result = cli("run", "--watch", str(tmp_path / "in"), "--state-dir", str(state), check=False)
+    assert result.returncode == 78, (result.stdout, result.stderr)
+    assert f"the queue database {state / 'queue.sqlite3'} is damaged" in result.stderr
+    assert "move it aside" in result.stderr
+    assert "Traceback" not in result.stderr and "watch.start" not in result.stderr

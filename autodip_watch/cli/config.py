@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from ..settings.base import ConfigError
-from ..settings.config import config_schema, load_config, resolve_state_dir
+from ..settings.config import config_schema, load_config, resolve_state_dir, with_cli_folders
 from .app import config_app, console, fail, json_flag, say, warn
 
 
 @config_app.command("check")
 def config_check(
     file: Path = typer.Argument(..., metavar="FILE", help="The TOML configuration to check."),
+    watch: Optional[list[Path]] = typer.Option(
+        None, "--watch", "-w", metavar="DIR",
+        help="Folder to watch, as given to `run` (repeatable; added to the config's): check "
+             "the combination the daemon will run."),
     as_json: bool = json_flag("Print the resolved configuration as JSON."),
 ) -> None:
     """Validate a configuration: every problem, with its location and how to fix it."""
     from ..settings.runtime import check_runtime
 
     try:
-        settings = load_config(file)
+        settings = with_cli_folders(load_config(file), list(watch or []))
         warnings = check_runtime(settings)
     except ConfigError as error:
         fail(error)

@@ -29,7 +29,7 @@ from ..io.atomic import remove_temporary_outputs
 from .executor import Executor
 from .lifecycle import JobOutcomes
 from .log import Condition, get_logger
-from .queue import JobQueue
+from .queue import DATABASE_NAME, JobQueue
 from .status import LOCK_NAME, read_lock_record
 from .watcher import Watcher
 
@@ -99,9 +99,9 @@ class Daemon:
         table = CalibrationTable.load(self.config.calibration_table)
         try:
             self.queue = JobQueue(self.state_dir)
+            self.queue.check_integrity()
         except (OSError, sqlite3.Error) as error:
-            raise DaemonError(f"cannot open the queue in {self.state_dir}: {error} (set "
-                              f"state_dir in the config or --state-dir to a writable folder)")
+            raise _queue_error(self.state_dir, error) from None
         self._take_lock()
         for job in self.queue.recover(self.config.retry):
             folder = self.config.folder_for(Path(job.path))
@@ -328,6 +328,25 @@ class Daemon:
             self._write_lock_record(False, [], "stopped")
             self._lock_handle.close()
             self._lock_handle = None
+
+
+def _queue_error(state_dir: Path, error: Exception) -> DaemonError:
+    """Why the queue cannot be opened, and whether a restart could help: a damaged
+    database or a folder this user may not write needs a person (exit 78, so systemd
+    does not restart in a loop); anything else may pass (exit 1, restarted)."""
+    database = state_dir / DATABASE_NAME
+    if isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError):
+        return DaemonError(
+            f"the queue database {database} is damaged ({error}): keep a copy to inspect, "
+            f"then move it aside; the daemon then starts a new queue and takes every file "
+            f"again (outputs already made from the same content are kept, not redone)",
+            EXIT_CONFIG)
+    if isinstance(error, PermissionError) or "readonly" in str(error):
+        return DaemonError(f"cannot write the queue in {state_dir}: {error} (set state_dir in "
+                           f"the config or --state-dir to a folder this user may write)",
+                           EXIT_CONFIG)
+    return DaemonError(f"cannot open the queue in {state_dir}: {error} (set state_dir in the "
+                       f"config or --state-dir to a writable folder)")
 
 
 def run_daemon(config: Config, state_dir: Path) -> int:

@@ -36,7 +36,8 @@ def check_runtime(config: Config) -> list[str]:
         problems += _device_problems(config.devices)
     if not config.watch:
         problems.append("watch: no folders to watch; add a [[watch]] table with a path, "
-                        "or pass --watch DIR")
+                        "or pass --watch DIR (to `run`, and to `config check` to check the "
+                        "same combination)")
     if problems:
         raise ConfigError(problems, str(config.source or "config"))
     return [f"watch.{number}.path: {folder.path} does not exist (yet); the daemon waits for "
