@@ -111,6 +111,8 @@ def find_pair(path: str | Path, raw: str | Path | None = None,
     path = Path(path)
     if not path.exists():
         raise PreviewError(f"{path} does not exist")
+    if path.is_dir():
+        raise PreviewError(f"{path} is a folder; give one image file (raw or denoised)")
     records = _provenance(path)
     if records:
         output = path

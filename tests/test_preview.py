@@ -138,6 +138,8 @@ def test_pairs_are_found_or_the_missing_half_is_named(denoised, tmp_path):
     tifffile.imwrite(lonely, cells()[0])
     with pytest.raises(PreviewError, match="no denoised output of .*lonely"):
         find_pair(lonely)
+    with pytest.raises(PreviewError, match="is a folder; give one image file"):
+        find_pair(tmp_path)
     moved = tmp_path / "moved.autodip.ome.tif"
     moved.write_bytes(output.read_bytes())
     assert find_pair(moved)[:2] == (raw, moved)  # the raw file is still where it was denoised

@@ -113,3 +113,19 @@ def test_broken_tables_give_clear_errors(tmp_path):
     wrong.write_text('default_metric = "psnr"\n[metrics.psnr.all]\ndepth = 3\nwidth = "32"\nskip = 4\niterations = 10\n')
     with pytest.raises(TableError, match="depth"):
         CalibrationTable.load(wrong)
+
+
+@pytest.mark.parametrize("text, hint", [
+    ('[[watch]]\npath = "/data"\n', "looks like an autodip-watch configuration"),
+    ('[dip]\niterations = 5\n', "looks like an autodip-watch configuration"),
+    ('title = "something else"\n', None),
+    ('', None),
+])
+def test_a_file_that_is_not_a_table_is_called_so(tmp_path, text, hint):
+    """`--table` given the daemon's configuration (or any other TOML) says it is not a
+    calibration table, and for a configuration, where the table is named."""
+    path = tmp_path / "given.toml"
+    path.write_text(text)
+    with pytest.raises(TableError, match="no \\[metrics\\] section; not a calibration table") as caught:
+        CalibrationTable.load(path)
+    assert (hint in str(caught.value)) if hint else "configuration" not in str(caught.value)

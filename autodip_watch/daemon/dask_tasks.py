@@ -125,7 +125,9 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
             return {**Outcome("kept", job["output"]).as_dict(), **where}
         device = describe_device(choose_device(denoise_settings.device))
     except Exception as error:
-        return {**Outcome("error", job["output"], error=f"{type(error).__name__}: {error}",
+        explained = isinstance(error, WorkerStorageError)  # its message says all
+        return {**Outcome("error", job["output"],
+                          error=str(error) if explained else f"{type(error).__name__}: {error}",
                           traceback=traceback.format_exc(limit=6)).as_dict(), **where}
     context.send({"job": job["job"], "event": "started", "device": device})
     remove_temporary_outputs(output)  # of an attempt on a worker that died

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..io.atomic import remove_temporary_outputs
 from ..io.checksums import hash_files
+from ..io.errors import ImageReadError
 from ..io.outputs import OutputConflictError, check_output
 from .inspection import file_version
 from .queue import Job, JobQueue, RetryRule
@@ -90,7 +91,7 @@ def run_job(source: Path, output: Path, settings, *, progress=None, fitter=None,
         did not finish are removed, and after an error the device's cached memory is
         freed for the next job.
     """
-    from ..pipeline.denoise import denoise_file
+    from ..pipeline.denoise import PipelineError, denoise_file
 
     started = time.monotonic()
     try:
@@ -108,8 +109,11 @@ def run_job(source: Path, output: Path, settings, *, progress=None, fitter=None,
         from ..dip.device import free_device_memory
 
         free_device_memory()
+        # The pipeline's and the reader's errors are written for the user (what, where,
+        # why); any other exception's class name is part of the explanation.
+        explained = isinstance(error, (PipelineError, ImageReadError))
         return Outcome("error", str(output), seconds=time.monotonic() - started,
-                       error=f"{type(error).__name__}: {error}",
+                       error=str(error) if explained else f"{type(error).__name__}: {error}",
                        traceback=traceback.format_exc(limit=6))
     return Outcome("done", str(report.output), report.as_dict(), time.monotonic() - started,
                    len(report.planes), device=report.device)
@@ -228,7 +232,8 @@ def ready_to_run(job: Job, output: Path, outcomes: JobOutcomes, bound) -> bool:
         bound.info("job.temp_removed", temp=str(leftover))
     existing = check_output(output, Path(job.path), hashes)
     if existing.state == "foreign":
-        outcomes.quarantine(job, bound, f"{existing.reason}; not overwritten. Move it away, "
+        outcomes.quarantine(job, bound, f"{existing.reason}; not overwritten with the output "
+                            f"of {job.path}. Move it away, "
                             f"then `autodip-watch queue retry {job.id}`", str(output))
         return False
     if existing.state == "current":

@@ -75,7 +75,12 @@ class CalibrationTable:
         self.provenance: dict = document.get("provenance", {})
         metrics = document.get("metrics")
         if not isinstance(metrics, dict) or not metrics:
-            raise TableError(f"{path or 'table'}: no [metrics] section")
+            hint = (" (it looks like an autodip-watch configuration: the table is the file "
+                    "its calibration_table names, by default the shipped one)"
+                    if any(key in document for key in ("watch", "dip", "daemon", "inference"))
+                    else "")
+            raise TableError(f"{path or 'table'}: no [metrics] section; not a calibration "
+                             f"table{hint}")
         self.default_metric = document.get("default_metric", "lpips_psnr")
         if self.default_metric not in metrics:
             raise TableError(f"{path or 'table'}: default_metric {self.default_metric!r} "
