@@ -85,6 +85,17 @@ def _denoise(raw: Path, iterations: int) -> subprocess.Popen:
                  stderr=subprocess.STDOUT, env=child_env())
 
 
+def _holds_temporary(process: subprocess.Popen, output: Path) -> bool:
+    """Whether ``process`` has one of ``output``'s temporary files open."""
+    import psutil
+
+    try:
+        open_now = {Path(item.path) for item in psutil.Process(process.pid).open_files()}
+    except psutil.NoSuchProcess:
+        return False
+    return any(path in open_now for path in temporary_outputs(output))
+
+
 def _done(state: Path) -> bool:
     return [job.state for job in JobQueue(state).jobs()] == ["done"]
 
@@ -122,8 +133,11 @@ def test_the_daemon_and_denoise_by_hand_never_remove_each_others_temporary_file(
             held = wait_for(lambda: temporary_outputs(output_of(raw)), 180,
                             "the daemon's temporary output", daemon)
             by_hand = _denoise(raw, 1_000_000)
-            wait_for(lambda: len(temporary_outputs(output_of(raw))) == 2, 180,
+            # the signal must come once denoise holds its own temporary file (its
+            # handlers are set by then), not when the count of files says two
+            wait_for(lambda: _holds_temporary(by_hand, output_of(raw)), 180,
                      "the temporary output of denoise")
+            assert len(temporary_outputs(output_of(raw))) == 2
             by_hand.send_signal(signal.SIGINT)
             assert by_hand.wait(60) == 128 + signal.SIGINT
             assert temporary_outputs(output_of(raw)) == held  # the daemon's is left

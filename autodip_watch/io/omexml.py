@@ -9,6 +9,7 @@ repaired value by value (``repair.py``) and each repair becomes a warning.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,13 +111,11 @@ def schema_problem(text: str) -> str | None:
     except etree.XMLSyntaxError as error:
         return str(error)
     if root.tag.startswith("{http://www.openmicroscopy.org/Schemas/OME/2016-06}"):
-        schema = ome_schema()
-        if schema.validate(root):
-            return None
-        error = schema.error_log[0]
-        return f"line {error.line}: {error.message}"
+        error = schema_error(root)
+        return None if error is None else f"line {error[0]}: {error[1]}"
     try:
-        ome_types.from_xml(text, validate=True)
+        with _SCHEMA_LOCK:  # ome-types compiles its schemas with lxml too
+            ome_types.from_xml(text, validate=True)
     except ImportError:
         raise
     except Exception as error:
@@ -137,14 +136,38 @@ def member_path(base: Path, file_name: str, source: Path) -> Path:
     return base / candidate
 
 
+#: lxml's compiled XMLSchema keeps its error log on the schema object, and compiling one
+#: is not safe in two threads at once: the batching worker reads and writes files side
+#: by side in threads, so every use of the shared schema holds this lock.
+_SCHEMA_LOCK = threading.RLock()
+
+
 @functools.cache
-def ome_schema():
-    """The OME 2016-06 XML Schema that ome-types ships, parsed once per process (an
-    explicit cache: the schema never changes while the process runs)."""
+def _compiled_schema():
     from lxml import etree
 
     import ome_types
 
     return etree.XMLSchema(etree.parse(str(Path(ome_types.__file__).parent / "ome-2016-06.xsd")))
+
+
+def ome_schema():
+    """The OME 2016-06 XML Schema that ome-types ships, parsed once per process (an
+    explicit cache: the schema never changes while the process runs). For one thread;
+    validation in the project goes through :func:`schema_error`, which is thread-safe."""
+    with _SCHEMA_LOCK:
+        return _compiled_schema()
+
+
+def schema_error(root) -> tuple[int, str] | None:
+    """``(line, message)`` of the first error of the lxml element ``root`` against the
+    OME 2016-06 schema, or None when it is valid. Safe from any thread (one validation
+    at a time: the compiled schema and its error log are shared)."""
+    with _SCHEMA_LOCK:
+        schema = _compiled_schema()
+        if schema.validate(root):
+            return None
+        error = schema.error_log[0]
+        return error.line, error.message
 
 

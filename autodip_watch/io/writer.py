@@ -19,7 +19,7 @@ import tifffile
 from .atomic import AtomicFile, create_scratch
 from .layout import OutputLayout, output_layout, store_levels, tiles_of
 from .model import DTYPE_OME, SeriesInfo
-from .omexml import ome_schema, schema_problem
+from .omexml import schema_error, schema_problem
 from .reader import ImageFile
 
 
@@ -311,21 +311,21 @@ def schema_valid(ome, notes: list[str], attempts: int = 100):
 
     import ome_types
 
-    schema = ome_schema()
     text = ome_types.to_xml(ome).encode("utf-8")
     dropped = False
     for _ in range(attempts):
         root = etree.fromstring(text)
-        if schema.validate(root):
+        error = schema_error(root)
+        if error is None:
             break
-        error = schema.error_log[0]
+        line, message = error
         culprit = next((e for e in root.iter() if isinstance(e.tag, str)
-                        and e.sourceline == error.line), None)
+                        and e.sourceline == line), None)
         name = etree.QName(culprit).localname if culprit is not None else None
         if culprit is None or name in _ESSENTIAL or culprit.getparent() is None:
             break
         notes.append(f"output OME-XML: {name} {culprit.get('ID', '')} left out, it is not "
-                     f"schema-valid ({error.message})".replace("  ", " "))
+                     f"schema-valid ({message})".replace("  ", " "))
         culprit.getparent().remove(culprit)
         text = etree.tostring(root, pretty_print=True)
         dropped = True
