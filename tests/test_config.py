@@ -380,3 +380,27 @@ def test_run_on_a_damaged_queue_exits_78_naming_the_database(tmp_path, how):
     assert f"the queue database {state / 'queue.sqlite3'} is damaged" in result.stderr
     assert "move it aside" in result.stderr
     assert "Traceback" not in result.stderr and "watch.start" not in result.stderr
+
+
+@pytest.mark.parametrize("state_name", ["state", "fresh"],
+                         ids=["a queue already there", "no queue yet"])
+def test_run_on_a_state_folder_it_may_not_write_exits_78(state_name):
+    """A state folder on a read-only mount (a share mounted ro, a wrong StateDirectory)
+    does not heal by restarting: exit 78, the folder named, what to do said. A real
+    read-only tmpfs, the daemon as a subprocess."""
+    from autodip_watch.daemon.queue import JobQueue
+    from helpers.acquisition import remount, tiny_filesystem
+    from helpers.daemon import cli
+
+    with tiny_filesystem("4m") as disk:
+        (disk / "in").mkdir()
+        JobQueue(disk / "state").close()
+        remount(disk, "ro")
+        try:
+            result = cli("run", "--watch", str(disk / "in"), "--state-dir",
+                         str(disk / state_name), check=False)
+        finally:
+            remount(disk, "rw")
+    assert result.returncode == 78, (result.stdout, result.stderr)
+    assert f"cannot write the queue in {disk / state_name}" in result.stderr
+    assert "a folder this user may write" in result.stderr and "Traceback" not in result.stderr

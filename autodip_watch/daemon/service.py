@@ -8,6 +8,7 @@ stuck), so systemd restarts a daemon that is up but no longer doing its job.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -341,7 +342,11 @@ def _queue_error(state_dir: Path, error: Exception) -> DaemonError:
             f"then move it aside; the daemon then starts a new queue and takes every file "
             f"again (outputs already made from the same content are kept, not redone)",
             EXIT_CONFIG)
-    if isinstance(error, PermissionError) or "readonly" in str(error):
+    unwritable = (getattr(error, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS)
+                  or getattr(error, "sqlite_errorname", "").startswith("SQLITE_READONLY")
+                  # SQLite says only "unable to open" when WAL cannot make its -shm file
+                  or (state_dir.is_dir() and not os.access(state_dir, os.W_OK)))
+    if unwritable:
         return DaemonError(f"cannot write the queue in {state_dir}: {error} (set state_dir in "
                            f"the config or --state-dir to a folder this user may write)",
                            EXIT_CONFIG)
