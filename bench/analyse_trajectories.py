@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,7 +34,10 @@ from trajectories import DEFAULT_STORE  # noqa: E402
 
 from autodip_watch.dip.noise import Anscombe, NoiseModel  # noqa: E402
 from autodip_watch.dip.intensity import denormalise, normalise  # noqa: E402
-from autodip_watch.dip.plane import MEMBER_SEED_STRIDE, member_seed  # noqa: E402
+from autodip_watch.dip.plane import MEMBER_SEED_STRIDE, member_seed, tile_noise_variances  # noqa: E402
+from autodip_watch.dip.discrepancy import DiscrepancyStop  # noqa: E402
+from autodip_watch.dip.options import FitOptions  # noqa: E402
+from autodip_watch.dip.tiling import Tile  # noqa: E402
 
 
 def spikes(losses: np.ndarray, window: int = 20, factor: float = 1.1) -> np.ndarray:
@@ -99,7 +103,7 @@ def es_wmv(run: Run, window: int, patience: int) -> int:
 
 
 def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype,
-              with_es: bool = False) -> dict:
+              with_es: bool = False, variance: float | None = None) -> dict:
     stop = runs[0].stop
 
     def score(unit: np.ndarray) -> float:
@@ -145,16 +149,20 @@ def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype,
                 width = max(1, int(round(fraction * stop)))
                 add(f"ensemble {k} window {fraction:.2f} clean", score(np.mean(
                     [r.mean(stop - width + 1, stop, ~spikes(r.losses)) for r in group], axis=0)))
-    rows.update(stable_mode(runs, score))
+    rows.update(stable_mode(runs, score, variance=variance))
     return rows
 
 
-def stable_mode(runs: list[Run], score, members: int = 3, spike_factor: float = 1.05) -> dict:
+def stable_mode(runs: list[Run], score, members: int = 3, spike_factor: float = 1.05,
+                variance: float | None = None, extend_fraction: float = 0.25) -> dict:
     """The product's stable mode rebuilt from paper-mode trajectories of the member seeds.
 
     Stable seed s is the ensemble of seeds ``member_seed(s, k)``, k < ``members``, each
     giving the mean of its clean outputs over the last F x end iterations (spikes judged as
     ``_Stabiliser`` does: a loss above ``spike_factor`` x the lowest of the 20 before).
+    With the plane's noise ``variance`` (unit scale), also the extended rule: each member
+    ends where the product's ``DiscrepancyStop`` would stop it, replayed on its recorded
+    losses (a stable seed whose members would run past the recording is not scored).
     Only stable seeds whose every member was recorded are scored.
     """
     by_seed = {run.record["seed"]: run for run in runs}
@@ -176,7 +184,51 @@ def stable_mode(runs: list[Run], score, members: int = 3, spike_factor: float = 
                                axis=0)
                 rows.setdefault(f"stable K={members} window {fraction:.2f} at {factor:.2f} N",
                                 []).append(score(mean))
+        if variance is None:
+            continue
+
+        def ensemble(ends: list[int]) -> float:
+            return score(np.mean([r.mean(end - max(1, int(round(0.2 * end))) + 1, end,
+                                         ~spikes(r.losses, factor=spike_factor))
+                                  for r, end in zip(group, ends)], axis=0))
+
+        ends = discrepancy_ends(group, variance, extend_fraction)
+        if ends is not None:
+            rows.setdefault(EXTENDED_ROW, []).append(ensemble(ends))
+            rows.setdefault("  its ends / N", []).append(float(np.mean(ends)) / stop)
+        # Not used: also cutting a fit where its lowest loss reaches the noise before N
+        # (not before N / 2).
+        cuts = []
+        for run in group:
+            reached = np.nonzero(np.minimum.accumulate(run.losses[:stop]) <= variance)[0]
+            cuts.append(max(int(reached[0]) + 1, stop // 2) if len(reached) else stop)
+        rows.setdefault("the same, cut at the noise level before N", []).append(ensemble(cuts))
+        rows.setdefault("  its ends / N ", []).append(float(np.mean(cuts)) / stop)
     return rows
+
+
+def discrepancy_ends(group: list[Run], variance: float | None,
+                     extend_fraction: float) -> list[int] | None:
+    """Per run, where the product's extension stops it (``fit.DiscrepancyStop``), or
+    None when that is not known from the recording."""
+    stop = group[0].stop
+    plan = DiscrepancyStop.plan(FitOptions(extend_fraction=extend_fraction), stop,
+                                [variance] * len(group), len(group))
+    if plan is None:
+        return [stop] * len(group)
+    # Runs may be recorded to different lengths: a run's losses past its recording are
+    # never read while it is undecided (checked below), and no longer once it is.
+    losses = np.full((max(len(run.losses) for run in group), len(group)), np.inf)
+    for k, run in enumerate(group):
+        losses[:len(run.losses), k] = run.losses
+    losses = torch.from_numpy(losses)
+    for candidate in plan.candidates:
+        if any(stop is None and candidate > len(run.losses)
+               for stop, run in zip(plan.stops, group)):
+            return None
+        if plan.decide(candidate, losses):
+            return list(plan.stops)
+    return None
 
 
 def main() -> None:
@@ -195,12 +247,16 @@ def main() -> None:
         pair = PAIRS[name]
         noisy, truth = load(pair)
         scorer = Scorer(pair, noisy, truth)
-        _, low, high = normalise(noisy)
+        unit, low, high = normalise(noisy)
+        # The trajectories fit the whole plane as one tile: its mean noise variance.
+        whole = Tile(0, unit.shape[0], 0, unit.shape[1])
+        variance = tile_noise_variances(unit, None, [whole])[0][0]
         mine = [Run(r, store) for r in sorted(records, key=lambda r: r["seed"])
                 if r["pair"] == name]
         for variant in dict.fromkeys(run.variant for run in mine):
             runs = [run for run in mine if run.variant == variant]
-            rows = summarise(runs, scorer, low, high, noisy.dtype, args.es)
+            rows = summarise(runs, scorer, low, high, noisy.dtype, args.es,
+                             variance if variant == "paper" else None)
             if variant == "paper":
                 table[name] = {"paper": rows["last"], "N": runs[0].stop,
                                "stable": rows.get(STABLE_ROW, [])}
@@ -215,8 +271,11 @@ def main() -> None:
         print_table(table, json.loads(Path(args.peers).read_text())["rows"])
 
 
-#: The rule of the product's stable mode (dip/modes.py) in ``stable_mode``'s row names.
-STABLE_ROW = "stable K=3 window 0.20 at 1.00 N"
+#: The rule of the product's stable mode (dip/modes.py) in ``stable_mode``'s row names:
+#: before the extension past N, and with it (the default since then).
+FIXED_ROW = "stable K=3 window 0.20 at 1.00 N"
+EXTENDED_ROW = "stable K=3 window 0.20, discrepancy extension"
+STABLE_ROW = EXTENDED_ROW
 PEERS = ("noisy", "tv (oracle weight)", "bm3d", "bm3d-vst", "tv-discrepancy")
 
 

@@ -253,7 +253,9 @@ def test_the_worker_records_a_rate_from_a_real_fit(tmp_path, monkeypatch):
     settings = DenoiseSettings(depth=4, width="16", iterations=6, device="cpu")
     denoise_file(raw, settings, tmp_path / "out.ome.tif", progress=progress)
     members = settings.fit_mode().members("cpu")  # the default mode fits an ensemble
-    assert len(seen) == 2 * 6 * members  # 2 planes x 6 iterations x members
+    # 2 planes x members fits of 6 iterations; the stable mode's extension may take a fit
+    # to 8 (and then ends it with one more report)
+    assert 2 * members * 6 <= len(seen) <= 2 * members * (8 + 1)
     assert seen[0]["eta_seconds"] is None  # one report: no rate yet
     assert all(entry["eta_seconds"] is not None for entry in seen[1:])
     assert [entry["fraction"] for entry in seen] == sorted(entry["fraction"] for entry in seen)

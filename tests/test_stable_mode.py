@@ -313,7 +313,10 @@ def test_denoise_records_the_mode_in_provenance_and_report(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     plane = summary["planes"][0]
-    assert plane["members"] == 2 and plane["noise"] is None  # vst is off in stable
+    assert plane["members"] == 2
+    # vst is off in stable, but the extension estimates the noise: the report shows it
+    assert plane["noise"]["slope"] >= 0 and plane["noise"]["intercept"] is not None
+    assert 6 <= plane["iterations_run"][0] <= plane["iterations_run"][1] <= 6 + 2
     ome = from_tiff(summary["output"])
     record = {}
     for annotation in ome.structured_annotations.map_annotations:
@@ -321,13 +324,16 @@ def test_denoise_records_the_mode_in_provenance_and_report(tmp_path):
             record = {item.k: item.value for item in annotation.value.ms}
     assert record["settings.mode"] == STABLE
     assert record["settings.mode_members"] == "2" and record["settings.mode_vst"] == "False"
+    assert record["settings.mode_extend_fraction"] == "0.25"
 
     paper = CliRunner().invoke(app, [
         "denoise", str(source), "--depth", "4", "--width", "16", "--skip", "4",
         "--iterations", "6", "--device", "cpu", "--mode", "paper", "--microscope", "widefield",
         "--out", str(tmp_path / "paper.ome.tif"), "--json"])
     assert paper.exit_code == 0, paper.output
-    assert json.loads(paper.stdout)["planes"][0]["members"] == 1
+    paper_plane = json.loads(paper.stdout)["planes"][0]
+    assert paper_plane["members"] == 1 and paper_plane["iterations_run"] == [6, 6]
+    assert paper_plane["noise"] is None  # the paper mode estimates nothing
     bad = CliRunner().invoke(app, ["denoise", str(source), "--mode", "fastest"])
     assert bad.exit_code == 2 and "unknown fit mode" in bad.output
 
@@ -337,6 +343,7 @@ def test_inspect_shows_the_mode(tmp_path):
     tifffile.imwrite(source, np.zeros((16, 16), np.uint16), ome=True, metadata={"axes": "YX"})
     text = CliRunner().invoke(app, ["inspect", str(source)])
     assert "fit mode: stable" in text.output and "ensemble of 3 fits on CPU" in text.output
+    assert "by up to 25%" in text.output and "discrepancy principle" in text.output
     data = json.loads(CliRunner().invoke(app, ["inspect", "--json", str(source)]).stdout)
     assert data["images"][0]["mode"]["name"] == STABLE
 

@@ -40,6 +40,10 @@ class FitTask:
     members: int | None = None  # stable mode: ensemble size (None: the mode's for the device)
 
 
+#: Fit-mode settings that act only in a running fit, not on a calibration's scores.
+RUN_TIME_ONLY = ("extend_fraction", "discrepancy_margin")
+
+
 def settings_key(max_iterations: int, every: int, seed: int, with_lpips: bool,
                  mode: str = PAPER, members: int | None = None) -> str:
     """What, besides the pixels and the shape, decides a fit's scores (state key).
@@ -49,7 +53,10 @@ def settings_key(max_iterations: int, every: int, seed: int, with_lpips: bool,
            "lpips": with_lpips, "learning_rate": options.learning_rate,
            "reg_noise_std": options.reg_noise_std, "ema": options.ema_weight}
     if mode != PAPER:
-        key.update(fit_mode(mode).describe("cpu", members))
+        described = fit_mode(mode).describe("cpu", members)
+        # Calibration scores fixed stopping points; the run-time extension past N never
+        # applies there, so it must not invalidate states saved before it existed.
+        key.update({k: v for k, v in described.items() if k not in RUN_TIME_ONLY})
         key["mode"] = mode
     return json.dumps(key, sort_keys=True)
 

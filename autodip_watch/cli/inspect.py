@@ -221,6 +221,10 @@ def _describe_mode(mode: dict) -> str:
                         if mode.get("spike_factor") else ""))
     if mode.get("rollback"):
         parts.append("rollback after loss spikes")
+    if mode.get("extend_fraction"):
+        parts.append(f"goes on past the transferred count, by up to "
+                     f"{mode['extend_fraction']:.0%}, while the residual is above the "
+                     f"estimated noise (discrepancy principle)")
     members = mode.get("members", {})
     parts.append(f"ensemble of {members.get('cpu')} fits on CPU, {members.get('cuda')} on CUDA")
     return f"{mode['name']}: " + "; ".join(parts)

@@ -53,12 +53,17 @@ BATCH_OVERHEAD_BYTES = 512 << 20
 
 @dataclass
 class FitRequest:
-    """One tile to fit: a 2-D float32 array in [0, 1] and its configuration."""
+    """One tile to fit: a 2-D float32 array in [0, 1] and its configuration.
+
+    ``noise_variance``: the variance of the tile's noise on its [0, 1] scale, where
+    estimated; an extended fit (``FitOptions.extend_fraction``) needs it.
+    """
 
     tile: np.ndarray
     params: DipParams
     options: FitOptions = FitOptions()
     progress: ProgressCallback | None = None
+    noise_variance: float | None = None
 
     def key(self) -> tuple:
         """Requests with equal keys can share one batched optimisation."""
@@ -73,6 +78,7 @@ class TileResult:
     seconds: float  # this tile's share of its batch's wall time
     batch: int  # how many tiles were fitted together with it (itself included)
     rollbacks: int = 0  # weight restores after loss spikes (FitOptions.rollback)
+    iterations: int = 0  # the iteration its output was taken at (extension: past N)
 
 
 class TileFitter:
@@ -311,10 +317,11 @@ def _run_batch(chunk: list[FitRequest], device: torch.device,
             for callback in callbacks:
                 callback(iteration, total)
     results = fit_tiles([request.tile for request in chunk], chunk[0].params, device,
-                        [request.options for request in chunk], progress=progress, dtype=dtype)
+                        [request.options for request in chunk], progress=progress, dtype=dtype,
+                        noise_variances=[request.noise_variance for request in chunk])
     return [TileResult(output=result.output, final_loss=float(result.losses[-1]),
                        seconds=result.seconds / len(chunk), batch=len(chunk),
-                       rollbacks=result.rollbacks)
+                       rollbacks=result.rollbacks, iterations=result.iterations)
             for result in results]
 
 

@@ -10,7 +10,9 @@ random point of an oscillation, and Adam now and then throws the fit into a loss
 that takes tens of iterations to recover. ``average_fraction`` returns the mean output of
 the last part of the fit instead of the last output, leaving out iterations whose loss
 spiked (``spike_factor``); ``rollback`` restores the weights of the last healthy check
-after a spike, as the original DIP code's backtracking does. With all three off (the
+after a spike, as the original DIP code's backtracking does. ``extend_fraction`` lets a
+fit run past the transferred count while its residual says it has not yet reached the
+noise (the discrepancy principle, ``discrepancy.py``). With all of them off (the
 defaults) the loop is the paper's, operation for operation.
 """
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from .network import INPUT_CHANNELS, INPUT_NOISE_SCALE, DipParams, SkipNet
+from .discrepancy import DiscrepancyStop
 from .options import FitOptions
 from .tiling import crop_padded, pad_for_depth
 
@@ -57,6 +60,9 @@ class FitResult:
     rollbacks: int = 0  # how often ``rollback`` restored this network's weights
     #: With ``stops``: iteration -> the averaged output had the fit stopped there.
     stopped: dict[int, np.ndarray] = field(default_factory=dict)
+    #: The iteration the output was taken at: the transferred count, or later where the
+    #: fit was extended (``FitOptions.extend_fraction``).
+    iterations: int = 0
 
 
 def make_input(shape: tuple[int, int], generator: torch.Generator,
@@ -101,8 +107,17 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
               snapshot: Callable[[int, torch.Tensor], None] | None = None,
               snapshot_every: int = 0,
               dtype: torch.dtype = torch.float32,
-              stops: Sequence[int] = ()) -> list[FitResult]:
+              stops: Sequence[int] = (),
+              noise_variances: Sequence[float | None] | None = None) -> list[FitResult]:
     """Fit K independent networks, one per tile, in one batched optimisation.
+
+    ``tiles``: K 2-D float arrays in [0, 1]; ``params.iterations`` is the transferred
+    count N. Returns K :class:`FitResult`, outputs float32 in [0, 1] of each tile's shape.
+
+    ``noise_variances``: per tile, the variance of its noise on the tile's [0, 1] scale,
+    or None where unknown. With ``extend_fraction`` > 0 each network may go on past N
+    (``discrepancy.py``); its output is taken where it stops (``FitResult.iterations``).
+    Progress then counts to the latest possible stop, and ends with (stop, stop).
 
     ``stops``: with ``average_fraction`` > 0, also the averaged output as if the fit had
     been stopped at each of these iterations (the mean over the last ``average_fraction``
@@ -150,16 +165,19 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
                              device)
 
     run_step = _GraphedStep(step, optimiser, noise_generator) if shared.cuda_graphs else step
-    stabiliser = (_Stabiliser(shared, params.iterations, net, len(tiles), stops)
-                  if _stabilised(shared) else None)
-    final, stopped, all_losses = _optimise(run_step, params.iterations, shared, device, dtype,
-                                           len(tiles), stabiliser, originals, stops, progress,
-                                           snapshot, snapshot_every)
+    extension = DiscrepancyStop.plan(shared, params.iterations, noise_variances, len(tiles))
+    limit = extension.limit if extension is not None else params.iterations
+    stabiliser = (_Stabiliser(shared, limit, net, len(tiles),
+                              [*stops, *(extension.candidates if extension else ())])
+                  if _stabilised(shared) or extension is not None else None)
+    final, stopped, all_losses, ends = _optimise(
+        run_step, params.iterations, shared, device, dtype, len(tiles), stabiliser, extension,
+        originals, stops, progress, snapshot, snapshot_every)
     seconds = time.perf_counter() - started
     rollbacks = stabiliser.rollbacks if stabiliser is not None else [0] * len(tiles)
     return [FitResult(output=np.clip(crop_padded(final[k], originals[k]), 0.0, 1.0),
-                      losses=all_losses[:, k], seconds=seconds, padded_shape=shape,
-                      rollbacks=rollbacks[k],
+                      losses=all_losses[:ends[k], k], seconds=seconds, padded_shape=shape,
+                      rollbacks=rollbacks[k], iterations=ends[k],
                       stopped={stop: np.clip(crop_padded(frames[k], originals[k]), 0.0, 1.0)
                                for stop, frames in stopped.items()})
             for k in range(len(tiles))]
@@ -205,17 +223,20 @@ def _stacked_network(params: DipParams, options: list[FitOptions], shape: tuple[
 
 def _optimise(run_step: Callable[[], tuple[torch.Tensor, torch.Tensor]], iterations: int,
               shared: FitOptions, device: torch.device, dtype: torch.dtype, count: int,
-              stabiliser: _Stabiliser | None, originals, stops: Sequence[int],
-              progress: ProgressCallback | None,
+              stabiliser: _Stabiliser | None, extension: DiscrepancyStop | None, originals,
+              stops: Sequence[int], progress: ProgressCallback | None,
               snapshot: Callable[[int, torch.Tensor], None] | None, snapshot_every: int
-              ) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
+              ) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray, list[int]]:
     """The iterations of a fit: ``(final outputs (K, H, W), outputs at each stop,
-    losses (iterations, K))``, all on the host."""
-    losses = torch.zeros(iterations, count, device=device, dtype=dtype)
+    losses (iterations run, K), the iteration each network's output is taken at)``, all
+    on the host. ``iterations`` is the transferred count; an ``extension`` may go on."""
+    limit = extension.limit if extension is not None else iterations
+    losses = torch.zeros(limit, count, device=device, dtype=dtype)
     ema: torch.Tensor | None = None
     output = None
+    ran = 0
     with _side_stream(device, shared.cuda_graphs):
-        for iteration in range(1, iterations + 1):
+        for iteration in range(1, limit + 1):
             output, per_network = run_step()
             # Losses stay on the device: a .item() per iteration would sync the GPU.
             losses[iteration - 1] = per_network
@@ -231,14 +252,24 @@ def _optimise(run_step: Callable[[], tuple[torch.Tensor, torch.Tensor]], iterati
                 frame = current[0].clone() if shared.cuda_graphs else current[0]
                 snapshot(iteration, _crop_each(frame, originals))
             if progress is not None:
-                progress(iteration, iterations)
-        if stabiliser is not None and stabiliser.averaging:
+                progress(iteration, limit)
+            ran = iteration
+            if extension is not None and extension.decide(iteration, losses):
+                break
+        if progress is not None and ran < limit:  # stopped before the limit: done
+            progress(ran, ran)
+        ends = extension.stops if extension is not None else [iterations] * count
+        if extension is not None:
+            final = torch.stack([stabiliser.mean(end)[k] for k, end in enumerate(ends)])
+            final = final.float().cpu().numpy()
+            stopped = {stop: stabiliser.mean(stop).float().cpu().numpy() for stop in stops}
+        elif stabiliser is not None and stabiliser.averaging:
             final = stabiliser.mean(iterations).float().cpu().numpy()
             stopped = {stop: stabiliser.mean(stop).float().cpu().numpy() for stop in stops}
         else:
             final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
             stopped = {}
-        return final, stopped, losses.cpu().numpy()
+        return final, stopped, losses[:ran].cpu().numpy(), ends
 
 
 def training_step(forward, optimiser, z, target, noise, noise_generator,
@@ -289,9 +320,11 @@ class _Stabiliser:
         self.factor = options.spike_factor
         self.count = count
         self.averaging = options.average_fraction > 0
-        #: stop -> first iteration of its window; sums and kept counts per stop
+        #: stop -> first iteration of its window; sums and kept counts per stop. An
+        #: extended fit without averaging keeps windows of one iteration: its outputs at
+        #: the candidate stops.
         self.windows: dict[int, int] = {}
-        if self.averaging:
+        if self.averaging or options.extend_fraction > 0:
             for stop in {iterations, *(int(s) for s in stops)}:
                 if not 1 <= stop <= iterations:
                     raise ValueError(f"stop {stop} is outside 1..{iterations}")

@@ -12,7 +12,12 @@ measurement on the real pairs (``bench/README.md``, "A stable, noise-aware DIP")
   oscillation;
 * every tile is fitted by an ensemble of ``members`` networks with different seeds and
   their outputs averaged: the largest and steadiest gain. Members cost one fit each on a
-  CPU and are batched on a GPU, so the size depends on the device.
+  CPU and are batched on a GPU, so the size depends on the device;
+* a fit whose residual at the transferred count N is still above the noise variance
+  estimated from the image (but within ``discrepancy_margin`` x of it) goes on, up to
+  (1 + ``extend_fraction``) x N, until it reaches it: the discrepancy principle, with the
+  transferred count as its floor (``fit.py``). On the shared pairs it lengthens the fits
+  that stop before their best point (Hagen nucleus) and leaves the others at N.
 
 Two further settings were measured and left off in ``stable`` because they did not help
 on the real pairs: fitting on the variance-stabilised plane of the estimated
@@ -41,7 +46,10 @@ class FitMode:
     """How a plane is fitted, beyond the calibrated configuration.
 
     ``members_cpu`` / ``members_cuda``: ensemble size on a CPU / a CUDA device (a CPU
-    fits members one after the other, a GPU in one batch).
+    fits members one after the other, a GPU in one batch). ``extend_fraction`` /
+    ``discrepancy_margin``: how far past the transferred count a fit may go, and when
+    its residual is too far above the estimated noise for the rule to apply
+    (``FitOptions``).
     """
 
     name: str
@@ -51,6 +59,8 @@ class FitMode:
     vst: bool = False
     members_cpu: int = 1
     members_cuda: int = 1
+    extend_fraction: float = 0.0
+    discrepancy_margin: float = 2.0
 
     def members(self, device_type: str) -> int:
         """Ensemble size on a device of ``device_type`` ("cpu", "cuda", "mps", ...)."""
@@ -59,7 +69,9 @@ class FitMode:
     def fit_options(self, base: "FitOptions") -> "FitOptions":
         """``base`` (seed, speed settings, ...) with this mode's stabilisation."""
         return replace(base, average_fraction=self.average_fraction,
-                       spike_factor=self.spike_factor, rollback=self.rollback)
+                       spike_factor=self.spike_factor, rollback=self.rollback,
+                       extend_fraction=self.extend_fraction,
+                       discrepancy_margin=self.discrepancy_margin)
 
     def describe(self, device_type: str, members: int | None = None) -> dict:
         """The settings that shape a result on ``device_type``, for provenance and inspect."""
@@ -72,7 +84,7 @@ class FitMode:
 MODES: dict[str, FitMode] = {
     PAPER: FitMode(PAPER),
     STABLE: FitMode(STABLE, average_fraction=0.2, spike_factor=1.05,
-                    members_cpu=3, members_cuda=8),
+                    members_cpu=3, members_cuda=8, extend_fraction=0.25),
 }
 DEFAULT_MODE = STABLE
 

@@ -35,6 +35,16 @@ class FitOptions:
     #: After a spike, restore each network's weights from its last healthy check (Adam's
     #: moments are kept: their inflated second moments damp the steps that follow).
     rollback: bool = False
+    #: Ground-truth-free extension (the discrepancy principle, ``fit.py``): run on past the
+    #: transferred count, by up to this fraction of it, while a network's residual is
+    #: still above the estimated noise variance of its tile but within
+    #: ``discrepancy_margin`` x of it. Needs the tiles' noise variances (``fit_tiles``);
+    #: without them, or at 0, the fit stops at the transferred count.
+    extend_fraction: float = 0.0
+    #: A residual more than this many times the estimated noise variance at the
+    #: transferred count means the noise estimate does not explain it (spatially
+    #: correlated noise, an estimator fooled by texture): the prior is kept.
+    discrepancy_margin: float = 2.0
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -47,6 +57,10 @@ class FitOptions:
             raise ValueError("average_fraction must be in [0, 1]")
         if self.spike_factor is not None and self.spike_factor <= 1.0:
             raise ValueError("spike_factor must be greater than 1")
+        if not 0.0 <= self.extend_fraction <= 1.0:
+            raise ValueError("extend_fraction must be in [0, 1]")
+        if self.discrepancy_margin < 1.0:
+            raise ValueError("discrepancy_margin must be at least 1")
         if self.rollback and self.spike_factor is None:
             raise ValueError("rollback needs spike_factor (what counts as a spike)")
         if self.cuda_graphs and self.compile:

@@ -10,7 +10,9 @@ Two plane-level parts of the stabilised mode (issue 14, ``bench/README.md``): an
 *ensemble* fits every tile ``members`` times with different seeds and returns the mean
 (a batching fitter fits the members together), and a *variance-stabilising transform*
 fits the plane in the generalised Anscombe domain of its estimated Poisson-Gaussian
-noise (``noise.py``) and maps the result back with the exact unbiased inverse.
+noise (``noise.py``) and maps the result back with the exact unbiased inverse. An
+*extended* fit (``FitOptions.extend_fraction``) needs each tile's noise variance, from
+the same estimate of the plane's noise.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class PlaneResult:
     final_loss: float | None
     batch: int = 1  # the largest batch one of its tiles was fitted in
     members: int = 1  # fits per tile averaged (ensemble size)
-    noise: NoiseModel | None = None  # the estimated noise, when the fit ran on its VST
+    noise: NoiseModel | None = None  # the estimated noise (VST, extension), where used
     rollbacks: int = 0  # weight restores after loss spikes, all fits of the plane
+    #: (lowest, highest) iteration its fits' outputs were taken at; above the transferred
+    #: count where the extension went on.
+    iterations: tuple[int, int] | None = None
 
 
 @dataclass
@@ -124,6 +129,9 @@ def denoise_planes(jobs: list[PlaneJob], fitter: TileFitter) -> list[PlaneResult
         stabilised = VarianceStabilised(unit) if job.vst and high != low else None
         fitted_plane = stabilised.plane if stabilised is not None else unit
         windows = [] if high == low else plane_tiles(unit.shape)
+        variances, model = ([None] * len(windows), None)
+        if windows and job.options.extend_fraction > 0:
+            variances, model = tile_noise_variances(unit, stabilised, windows)
         first = len(requests)
         fits = len(windows) * job.members
         for member in range(job.members):
@@ -134,11 +142,12 @@ def denoise_planes(jobs: list[PlaneJob], fitter: TileFitter) -> list[PlaneResult
                 tile = np.ascontiguousarray(fitted_plane[window.slices], dtype=np.float32)
                 requests.append(FitRequest(
                     tile, job.params, options,
-                    _tile_progress(job.progress, member * len(windows) + index, fits)))
-        prepared.append((job, dtype, unit.shape, low, high, windows, first, stabilised))
+                    _tile_progress(job.progress, member * len(windows) + index, fits),
+                    noise_variance=variances[index]))
+        prepared.append((job, dtype, unit.shape, low, high, windows, first, stabilised, model))
     results = fitter.fit(requests) if requests else []
     planes = []
-    for job, dtype, shape, low, high, windows, first, stabilised in prepared:
+    for job, dtype, shape, low, high, windows, first, stabilised, model in prepared:
         if not windows:  # constant: nothing to denoise
             planes.append(PlaneResult(job.plane.copy(), 0.0, 0, True, None))
             continue
@@ -154,9 +163,33 @@ def denoise_planes(jobs: list[PlaneJob], fitter: TileFitter) -> list[PlaneResult
             seconds=sum(r.seconds for r in mine), tiles=count, constant=False,
             final_loss=float(np.mean([r.final_loss for r in mine])),
             batch=max(r.batch for r in mine), members=job.members,
-            noise=stabilised.model if stabilised is not None else None,
-            rollbacks=sum(r.rollbacks for r in mine)))
+            noise=stabilised.model if stabilised is not None else model,
+            rollbacks=sum(r.rollbacks for r in mine),
+            iterations=(min(r.iterations for r in mine), max(r.iterations for r in mine))))
     return planes
+
+
+def tile_noise_variances(unit: np.ndarray, stabilised: VarianceStabilised | None,
+                         windows) -> tuple[list[float | None], NoiseModel | None]:
+    """Per tile, the variance of its noise on the fitted [0, 1] scale, and the plane's
+    estimated noise model (``noise.estimate_noise``; the one of ``stabilised`` if given).
+
+    ``unit``: the (H, W) plane min-max rescaled to [0, 1]; ``windows``: its tiles
+    (``tiling.plane_tiles``). On the raw scale a tile's variance is the mean of the
+    noise-level function over its pixels; in the variance-stabilised domain it is 1 before
+    the rescaling to [0, 1], so 1 / span^2 on every tile. A plane too small or too flat
+    to estimate gives None for every tile (the fit then stops at the transferred count).
+    """
+    if stabilised is not None and stabilised.transform is not None:
+        span = stabilised.high - stabilised.low
+        return [1.0 / span ** 2 if span > 0 else None] * len(windows), stabilised.model
+    try:
+        model = stabilised.model if stabilised is not None else estimate_noise(unit)
+    except ValueError:
+        return [None] * len(windows), None
+    variances = [float(np.mean(np.clip(model.variance(unit[window.slices]), 0.0, None)))
+                 for window in windows]
+    return variances, model
 
 
 def _tile_progress(progress: PlaneProgress | None, index: int, count: int):

@@ -311,6 +311,7 @@ class _FileRun:
                 report = plane_report(key, plan, transfer, result.seconds, result.tiles, note)
                 report.members, report.rollbacks = result.members, result.rollbacks
                 report.noise = result.noise.as_dict() if result.noise is not None else None
+                report.iterations_run = list(result.iterations) if result.iterations else None
                 self.reports.append(report)
             yield info.join_page(outputs)
 

@@ -21,7 +21,9 @@ class PlaneReport:
     configuration ``params`` (depth, width, skip, iterations; paper §II-B), or ``copy``
     for a channel written unchanged; ``seconds`` the wall time of its fits (s),
     ``tiles`` how many tiles it was cut into, ``members`` the ensemble size,
-    ``rollbacks`` weight restores, ``noise`` the estimated noise model where used.
+    ``rollbacks`` weight restores, ``noise`` the estimated noise model where used,
+    ``iterations_run`` the [lowest, highest] iteration its fits' outputs were taken at
+    (above ``params["iterations"]`` where the stable mode's extension went on).
     """
 
     series: int
@@ -40,7 +42,8 @@ class PlaneReport:
     evidence: list[str] = field(default_factory=list)
     members: int = 1  # ensemble size the plane was fitted with
     rollbacks: int = 0  # weight restores after loss spikes over its fits
-    noise: dict | None = None  # the estimated noise-level function, when fitted on its VST
+    noise: dict | None = None  # the estimated noise-level function, where used
+    iterations_run: list[int] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,175 @@
+"""The stable mode's extension past the transferred count (issue 14): the discrepancy
+principle against the noise variance estimated from the image, with the transferred
+count N as its floor. Each case plants a noise variance relative to the fit's own
+recorded losses, so that where the fit must stop is known before it runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autodip_watch.dip.batching import FitRequest, SingleFitter
+from autodip_watch.dip.discrepancy import EXTENSION_STEP
+from autodip_watch.dip.fit import fit_tile, fit_tiles
+from autodip_watch.dip.noise import NoiseModel
+from autodip_watch.dip.options import FitOptions
+from autodip_watch.dip.params import DipParams
+from autodip_watch.dip.plane import PlaneJob, VarianceStabilised, denoise_planes, tile_noise_variances
+from autodip_watch.dip.tiling import plane_tiles
+
+N = 40  # transferred count; with extend_fraction 0.25 the limit is 50, candidates every 2
+LIMIT = 50
+SMALL = DipParams(depth=4, width="16", skip=4, iterations=N)
+EXTENDED = FitOptions(seed=0, average_fraction=0.2, spike_factor=1.05, extend_fraction=0.25)
+
+
+def tile(seed: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :64]
+    clean = 0.2 + 0.6 * np.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 200.0)
+    return np.clip(clean + rng.normal(0, 0.08, clean.shape), 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The same fit run plainly to the limit: its losses are the extended fit's, as the
+    extension only decides where to stop (CPU fits are deterministic)."""
+    plain = fit_tile(tile(), DipParams(4, "16", 4, LIMIT), "cpu",
+                     FitOptions(seed=0, average_fraction=0.2, spike_factor=1.05))
+    return np.minimum.accumulate(plain.losses.astype(np.float64))
+
+
+def candidates() -> list[int]:
+    step = max(1, round(EXTENSION_STEP * N))
+    return sorted({*range(N, LIMIT, step), LIMIT})
+
+
+def expected_stop(lowest: np.ndarray, variance: float | None, margin: float = 2.0) -> int:
+    if variance is None or lowest[N - 1] <= variance or lowest[N - 1] > margin * variance:
+        return N
+    return next((c for c in candidates() if lowest[c - 1] <= variance), LIMIT)
+
+
+@pytest.mark.parametrize("case", ["reached before N", "far above: noise not explained",
+                                  "unknown", "reached between candidates", "never reached"])
+def test_a_fit_stops_where_the_discrepancy_principle_says(reference, case):
+    lowest = reference
+    at_n = lowest[N - 1]
+    variance = {
+        "reached before N": at_n * 1.01,
+        "far above: noise not explained": at_n / 2.5,
+        "unknown": None,
+        # reached at iteration 45: the fit stops at the next candidate, 46
+        "reached between candidates": lowest[44],
+        "never reached": lowest[LIMIT - 1] * 0.98,
+    }[case]
+    stop = expected_stop(lowest, variance)
+    if case == "reached between candidates":
+        assert lowest[43] > variance and stop == 46, "the planted crossing must lie past N"
+    if case == "never reached":
+        assert stop == LIMIT and variance * 2 >= at_n
+    result = fit_tiles([tile()], SMALL, "cpu", [EXTENDED], noise_variances=[variance])[0]
+    assert result.iterations == stop
+    assert len(result.losses) == stop
+    # Its output is the late-window mean of a fit stopped there, as in the stable mode.
+    alone = fit_tile(tile(), DipParams(4, "16", 4, stop), "cpu",
+                     FitOptions(seed=0, average_fraction=0.2, spike_factor=1.05))
+    np.testing.assert_allclose(result.output, alone.output, atol=1e-6)
+    np.testing.assert_array_equal(result.losses, alone.losses)
+
+
+def test_each_network_of_a_batch_stops_on_its_own():
+    params = DipParams(4, "16", 4, N)
+    options = [EXTENDED, FitOptions(**{**EXTENDED.__dict__, "seed": 1})]
+    plain = fit_tiles([tile(4), tile(5)], DipParams(4, "16", 4, LIMIT), "cpu",
+                      [FitOptions(seed=0, average_fraction=0.2, spike_factor=1.05),
+                       FitOptions(seed=1, average_fraction=0.2, spike_factor=1.05)])
+    lowest = [np.minimum.accumulate(r.losses.astype(np.float64)) for r in plain]
+    variances = [lowest[0][LIMIT - 1] * 0.98, lowest[1][N - 1] * 1.01]
+    results = fit_tiles([tile(4), tile(5)], params, "cpu", options, noise_variances=variances)
+    assert [r.iterations for r in results] == [LIMIT, N]
+    assert [len(r.losses) for r in results] == [LIMIT, N]
+
+
+@pytest.mark.parametrize("options, variances", [
+    (FitOptions(seed=0, average_fraction=0.2), [1.0]),  # extension off
+    (EXTENDED, None),  # nothing estimated
+])
+def test_without_the_extension_or_a_noise_estimate_the_fit_stops_at_n(options, variances):
+    result = fit_tiles([tile()], SMALL, "cpu", [options], noise_variances=variances)[0]
+    assert result.iterations == N and len(result.losses) == N
+
+
+@pytest.mark.parametrize("case", ["runs to the limit", "stops at a candidate", "stops at N"])
+def test_progress_counts_to_the_limit_and_ends_where_the_fit_stops(reference, case):
+    variance = {"runs to the limit": reference[LIMIT - 1] * 0.98,
+                "stops at a candidate": reference[44],
+                "stops at N": reference[N - 1] * 1.01}[case]
+    seen = []
+    result = fit_tiles([tile()], SMALL, "cpu", [EXTENDED], noise_variances=[variance],
+                       progress=lambda i, total: seen.append((i, total)))[0]
+    stop = result.iterations
+    # every iteration run is counted against the latest possible stop, so the fraction
+    # only grows; a fit that stops before the limit says so with (stop, stop)
+    assert seen[:stop] == [(i, LIMIT) for i in range(1, stop + 1)]
+    assert seen[stop:] == ([] if stop == LIMIT else [(stop, stop)])
+    assert stop == {"runs to the limit": LIMIT, "stops at a candidate": 46, "stops at N": N}[case]
+
+
+@pytest.mark.parametrize("field, value", [("extend_fraction", -0.1), ("extend_fraction", 1.5),
+                                          ("discrepancy_margin", 0.5)])
+def test_bad_extension_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        FitOptions(**{field: value})
+
+
+def test_the_noise_variance_of_a_tile_is_the_noise_level_function_over_its_pixels():
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:256, :256]
+    clean = 0.1 + 0.8 * (0.5 + 0.5 * np.sin(xx / 9.0) * np.cos(yy / 13.0))
+    slope, intercept = 0.01, 0.0004  # Poisson-Gaussian on the [0, 1] scale
+    noisy = clean + rng.normal(0, 1, clean.shape) * np.sqrt(slope * clean + intercept)
+    unit = (noisy - noisy.min()) / (noisy.max() - noisy.min())
+    windows = plane_tiles(unit.shape)
+    variances, model = tile_noise_variances(unit, None, windows)
+    truth = (slope * clean + intercept) / (noisy.max() - noisy.min()) ** 2
+    for window, variance in zip(windows, variances):
+        assert variance == pytest.approx(truth[window.slices].mean(), rel=0.25)
+    assert isinstance(model, NoiseModel)
+    stabilised = VarianceStabilised(unit)
+    vst, _ = tile_noise_variances(stabilised.plane, stabilised, windows)
+    assert vst == [pytest.approx(1 / (stabilised.high - stabilised.low) ** 2)] * len(windows)
+
+
+def test_a_plane_reports_the_iterations_its_fits_ran():
+    rng = np.random.default_rng(8)
+    plane = (1000 + 200 * rng.random((64, 64))).astype(np.uint16)
+    job = PlaneJob(plane, DipParams(4, "16", 4, 8), EXTENDED, members=2)
+    result = denoise_planes([job], SingleFitter("cpu"))[0]
+    low, high = result.iterations
+    assert 8 <= low <= high <= 10 and result.noise is not None
+    paper = denoise_planes([PlaneJob(plane, DipParams(4, "16", 4, 8))], SingleFitter("cpu"))[0]
+    assert paper.iterations == (8, 8) and paper.noise is None
+    assert FitRequest(plane.astype(np.float32), DipParams(4, "16", 4, 8)).noise_variance is None
+
+
+def test_a_calibration_state_key_ignores_the_run_time_extension(monkeypatch):
+    """Calibration scores fixed stopping points, which the extension never changes: its
+    settings must not make states saved before it (or with other values) start over."""
+    import dataclasses
+    import json
+
+    from autodip_watch.calibration.fitting import settings_key
+    from autodip_watch.dip import modes
+
+    key = settings_key(40, 10, 0, False, mode=modes.STABLE)
+    assert "extend_fraction" not in json.loads(key) and "discrepancy_margin" not in key
+    assert json.loads(key)["average_fraction"] == 0.2 and json.loads(key)["members"] == 3
+    original = modes.MODES[modes.STABLE]
+    monkeypatch.setitem(modes.MODES, modes.STABLE, dataclasses.replace(
+        original, extend_fraction=0.5, discrepancy_margin=3.0))
+    assert settings_key(40, 10, 0, False, mode=modes.STABLE) == key
+    # a setting that does change the scores does count
+    monkeypatch.setitem(modes.MODES, modes.STABLE,
+                        dataclasses.replace(original, average_fraction=0.3))
+    assert settings_key(40, 10, 0, False, mode=modes.STABLE) != key
