@@ -121,6 +121,12 @@ def summarise(runs: list[Run], scorer: Scorer, low: float, high: float, dtype,
         flagged = spikes(run.losses)
         add("spikes per 100 it", 100 * float(flagged.mean()))
         add("min late PSNR", float(run.psnr[stop // 2:stop].min()))
+        if variance is not None:  # the discrepancy principle against the estimated noise
+            lowest = np.minimum.accumulate(run.losses)
+            add("lowest loss at N / noise variance", float(lowest[stop - 1] / variance))
+            reached = np.nonzero(lowest <= variance)[0]
+            add("loss reaches the noise at / N",
+                float((reached[0] + 1) / stop) if len(reached) else np.nan)
         for fraction in (0.1, 0.2, 1 / 3, 0.5):
             width = max(1, int(round(fraction * stop)))
             add(f"window {fraction:.2f}", score(run.mean(stop - width + 1, stop)))

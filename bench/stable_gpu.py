@@ -164,7 +164,9 @@ def measure_quality(args, device, stable, document, save) -> None:
                     "psnr": scorer.psnr(output), "ssim": scorer.ssim(output),
                     "psnr_noisy": scorer.psnr(noisy), "nested_in": largest,
                     "seconds_of_largest": seconds, "batch_of_largest": batch,
-                    "final_loss_mean": full.final_loss})
+                    "final_loss_mean": full.final_loss,
+                    # where the members' fits stopped (the extension may go past N)
+                    "iterations_run": list(full.iterations or ())})
                 print(f"quality {name} seed {seed} members={count}: "
                       f"{document['quality'][-1]['psnr']:.2f} dB "
                       f"(ensemble of {largest} took {seconds:.1f} s, batch {batch})", flush=True)

@@ -64,7 +64,8 @@ Speed = Annotated[Optional[str], typer.Option(
     "each gains).")]
 Mode = Annotated[Optional[str], typer.Option(
     metavar="MODE", help="Fit mode: stable (default: late-window mean of an ensemble of "
-    "seeds) or paper (the published AUTO-DIP: one fit, last iterate).")]
+    "seeds, going on past the transferred count while the residual is above the estimated "
+    "noise) or paper (the published AUTO-DIP: one fit, last iterate).")]
 Members = Annotated[Optional[int], typer.Option(
     metavar="N", help="Ensemble size: fits per tile, averaged (default: the mode's for the "
     "device).")]

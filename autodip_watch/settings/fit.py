@@ -55,8 +55,9 @@ class FitSettings(Settings):
                                    json_schema_extra={"items": {"enum": list(SPEED_SETTINGS)}},
                                    examples=[["channels_last", "tf32"]])
     mode: FitModeName = Field(DEFAULT_MODE, description="Fit mode: stable (an ensemble of seeds, each "
-                       "the mean of its late iterations without loss spikes) or paper (the "
-                       "published AUTO-DIP: one fit, last iterate).",
+                       "the mean of its late iterations without loss spikes, going on past "
+                       "the transferred count while the residual is above the estimated "
+                       "noise) or paper (the published AUTO-DIP: one fit, last iterate).",
                        json_schema_extra={"enum": list(MODES)}, examples=["paper"])
     members: Whole | None = Field(None, ge=1, description="Ensemble size: fits per tile "
                                   "(default: the mode's for the device).", examples=[3])
