@@ -347,9 +347,12 @@ def _channel_caption(entries: dict, channel: int) -> str:
         return f"{label}: {get('microscope')}/{get('specimen')}: copied unchanged (not fluorescence)"
     if not get("group"):
         return f"{label}: no provenance for this channel"
+    ran = get("iterations_run")  # the stable mode's extension may go past the count
+    iterations = get("iterations") + (f" iterations (ran {ran})"
+                                      if ran and ran != get("iterations") else " iterations")
     return (f"{label}: {get('microscope')}/{get('specimen')} -> group {get('group')} "
             f"(level {get('level')}), depth {get('depth')}, width {get('width')}, skip "
-            f"{get('skip')}, {get('iterations')} iterations, seed {get('seed')}, "
+            f"{get('skip')}, {iterations}, seed {get('seed')}, "
             f"{float(get('seconds') or 0):.1f} s")
 
 

@@ -90,14 +90,24 @@ class ChannelRecord:
     seconds: float = 0.0
     planes: int = 0
     largest_batch: int = 0  # most tiles fitted together with one of this channel's tiles
+    #: (lowest, highest) iteration its fits' outputs were taken at, over its planes: the
+    #: transferred count, or more where the stable mode's extension went on.
+    iterations_run: tuple[int, int] | None = None
 
     def add_plane(self, params: dict | None, seconds: float, level: str | None = None,
-                  group: str | None = None, batch: int = 1) -> None:
+                  group: str | None = None, batch: int = 1,
+                  iterations: tuple[int, int] | None = None) -> None:
         """Record one plane; ``level``/``group`` when a plane's transfer differs from the
         channel's (nearest-image transfer picks per plane); ``batch`` the size of the
-        batched fit it was part of (1: fitted alone)."""
+        batched fit it was part of (1: fitted alone); ``iterations`` the (lowest, highest)
+        iteration its fits stopped at."""
         self.planes += 1
         self.seconds += seconds
+        if iterations is not None:
+            low, high = iterations
+            if self.iterations_run is not None:
+                low, high = min(low, self.iterations_run[0]), max(high, self.iterations_run[1])
+            self.iterations_run = (low, high)
         if params is not None:
             self.largest_batch = max(self.largest_batch, batch)
         for key, value in (params or {}).items():
@@ -110,6 +120,14 @@ class ChannelRecord:
     def param(self, key: str) -> str:
         values = self.params.get(key)
         return ",".join(sorted(values)) if values else ""
+
+
+def _span(values: tuple[int, int] | None) -> str:
+    """``"300"`` or ``"300-375"``; empty for none."""
+    if values is None:
+        return ""
+    low, high = values
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def provenance_entries(*, software: str, version: str, torch_version: str, device: str,
@@ -177,6 +195,7 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
             (f"{prefix}.depth", channel.param("depth")), (f"{prefix}.width", channel.param("width")),
             (f"{prefix}.skip", channel.param("skip")),
             (f"{prefix}.iterations", channel.param("iterations")),
+            (f"{prefix}.iterations_run", _span(channel.iterations_run)),
             (f"{prefix}.seed", str(channel.seed)), (f"{prefix}.seconds", f"{channel.seconds:.3f}"),
             (f"{prefix}.planes", str(channel.planes)),
             (f"{prefix}.largest_batch", str(channel.largest_batch)),

@@ -173,3 +173,75 @@ def test_a_calibration_state_key_ignores_the_run_time_extension(monkeypatch):
     monkeypatch.setitem(modes.MODES, modes.STABLE,
                         dataclasses.replace(original, average_fraction=0.3))
     assert settings_key(40, 10, 0, False, mode=modes.STABLE) != key
+
+
+@pytest.mark.parametrize("mode, members", [("stable", 2), ("paper", 1)])
+def test_provenance_and_report_say_how_far_the_fits_ran(tmp_path, mode, members):
+    """A facility reading an output must see the iterations its fits really ran, not only
+    the transferred count (the stable mode may go past it)."""
+    import tifffile
+
+    from autodip_watch.pipeline.denoise import denoise_file
+    from autodip_watch.provenance import read_provenance
+    from autodip_watch.settings.denoise import DenoiseSettings
+
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[:64, :64]
+    clean = 200 + 800 * np.exp(-((yy - 30) ** 2 + (xx - 30) ** 2) / 150.0)
+    source = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(source, rng.poisson(np.stack([clean, clean[::-1]])).astype(np.uint16),
+                     ome=True, metadata={"axes": "ZYX"})
+    settings = DenoiseSettings(mode=mode, members=members, depth=4, width="16", skip=4,
+                               iterations=8, microscope="widefield", specimen="nucleus",
+                               device="cpu", table=None)
+    report = denoise_file(source, settings, out=tmp_path / "out.ome.tif")
+    spans = [plane.iterations_run for plane in report.planes]
+    entries = read_provenance(report.output)[0]["entries"]
+    assert entries["channel.0.iterations"] == "8"
+    low, high = min(s[0] for s in spans), max(s[1] for s in spans)
+    assert entries["channel.0.iterations_run"] == (str(low) if low == high else f"{low}-{high}")
+    if mode == "paper":
+        assert spans == [[8, 8], [8, 8]] and entries["channel.0.iterations_run"] == "8"
+    else:
+        assert 8 <= low <= high <= 10
+
+
+@pytest.mark.parametrize("spans, shown", [
+    ([], ""),  # a copied channel: nothing fitted
+    ([(300, 300)], "300"),
+    ([(300, 300), (300, 300)], "300"),
+    ([(300, 315), (300, 375)], "300-375"),
+    ([(345, 375), (300, 300)], "300-375"),
+])
+def test_a_channel_records_the_span_of_iterations_over_its_planes(spans, shown):
+    from pathlib import Path
+
+    from autodip_watch.provenance import ChannelRecord, SourceFile, provenance_entries
+
+    record = ChannelRecord(0, "DAPI", "widefield", "nucleus", [], "denoise", "microscope",
+                           "widefield")
+    for span in spans:
+        record.add_plane({"iterations": 300}, 1.0, iterations=span)
+    entries = dict(provenance_entries(software="autodip-watch", version="0", torch_version="0",
+                                      device="cpu", started="", finished="",
+                                      sources=[SourceFile(Path("a.tif"), 1, "0" * 64, 0)],
+                                      image_name=None, channels=[record], settings={}))
+    assert entries["channel.0.iterations_run"] == shown
+
+
+@pytest.mark.parametrize("ran, shown", [
+    ("", "300 iterations, seed"),  # outputs made before the extension existed
+    ("300", "300 iterations, seed"),
+    ("300-375", "300 iterations (ran 300-375), seed"),
+])
+def test_the_preview_caption_says_how_far_the_fits_ran(ran, shown):
+    from autodip_watch.preview import _channel_caption
+
+    entries = {"channel.0.name": "DAPI", "channel.0.policy": "denoise",
+               "channel.0.microscope": "widefield", "channel.0.specimen": "nucleus",
+               "channel.0.group": "widefield/nucleus", "channel.0.level": "microscope",
+               "channel.0.depth": "8", "channel.0.width": "asc", "channel.0.skip": "4",
+               "channel.0.iterations": "300", "channel.0.seed": "0", "channel.0.seconds": "2"}
+    if ran:
+        entries["channel.0.iterations_run"] = ran
+    assert shown in _channel_caption(entries, 0)

@@ -305,7 +305,7 @@ class _FileRun:
                 outputs.append(result.output)
                 records[key.channel].add_plane(transfer.params.as_dict(), result.seconds,
                                                level=transfer.level, group=transfer.group,
-                                               batch=result.batch)
+                                               batch=result.batch, iterations=result.iterations)
                 note = "constant plane copied" if result.constant else (
                     f"fitted in a batch of {result.batch}" if result.batch > 1 else "")
                 report = plane_report(key, plan, transfer, result.seconds, result.tiles, note)
