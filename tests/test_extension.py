@@ -245,3 +245,32 @@ def test_the_preview_caption_says_how_far_the_fits_ran(ran, shown):
     if ran:
         entries["channel.0.iterations_run"] = ran
     assert shown in _channel_caption(entries, 0)
+
+
+@pytest.mark.parametrize("stops, variance", [
+    ([N + 1], "reached at N"),  # past N: the fit stops at N, so never reached
+    ([LIMIT], "reached at N"),
+    ([N + 1], None),  # no noise estimate: no extension either
+    ([0], "reached at N"),
+])
+def test_stops_past_the_transferred_count_are_refused_before_the_fit(reference, stops,
+                                                                      variance):
+    """``stops`` score one run at several stopping points up to N (calibration); the
+    extension past N must not widen what is accepted, or a stop the fit does not reach
+    fails only after the whole fit, depending on where the extension stopped it."""
+    variances = [reference[N - 1] * 1.01 if variance else None]
+    seen = []
+    with pytest.raises(ValueError, match=r"stop .* outside 1\.\." + str(N)):
+        fit_tiles([tile()], SMALL, "cpu", [EXTENDED], stops=stops, noise_variances=variances,
+                  progress=lambda i, total: seen.append(i))
+    assert seen == []  # refused before the first iteration
+
+
+def test_stops_up_to_n_still_score_an_extended_fit(reference):
+    result = fit_tiles([tile()], SMALL, "cpu", [EXTENDED], stops=[N // 2, N],
+                       noise_variances=[reference[LIMIT - 1] * 0.98])[0]
+    assert result.iterations == LIMIT and sorted(result.stopped) == [N // 2, N]
+    alone = fit_tile(tile(), SMALL, "cpu",
+                     FitOptions(seed=0, average_fraction=0.2, spike_factor=1.05))
+    np.testing.assert_allclose(result.stopped[N], alone.output, atol=1e-6)
+

@@ -122,7 +122,7 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     ``stops``: with ``average_fraction`` > 0, also the averaged output as if the fit had
     been stopped at each of these iterations (the mean over the last ``average_fraction``
     of *those* iterations), in ``FitResult.stopped``: calibration scores one run at many
-    stopping points.
+    stopping points. Each must be in 1..N (ValueError otherwise, before any iteration).
 
     The K networks are stacked into one grouped network (``SkipNet.stack``): each keeps
     its own weights, BatchNorm statistics and Adam moments, and the loss is the sum of
@@ -145,6 +145,11 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     device = torch.device(device)
     started = time.perf_counter()
     options, shared = _batch_options(tiles, options, device)
+    # Against N, not the extension's limit: a fit may stop at any candidate from N on,
+    # so a stop past N might never be reached (found only after the whole fit).
+    for stop in stops:
+        if not 1 <= int(stop) <= params.iterations:
+            raise ValueError(f"stop {stop} is outside 1..{params.iterations}")
     padded_tiles, originals = zip(*(pad_for_depth(np.asarray(t, dtype=np.float32), params.depth)
                                     for t in tiles))
     if len({p.shape for p in padded_tiles}) != 1:
