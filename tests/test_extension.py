@@ -274,3 +274,27 @@ def test_stops_up_to_n_still_score_an_extended_fit(reference):
                      FitOptions(seed=0, average_fraction=0.2, spike_factor=1.05))
     np.testing.assert_allclose(result.stopped[N], alone.output, atol=1e-6)
 
+
+def test_a_stable_calibration_table_does_not_claim_the_run_time_extension(tmp_path):
+    """Calibration scores fixed stopping points; the table's provenance says how it
+    scored, so it must not list the extension, which never acts there (as its state
+    key does not)."""
+    import json
+    import tomllib
+
+    from autodip_watch.calibration.fitting import RUN_TIME_ONLY, settings_key
+    from autodip_watch.calibration.grid import CalibrationGrid
+    from autodip_watch.calibration.run import calibrate
+    from autodip_watch.dip.modes import STABLE
+    from helpers.pairs import make_pairs
+
+    grid = CalibrationGrid(depths=(4,), widths=("16",), skips=(4,), max_iterations=2, every=1)
+    calibrate(make_pairs(tmp_path / "pairs"), tmp_path / "t.toml", grid, device="cpu",
+              with_lpips=False, mode=STABLE, members=1)
+    recorded = tomllib.loads((tmp_path / "t.toml").read_text())["provenance"]["fit_mode"]
+    assert recorded["name"] == STABLE and recorded["members"] == 1
+    assert recorded["average_fraction"] == 0.2  # what does shape the scores is there
+    assert not set(RUN_TIME_ONLY) & set(recorded), recorded
+    key = json.loads(settings_key(2, 1, 0, False, STABLE, 1))
+    assert {k: v for k, v in recorded.items() if k != "name"} == {
+        k: v for k, v in key.items() if k in recorded and k != "name"}

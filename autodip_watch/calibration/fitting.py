@@ -44,6 +44,15 @@ class FitTask:
 RUN_TIME_ONLY = ("extend_fraction", "discrepancy_margin")
 
 
+def scored_mode(mode: str, device_type: str, members: int | None = None) -> dict:
+    """The settings of fit mode ``mode`` that shape a calibration's scores: its
+    ``describe`` record without :data:`RUN_TIME_ONLY` (calibration scores fixed stopping
+    points, where the extension past N never acts). For the state key and the table's
+    provenance alike. Raises ValueError for an unknown mode."""
+    described = fit_mode(mode).describe(device_type, members)
+    return {k: v for k, v in described.items() if k not in RUN_TIME_ONLY}
+
+
 def settings_key(max_iterations: int, every: int, seed: int, with_lpips: bool,
                  mode: str = PAPER, members: int | None = None) -> str:
     """What, besides the pixels and the shape, decides a fit's scores (state key).
@@ -53,10 +62,9 @@ def settings_key(max_iterations: int, every: int, seed: int, with_lpips: bool,
            "lpips": with_lpips, "learning_rate": options.learning_rate,
            "reg_noise_std": options.reg_noise_std, "ema": options.ema_weight}
     if mode != PAPER:
-        described = fit_mode(mode).describe("cpu", members)
-        # Calibration scores fixed stopping points; the run-time extension past N never
-        # applies there, so it must not invalidate states saved before it existed.
-        key.update({k: v for k, v in described.items() if k not in RUN_TIME_ONLY})
+        # The run-time extension past N never applies in calibration, so it must not
+        # invalidate states saved before it existed.
+        key.update(scored_mode(mode, "cpu", members))
         key["mode"] = mode
     return json.dumps(key, sort_keys=True)
 

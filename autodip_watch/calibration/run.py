@@ -29,7 +29,7 @@ from ..io.checksums import sha256_file
 from ..perceptual import LpipsNetworks, alexnet_checkpoint_path
 from ..transfer.table import CalibrationTable
 from .errors import CalibrationError, CalibrationInterrupted
-from .fitting import Executor, FitTask, local_executor, settings_key
+from .fitting import Executor, FitTask, local_executor, scored_mode, settings_key
 from .grid import CalibrationGrid
 from .pairs import PreparedPair, load_pairs, prepare_pair
 from .selection import RANK_SUM, TABLE_METRICS, Candidate
@@ -233,7 +233,8 @@ def _document(pairs_source: Path, out: Path, pairs: list[PreparedPair], scores: 
             "group_rule": GROUP_RULE,
             "rank_rule": RANK_RULE if with_lpips else "not used: calibrated without LPIPS",
             "tie_rule": TIE_RULE, "normalisation": NORMALISATION, "lpips": lpips, "seed": seed,
-            "fit_mode": (fit_mode(mode).describe(device.type, members) if mode != PAPER
+            # how the scores were made: without the run-time extension past N
+            "fit_mode": (scored_mode(mode, device.type, members) if mode != PAPER
                          else {"name": PAPER}),
             # An executor elsewhere (a Dask cluster) names itself; the state has each fit's device.
             "device": where,
