@@ -141,6 +141,46 @@ def test_the_noise_variance_of_a_tile_is_the_noise_level_function_over_its_pixel
     assert vst == [pytest.approx(1 / (stabilised.high - stabilised.low) ** 2)] * len(windows)
 
 
+def test_each_tile_of_a_large_plane_gets_its_own_noise_estimate(monkeypatch):
+    """A stitched plane can have more noise on one side (gain, illumination): each tile is
+    estimated on its own pixels, so memory stays bounded by a tile whatever the plane."""
+    from autodip_watch.dip import plane as plane_module
+
+    rng = np.random.default_rng(11)
+    shape = (600, 1400)  # 2 x 4 overlapping tiles of at most 512 px
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    clean = 0.3 + 0.2 * np.sin(xx / 15.0) * np.cos(yy / 11.0)
+    sigma = np.where(xx < 700, 0.02, 0.06)  # the right half three times as noisy
+    noisy = clean + rng.normal(0, 1, shape) * sigma
+    unit = (noisy - noisy.min()) / (noisy.max() - noisy.min())
+    sizes = []
+    real = plane_module.estimate_noise
+    monkeypatch.setattr(plane_module, "estimate_noise",
+                        lambda tile: sizes.append(tile.shape) or real(tile))
+    windows = plane_tiles(shape)
+    variances, reported = tile_noise_variances(unit, None, windows)
+    assert len(windows) == 8 and reported is None  # tiles differ: no one plane model
+    assert max(h * w for h, w in sizes) <= 512 * 512 and len(sizes) == 8
+    scale = (noisy.max() - noisy.min()) ** 2
+    # tiles wholly on one side (a tile across the edge mixes two noise levels, which a
+    # robust estimator resolves towards the larger share of flat pixels)
+    pure = [(w, v) for w, v in zip(windows, variances) if w.x1 <= 700 or w.x0 >= 700]
+    assert len(pure) == 6  # 2 left, 4 right
+    for window, variance in pure:
+        truth = float(np.mean(sigma[window.slices] ** 2)) / scale
+        assert variance == pytest.approx(truth, rel=0.3), window
+
+
+@pytest.mark.parametrize("iterations, estimated", [(1, False), (2, False), (3, True), (8, True)])
+def test_the_noise_is_estimated_only_where_the_fit_can_go_on(iterations, estimated):
+    rng = np.random.default_rng(12)
+    plane = (1000 + 200 * rng.random((32, 32))).astype(np.uint16)
+    job = PlaneJob(plane, DipParams(4, "16", 4, iterations), EXTENDED)
+    result = denoise_planes([job], SingleFitter("cpu"))[0]
+    assert (result.noise is not None) == estimated
+    assert iterations <= result.iterations[0] <= result.iterations[1] <= round(iterations * 1.25)
+
+
 def test_a_plane_reports_the_iterations_its_fits_ran():
     rng = np.random.default_rng(8)
     plane = (1000 + 200 * rng.random((64, 64))).astype(np.uint16)

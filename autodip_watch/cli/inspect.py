@@ -224,7 +224,8 @@ def _describe_mode(mode: dict) -> str:
     if mode.get("extend_fraction"):
         parts.append(f"goes on past the transferred count, by up to "
                      f"{mode['extend_fraction']:.0%}, while the residual is above the "
-                     f"estimated noise (discrepancy principle)")
+                     f"estimated noise and within x{mode.get('discrepancy_margin', 2):g} of "
+                     f"it (discrepancy principle)")
     members = mode.get("members", {})
     parts.append(f"ensemble of {members.get('cpu')} fits on CPU, {members.get('cuda')} on CUDA")
     return f"{mode['name']}: " + "; ".join(parts)

@@ -33,6 +33,12 @@ from .options import FitOptions
 EXTENSION_STEP = 0.05
 
 
+def extension_limit(iterations: int, extend_fraction: float) -> int:
+    """The latest stop of a fit of ``iterations`` (N) transferred iterations that may be
+    extended by ``extend_fraction`` (0-1): N + round(fraction x N); N where that adds none."""
+    return iterations + int(round(extend_fraction * iterations))
+
+
 class DiscrepancyStop:
     """Where each of K stacked networks stops: the transferred count N, or later by the
     discrepancy principle (``fit_tiles``; issue 14, ``bench/README.md``).
@@ -60,7 +66,7 @@ class DiscrepancyStop:
              variances: Sequence[float | None] | None, count: int) -> "DiscrepancyStop | None":
         """The extension of a fit, or None where it cannot go past N (off, or no noise
         variance known for any tile)."""
-        limit = iterations + int(round(options.extend_fraction * iterations))
+        limit = extension_limit(iterations, options.extend_fraction)
         if limit == iterations or variances is None:
             return None
         variances = [None if v is None or not np.isfinite(v) or v <= 0 else float(v)

@@ -26,6 +26,7 @@ import torch
 
 from .batching import FitRequest, SingleFitter, TileFitter
 from .intensity import check_dtype, denormalise, normalise
+from .discrepancy import extension_limit
 from .options import FitOptions
 from .network import DipParams
 from .noise import Anscombe, NoiseModel, estimate_noise
@@ -130,7 +131,8 @@ def denoise_planes(jobs: list[PlaneJob], fitter: TileFitter) -> list[PlaneResult
         fitted_plane = stabilised.plane if stabilised is not None else unit
         windows = [] if high == low else plane_tiles(unit.shape)
         variances, model = ([None] * len(windows), None)
-        if windows and job.options.extend_fraction > 0:
+        iterations = job.params.iterations
+        if windows and extension_limit(iterations, job.options.extend_fraction) > iterations:
             variances, model = tile_noise_variances(unit, stabilised, windows)
         first = len(requests)
         fits = len(windows) * job.members
@@ -171,25 +173,36 @@ def denoise_planes(jobs: list[PlaneJob], fitter: TileFitter) -> list[PlaneResult
 
 def tile_noise_variances(unit: np.ndarray, stabilised: VarianceStabilised | None,
                          windows) -> tuple[list[float | None], NoiseModel | None]:
-    """Per tile, the variance of its noise on the fitted [0, 1] scale, and the plane's
-    estimated noise model (``noise.estimate_noise``; the one of ``stabilised`` if given).
+    """Per tile, the variance of its noise on the fitted [0, 1] scale, and the noise model
+    to report for the plane.
 
     ``unit``: the (H, W) plane min-max rescaled to [0, 1]; ``windows``: its tiles
-    (``tiling.plane_tiles``). On the raw scale a tile's variance is the mean of the
-    noise-level function over its pixels; in the variance-stabilised domain it is 1 before
-    the rescaling to [0, 1], so 1 / span^2 on every tile. A plane too small or too flat
-    to estimate gives None for every tile (the fit then stops at the transferred count).
+    (``tiling.plane_tiles``). Each tile gets its own noise-level function
+    (``noise.estimate_noise`` on the tile: memory bounded by a tile, whatever the plane's
+    size, and local to it where illumination or gain vary across a stitched plane); its
+    variance is that function's mean over the tile's pixels. In the variance-stabilised
+    domain the variance is 1 before the rescaling to [0, 1], so 1 / span^2 on every tile.
+    A tile too small or too flat to estimate gets None (its fit stops at the transferred
+    count). The model reported is the plane's where there is one (``stabilised``), the
+    tile's for a one-tile plane, else None (the tiles differ).
     """
     if stabilised is not None and stabilised.transform is not None:
         span = stabilised.high - stabilised.low
         return [1.0 / span ** 2 if span > 0 else None] * len(windows), stabilised.model
-    try:
-        model = stabilised.model if stabilised is not None else estimate_noise(unit)
-    except ValueError:
-        return [None] * len(windows), None
-    variances = [float(np.mean(np.clip(model.variance(unit[window.slices]), 0.0, None)))
-                 for window in windows]
-    return variances, model
+    variances: list[float | None] = []
+    models: list[NoiseModel] = []
+    for window in windows:
+        tile = unit[window.slices]
+        try:
+            model = estimate_noise(tile)
+        except ValueError:
+            variances.append(None)
+            continue
+        models.append(model)
+        variances.append(float(np.mean(np.clip(model.variance(tile), 0.0, None))))
+    reported = stabilised.model if stabilised is not None else (
+        models[0] if len(windows) == 1 and models else None)
+    return variances, reported
 
 
 def _tile_progress(progress: PlaneProgress | None, index: int, count: int):
