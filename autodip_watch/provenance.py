@@ -130,6 +130,26 @@ def _span(values: tuple[int, int] | None) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+def _channel_entries(channel: ChannelRecord) -> list[tuple[str, str]]:
+    """The ``channel.N.*`` entries of one channel."""
+    prefix = f"channel.{channel.index}"
+    return [
+        (f"{prefix}.name", channel.name or ""), (f"{prefix}.microscope", channel.microscope),
+        (f"{prefix}.specimen", channel.specimen),
+        (f"{prefix}.evidence", " | ".join(channel.evidence)),
+        (f"{prefix}.policy", channel.policy),
+        (f"{prefix}.level", channel.param("level") or channel.level),
+        (f"{prefix}.group", channel.param("group") or channel.group or ""),
+        (f"{prefix}.depth", channel.param("depth")), (f"{prefix}.width", channel.param("width")),
+        (f"{prefix}.skip", channel.param("skip")),
+        (f"{prefix}.iterations", channel.param("iterations")),
+        (f"{prefix}.iterations_run", _span(channel.iterations_run)),
+        (f"{prefix}.seed", str(channel.seed)), (f"{prefix}.seconds", f"{channel.seconds:.3f}"),
+        (f"{prefix}.planes", str(channel.planes)),
+        (f"{prefix}.largest_batch", str(channel.largest_batch)),
+    ]
+
+
 def provenance_entries(*, software: str, version: str, torch_version: str, device: str,
                        sources: Sequence[SourceFile], started: str, finished: str,
                        image_name: str | None, channels: Sequence[ChannelRecord],
@@ -184,22 +204,7 @@ def provenance_entries(*, software: str, version: str, torch_version: str, devic
                         (f"source.{number}.sha256", source.sha256)]
     entries += [("source.image", image_name or ""), ("started", started), ("finished", finished)]
     for channel in channels:
-        prefix = f"channel.{channel.index}"
-        entries += [
-            (f"{prefix}.name", channel.name or ""), (f"{prefix}.microscope", channel.microscope),
-            (f"{prefix}.specimen", channel.specimen),
-            (f"{prefix}.evidence", " | ".join(channel.evidence)),
-            (f"{prefix}.policy", channel.policy),
-            (f"{prefix}.level", channel.param("level") or channel.level),
-            (f"{prefix}.group", channel.param("group") or channel.group or ""),
-            (f"{prefix}.depth", channel.param("depth")), (f"{prefix}.width", channel.param("width")),
-            (f"{prefix}.skip", channel.param("skip")),
-            (f"{prefix}.iterations", channel.param("iterations")),
-            (f"{prefix}.iterations_run", _span(channel.iterations_run)),
-            (f"{prefix}.seed", str(channel.seed)), (f"{prefix}.seconds", f"{channel.seconds:.3f}"),
-            (f"{prefix}.planes", str(channel.planes)),
-            (f"{prefix}.largest_batch", str(channel.largest_batch)),
-        ]
+        entries += _channel_entries(channel)
     for key, value in (source_ome or {}).items():
         entries.append((f"source.{key}", "" if value is None else str(value)))
     for key, value in (versions or {}).items():

@@ -147,9 +147,7 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
     options, shared = _batch_options(tiles, options, device)
     # Against N, not the extension's limit: a fit may stop at any candidate from N on,
     # so a stop past N might never be reached (found only after the whole fit).
-    for stop in stops:
-        if not 1 <= int(stop) <= params.iterations:
-            raise ValueError(f"stop {stop} is outside 1..{params.iterations}")
+    _check_stops(stops, params.iterations)
     padded_tiles, originals = zip(*(pad_for_depth(np.asarray(t, dtype=np.float32), params.depth)
                                     for t in tiles))
     if len({p.shape for p in padded_tiles}) != 1:
@@ -170,11 +168,8 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
                              device)
 
     run_step = _GraphedStep(step, optimiser, noise_generator) if shared.cuda_graphs else step
-    extension = DiscrepancyStop.plan(shared, params.iterations, noise_variances, len(tiles))
-    limit = extension.limit if extension is not None else params.iterations
-    stabiliser = (_Stabiliser(shared, limit, net, len(tiles),
-                              [*stops, *(extension.candidates if extension else ())])
-                  if _stabilised(shared) or extension is not None else None)
+    extension, stabiliser = _late_iterations(shared, params.iterations, net, len(tiles), stops,
+                                             noise_variances)
     final, stopped, all_losses, ends = _optimise(
         run_step, params.iterations, shared, device, dtype, len(tiles), stabiliser, extension,
         originals, stops, progress, snapshot, snapshot_every)
@@ -186,6 +181,26 @@ def fit_tiles(tiles: list[np.ndarray], params: DipParams, device: torch.device |
                       stopped={stop: np.clip(crop_padded(frames[k], originals[k]), 0.0, 1.0)
                                for stop, frames in stopped.items()})
             for k in range(len(tiles))]
+
+
+def _check_stops(stops: Sequence[int], iterations: int) -> None:
+    """Extra stops score the transferred fit, never its extension: refused up front."""
+    for stop in stops:
+        if not 1 <= int(stop) <= iterations:
+            raise ValueError(f"stop {stop} is outside 1..{iterations}")
+
+
+def _late_iterations(shared: FitOptions, iterations: int, net: torch.nn.Module, count: int,
+                     stops: Sequence[int], noise_variances: Sequence[float | None] | None
+                     ) -> tuple[DiscrepancyStop | None, _Stabiliser | None]:
+    """What decides the end of a fit and its output there: the extension past N (None:
+    stops at N) and the stabiliser (None: the paper's last iterate)."""
+    extension = DiscrepancyStop.plan(shared, iterations, noise_variances, count)
+    if not _stabilised(shared) and extension is None:
+        return None, None
+    limit = extension.limit if extension is not None else iterations
+    candidates = extension.candidates if extension is not None else ()
+    return extension, _Stabiliser(shared, limit, net, count, [*stops, *candidates])
 
 
 def _batch_options(tiles: list[np.ndarray], options: list[FitOptions] | None,
