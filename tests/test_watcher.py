@@ -388,3 +388,21 @@ def test_only_new_content_is_a_new_version(tmp_path):
         os.utime(raw, ns=(time.time_ns(), original_mtime - 3600 * 10**9))
         wait_for(lambda: len(h.queue.jobs()) == 2, 15, "a job for the new content")
         assert h.queue.jobs()[-1].sha256 != job.sha256
+
+
+def test_a_queued_job_carries_the_planes_its_metadata_declares(tmp_path):
+    """The queue's ETA counts a job that never ran by what its file declares, not by the
+    recent average, where the metadata says (OME, ImageJ); a plain TIFF does not say."""
+    from autodip_watch.daemon.status import queue_eta
+
+    with Harness(tmp_path) as h:
+        stack = np.zeros((6, 32, 32), np.uint16)
+        tifffile.imwrite(h.root / "z6.ome.tif", stack, ome=True, metadata={"axes": "ZYX"})
+        tifffile.imwrite(h.root / "t3.tif", stack[:3], imagej=True, metadata={"axes": "TYX"})
+        tifffile.imwrite(h.root / "plain.tif", stack[:2], metadata=None)
+        wait_for(lambda: len(h.paths()) == 3, 15, "three jobs")
+        planes = {Path(job.path).name: job.planes for job in h.queue.jobs()}
+    assert planes == {"z6.ome.tif": 6, "t3.tif": 3, "plain.tif": None}
+    throughput = {"seconds_per_plane": 10.0, "planes_per_job": 4.0}
+    backlog = queue_eta(h.queue.jobs(["queued"]), [], throughput)
+    assert backlog["planes"] == 6 + 3 + 4 and backlog["eta_seconds"] == 130.0

@@ -82,8 +82,11 @@ class JobQueue(Database):
                 state: str = "queued", error: str | None = None,
                 members: list[str] | None = None, fit_key: str | None = None,
                 missing: dict | None = None, sources: list[dict] | None = None,
-                ctime_ns: int | None = None) -> Job | None:
+                ctime_ns: int | None = None, planes: int | None = None) -> Job | None:
         """Add a job; returns None when this exact file version already has one.
+
+        ``planes``: the planes its metadata declares, where known before it runs (the
+        queue's ETA counts them; the worker's progress and the finished job replace it).
 
         Older jobs of the same path that have not run to the end (queued, failed,
         quarantined) are marked skipped: only the newest content of a file is worth
@@ -95,13 +98,14 @@ class JobQueue(Database):
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO jobs (path, size, mtime_ns, sha256, folder, members, state, "
-                "error, created, updated, finished, fit_key, missing, sources, ctime_ns) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "error, created, updated, finished, fit_key, missing, sources, ctime_ns, planes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (path, size, mtime_ns, sha256, folder, json.dumps(members) if members else None,
                  state, error, now, now,
                  now if state == "quarantined" else None, fit_key,
                  json.dumps(missing) if missing else None,
-                 json.dumps(sources) if sources else None, ctime_ns))
+                 json.dumps(sources) if sources else None, ctime_ns,
+                 planes if state == "queued" else None))
             if cursor.rowcount == 0:
                 return None
             job_id = cursor.lastrowid

@@ -250,8 +250,9 @@ def queue_eta(waiting: list[Job], current: list[dict], throughput: dict,
     (from finished jobs, start-up included), plus what the running jobs have left,
     shared among ``parallel`` workers.
 
-    A waiting job whose plane count is not known yet (it has never run) counts as many
-    planes as the recent jobs had on average.
+    A waiting job counts the planes its metadata declares (recorded when it was queued)
+    or that an earlier attempt found; where neither is known (a plain TIFF that never
+    ran) it counts as many planes as the recent jobs had on average.
     """
     per_plane = throughput.get("seconds_per_plane")
     per_job = throughput.get("planes_per_job")

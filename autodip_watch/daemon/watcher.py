@@ -441,10 +441,12 @@ class Watcher:
                 key = self.fit_key(candidate.path)
             except Exception as failure:  # only a scheduling hint: never lose the file over it
                 log.warning("watch.fit_key_failed", path=path, error=str(failure))
+        declared = candidate.inspected.planes if candidate.inspected is not None else None
         job = self.queue.enqueue(path, size, mtime_ns, digest,
                                  folder=str(candidate.folder.path), state=state, error=error,
                                  members=members, fit_key=key, missing=missing,
-                                 sources=sources, ctime_ns=ctime_ns)
+                                 sources=sources, ctime_ns=ctime_ns,
+                                 planes=declared.declared if declared is not None else None)
         if job is None:
             return
         if state == "quarantined":
