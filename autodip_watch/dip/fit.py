@@ -279,12 +279,11 @@ def _optimise(run_step: Callable[[], tuple[torch.Tensor, torch.Tensor]], iterati
         if progress is not None and ran < limit:  # stopped before the limit: done
             progress(ran, ran)
         ends = extension.stops if extension is not None else [iterations] * count
-        if extension is not None:
-            final = torch.stack([stabiliser.mean(end)[k] for k, end in enumerate(ends)])
+        if extension is not None or (stabiliser is not None and stabiliser.averaging):
+            # network k's output is the window mean at its own stop; one mean per stop
+            means = {end: stabiliser.mean(end) for end in set(ends)}
+            final = torch.stack([means[end][k] for k, end in enumerate(ends)])
             final = final.float().cpu().numpy()
-            stopped = {stop: stabiliser.mean(stop).float().cpu().numpy() for stop in stops}
-        elif stabiliser is not None and stabiliser.averaging:
-            final = stabiliser.mean(iterations).float().cpu().numpy()
             stopped = {stop: stabiliser.mean(stop).float().cpu().numpy() for stop in stops}
         else:
             final = (ema if ema is not None else output.detach())[0].float().cpu().numpy()
@@ -345,9 +344,8 @@ class _Stabiliser:
         #: the candidate stops.
         self.windows: dict[int, int] = {}
         if self.averaging or options.extend_fraction > 0:
+            # stops are checked by fit_tiles (_check_stops); candidates lie in N..limit
             for stop in {iterations, *(int(s) for s in stops)}:
-                if not 1 <= stop <= iterations:
-                    raise ValueError(f"stop {stop} is outside 1..{iterations}")
                 width = max(1, int(round(options.average_fraction * stop)))
                 self.windows[stop] = stop - width + 1
         self.sums: dict[int, torch.Tensor] = {}

@@ -11,8 +11,8 @@ Two plane-level parts of the stabilised mode (issue 14, ``bench/README.md``): an
 (a batching fitter fits the members together), and a *variance-stabilising transform*
 fits the plane in the generalised Anscombe domain of its estimated Poisson-Gaussian
 noise (``noise.py``) and maps the result back with the exact unbiased inverse. An
-*extended* fit (``FitOptions.extend_fraction``) needs each tile's noise variance, from
-the same estimate of the plane's noise.
+*extended* fit (``FitOptions.extend_fraction``) needs each tile's noise variance,
+estimated on that tile (:func:`tile_noise_variances`).
 """
 
 from __future__ import annotations
@@ -200,9 +200,9 @@ def tile_noise_variances(unit: np.ndarray, stabilised: VarianceStabilised | None
             continue
         models.append(model)
         variances.append(float(np.mean(np.clip(model.variance(tile), 0.0, None))))
-    reported = stabilised.model if stabilised is not None else (
-        models[0] if len(windows) == 1 and models else None)
-    return variances, reported
+    if stabilised is not None:  # no Poisson part: the plane's own (Gaussian) estimate
+        return variances, stabilised.model
+    return variances, models[0] if len(windows) == 1 and models else None
 
 
 def _tile_progress(progress: PlaneProgress | None, index: int, count: int):
