@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from ..settings.calibrate import CalibrateSettings
 from .app import app, console, fail, say, settings_from
+from .stopping import stoppable
 
 
 def _default(name: str) -> str:
@@ -109,8 +110,11 @@ def calibrate(pairs: Pairs, out: Out, depths: Depths = None, widths: Widths = No
         for suffix in ("", "-wal", "-shm"):
             Path(str(state_path) + suffix).unlink(missing_ok=True)
     progress = _Progress(state_path, disable=as_json and not sys.stderr.isatty())
+    # A stopped run (Ctrl-C, SIGTERM from systemd or a batch scheduler) exits 128 + signal.
+    saved = (f"finished fits are saved in {state_path}. Run the same command again to "
+             f"continue.")
     try:
-        with progress.bars:
+        with stoppable(True, lambda: None, saved), progress.bars:
             report = run(pairs, out, settings.grid(), state_path, chosen_device, settings.seed,
                          settings.crop, settings.lpips, settings.match, stop_after,
                          progress.on_event, executor=executor, mode=settings.mode,
@@ -118,10 +122,6 @@ def calibrate(pairs: Pairs, out: Out, depths: Depths = None, widths: Widths = No
     except CalibrationInterrupted as stopped:
         console.print(f"[yellow]{escape(str(stopped))}[/yellow]", highlight=False)
         raise typer.Exit(3) from None
-    except KeyboardInterrupt:
-        say(f"interrupted; finished fits are saved in {state_path}. Run the same command again "
-            f"to continue.")
-        raise typer.Exit(130) from None
     except (CalibrationError, LpipsWeightsMissing, TableError, OSError) as error:
         fail(error)
     if as_json:

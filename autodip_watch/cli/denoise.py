@@ -7,7 +7,6 @@ on SIGINT/SIGTERM without leaving a temporary file behind.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +15,7 @@ import typer
 
 from .. import defaults
 from .app import app, console, fail, load_table, say, settings_from
+from .stopping import stoppable
 
 
 # The options, one alias each, so that the command reads as what it does.
@@ -144,7 +144,6 @@ def _run(inputs: list[Path], settings, target: Optional[Path], planned: list[Pat
         configure_tf32(settings.tf32(choose_device(settings.device)))
     except ValueError:
         pass  # a device that is not here: each file says so
-    stopping = _Stopping(immediate=slots == 1)
 
     def on_result(path: Path, summary: dict) -> None:
         if "error" in summary:
@@ -155,22 +154,18 @@ def _run(inputs: list[Path], settings, target: Optional[Path], planned: list[Pat
             say(f"{path} -> {summary['output']} ({summary['seconds']:.1f} s on "
                 f"{summary['device']})")
 
-    try:
-        with stopping, DenoiseProgress(console, choose_mode(sys.stderr, quiet),
-                                       total_planes=count_planes(inputs) if len(inputs) > 1
-                                       else None, label_files=len(inputs) > 1) as view:
-            summaries = denoise_files(inputs, settings, target, shared=shared, slots=slots,
-                                      for_file=stopping.watching(view.for_file),
-                                      on_result=on_result,
-                                      stopping=lambda: stopping.signal is not None)
-    except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM (systemd, a batch scheduler): what a writer left is removed.
+    def remove_unfinished() -> None:
         for output in planned:
             remove_temporary_outputs(output)
-        number = stopping.signal or signal.SIGINT
-        console.print(f"[yellow]stopped by {signal.Signals(number).name}; unfinished outputs "
-                      f"removed[/yellow]")
-        raise typer.Exit(128 + number) from None
+
+    # Ctrl-C or SIGTERM (systemd, a batch scheduler): what a writer left is removed.
+    with stoppable(slots == 1, remove_unfinished, "unfinished outputs removed") as stopping, \
+            DenoiseProgress(console, choose_mode(sys.stderr, quiet),
+                            total_planes=count_planes(inputs) if len(inputs) > 1 else None,
+                            label_files=len(inputs) > 1) as view:
+        summaries = denoise_files(inputs, settings, target, shared=shared, slots=slots,
+                                  for_file=stopping.watching(view.for_file),
+                                  on_result=on_result, stopping=lambda: stopping.requested)
     # say what happened to every input given
     outputs = {str(path): summary.get("output") for path, summary in zip(inputs, summaries)}
     return list(summaries) + [
@@ -184,50 +179,3 @@ def console_error(message: str) -> None:
     from rich.markup import escape
 
     console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-
-
-class _Stopping:
-    """SIGTERM and SIGINT during ``denoise``: stop as Ctrl-C does, leaving no temporary file.
-
-    With one file at a time the signal interrupts at once (KeyboardInterrupt; the writer
-    removes its temporary file on the way out). With files side by side in threads it is
-    noted and each fit stops at its next iteration, so that every thread's writer cleans
-    up before the process exits.
-    """
-
-    def __init__(self, immediate: bool) -> None:
-        self.immediate = immediate
-        self.signal: Optional[int] = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> _Stopping:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[number] = signal.signal(number, self._on_signal)
-            except ValueError:  # not the main thread (tests calling the app in a thread)
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        if self.signal is not None and exc[0] is None:
-            raise KeyboardInterrupt
-
-    def _on_signal(self, number, frame) -> None:
-        first = self.signal is None
-        self.signal = number
-        if self.immediate or not first:
-            raise KeyboardInterrupt
-
-    def watching(self, for_file):
-        """``for_file`` whose progress callbacks stop the fit once a signal came."""
-        def watched(path: Path):
-            progress, notify = for_file(path)
-
-            def check(*args) -> None:
-                if self.signal is not None:
-                    raise KeyboardInterrupt
-                progress(*args)
-            return check, notify
-        return watched

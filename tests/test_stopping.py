@@ -1,0 +1,89 @@
+"""A long command stopped by SIGTERM or Ctrl-C exits 128 + signal after its clean-up,
+wherever in the Python code the signal lands.
+
+Each case is a real process (``python -m``, as the CLI runs) that signals itself at one
+place; ``denoise`` and ``calibrate`` go through the same ``stoppable``, and are stopped
+for real in ``test_cli_habits.py``, ``test_temporary_sweep.py`` and below.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.stop_probe import PLACES
+
+TESTS = Path(__file__).parent
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("place", list(PLACES))
+def test_a_stop_signal_exits_with_its_status_wherever_it_lands(tmp_path, place, signame):
+    marker = tmp_path / "cleaned"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "helpers.stop_probe", place, signame,
+                           str(marker)], cwd=TESTS, env=env, capture_output=True, text=True,
+                          timeout=120)
+    number = int(getattr(signal, signame))
+    # not -2: a KeyboardInterrupt raised inside exec() of a string made CPython end the
+    # process by SIGINT after it had been caught and the exit status chosen
+    assert done.returncode == 128 + number, done.stderr
+    assert f"stopped by {signame}; probe cleaned up" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr and "not stopped" not in done.stderr
+    assert marker.read_text() == "cleaning\nclean\n"  # a second signal did not cut it short
+
+
+def test_a_command_without_a_stop_gets_its_handlers_back(tmp_path):
+    """After the body, SIGTERM is the process's again (here: Python's default, which
+    ends the process by the signal)."""
+    script = ("import os, signal, time\n"
+              "from autodip_watch.cli.stopping import stoppable\n"
+              "with stoppable(True, lambda: None, 'x'):\n"
+              "    pass\n"
+              "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL\n"
+              "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(5)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_calibrate_stopped_by_a_signal_says_how_to_resume(tmp_path, lpips_backbone, signum):
+    """systemd or a batch scheduler stop a calibration with SIGTERM: it exits 128 +
+    signal, says where the finished fits are, and writes no table."""
+    from helpers.pairs import make_pairs
+
+    pairs = make_pairs(tmp_path / "pairs")
+    out = tmp_path / "site.toml"
+    env = {**os.environ, "TORCH_HOME": str(lpips_backbone), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "autodip_watch.cli", "calibrate", str(pairs), "--out",
+               str(out), "--depths", "4", "--widths", "16", "--skips", "4",
+               "--max-iterations", "1000000", "--every", "1000", "--device", "cpu"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "site.calibration.sqlite"
+    try:
+        deadline = time.monotonic() + 120
+        while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)  # inside the first fit
+        process.send_signal(signum)
+        code = process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = " ".join(process.stderr.read().split())
+    assert code == 128 + signum, stderr
+    assert f"stopped by {signal.Signals(signum).name}; finished fits are saved in" in stderr
+    assert "Run the same command again" in stderr
+    assert not out.exists()
