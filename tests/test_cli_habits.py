@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from helpers.acquisition import remount, tiny_filesystem
+from helpers.children import stop_when
 from autodip_watch.cli.app import app
 
 FAST = ["--depth", "4", "--width", "16", "--skip", "4", "--iterations", "2", "--device", "cpu"]
@@ -105,20 +104,6 @@ def test_os_errors_name_the_reason_and_the_path(tmp_path):
         assert nested.exit_code == 1 and "cannot create the folder" in one_line(nested.output)
 
 
-def _wait_for_temporary(folder: Path, process: subprocess.Popen, count: int = 1,
-                        timeout: float = 180) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        temporaries = list(folder.glob(".*.tmp"))
-        if len(temporaries) >= count:
-            return temporaries
-        if process.poll() is not None:
-            raise AssertionError(f"denoise ended ({process.returncode}) before fitting: "
-                                 f"{process.stderr.read()}")
-        time.sleep(0.2)
-    raise AssertionError("no temporary output appeared")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("files, signum", [(1, signal.SIGTERM), (2, signal.SIGTERM),
                                            (2, signal.SIGINT)],
@@ -133,17 +118,9 @@ def test_a_signal_during_denoise_leaves_no_temporary_file(tmp_path, files, signu
                "--depth", "4", "--width", "16", "--iterations", "1000000", "--device", "cpu"]
     if files > 1:
         command += ["--batching", "on", "--jobs-together", str(files)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        _wait_for_temporary(tmp_path, process, count=files)
-        time.sleep(1.0)  # well inside the fit
-        process.send_signal(signum)
-        code = process.wait(60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    stderr = process.stderr.read()
+    # well inside the fit: a second after the temporary outputs appeared
+    code, stderr = stop_when(command, lambda: len(list(tmp_path.glob(".*.tmp"))) >= files,
+                             signum, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert code == 128 + signum, stderr
     assert signal.Signals(signum).name in stderr
     assert list(tmp_path.glob(".*.tmp")) == []

@@ -12,11 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers.children import stop_when
 from helpers.stop_probe import PLACES
 
 TESTS = Path(__file__).parent
@@ -69,20 +69,10 @@ def test_calibrate_stopped_by_a_signal_says_how_to_resume(tmp_path, lpips_backbo
     command = [sys.executable, "-m", "autodip_watch.cli", "calibrate", str(pairs), "--out",
                str(out), "--depths", "4", "--widths", "16", "--skips", "4",
                "--max-iterations", "1000000", "--every", "1000", "--device", "cpu"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    # inside the first fit: two seconds after the state database appeared
     state = tmp_path / "site.calibration.sqlite"
-    try:
-        deadline = time.monotonic() + 120
-        while not state.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(2.0)  # inside the first fit
-        process.send_signal(signum)
-        code = process.wait(60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    stderr = " ".join(process.stderr.read().split())
+    code, stderr = stop_when(command, state.exists, signum, settle=2.0, env=env)
+    stderr = " ".join(stderr.split())
     assert code == 128 + signum, stderr
     assert f"stopped by {signal.Signals(signum).name}; finished fits are saved in" in stderr
     assert "Run the same command again" in stderr

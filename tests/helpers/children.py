@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import weakref
 
 PR_SET_PDEATHSIG = 1
@@ -53,6 +54,32 @@ def spawn(args: list[str], **kwargs) -> subprocess.Popen:
     process = subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs)
     _children.add(process)
     return process
+
+
+def stop_when(args: list[str], ready, signum: int, settle: float = 1.0,
+              timeout: float = 180, **kwargs) -> tuple[int, str]:
+    """Run ``args``, wait until ``ready()`` (at most ``timeout`` s; the child must not end
+    before), let it run ``settle`` s more, send ``signum`` and return its exit status and
+    stderr. The child is killed if it does not end within 60 s of the signal."""
+    process = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    **kwargs)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if process.poll() is not None:
+                raise AssertionError(f"ended ({process.returncode}) before it was ready: "
+                                     f"{process.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready within {timeout} s: {' '.join(args)}")
+            time.sleep(0.1)
+        time.sleep(settle)
+        process.send_signal(signum)
+        code = process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    return code, process.stderr.read()
 
 
 @atexit.register
