@@ -3,6 +3,7 @@ and read-only disks. Real files and, for signals, a real subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -105,23 +106,37 @@ def test_os_errors_name_the_reason_and_the_path(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("files, signum", [(1, signal.SIGTERM), (2, signal.SIGTERM),
-                                           (2, signal.SIGINT)],
-                         ids=["one file, SIGTERM", "side by side, SIGTERM",
-                              "side by side, Ctrl-C"])
-def test_a_signal_during_denoise_leaves_no_temporary_file(tmp_path, files, signum):
+@pytest.mark.parametrize("files, signum, unreadable", [
+    (1, signal.SIGTERM, False), (2, signal.SIGTERM, False), (2, signal.SIGINT, False),
+    (2, signal.SIGTERM, True)],
+    ids=["one file, SIGTERM", "side by side, SIGTERM", "side by side, Ctrl-C",
+         "one after the other, the first unreadable"])
+def test_a_signal_during_denoise_leaves_no_temporary_file(tmp_path, files, signum,
+                                                          unreadable):
     """systemd, a batch scheduler or `timeout` send SIGTERM: like Ctrl-C, the run stops,
     removes its temporary outputs, writes no output and exits 128+signal. Files denoised
-    side by side (threads sharing batches) stop at their next iteration and clean up too."""
+    side by side (threads sharing batches) stop at their next iteration and clean up too.
+    With --json, stdout still says what became of every input (a batch script must tell
+    the finished from the stopped)."""
     sources = [raw(tmp_path / f"cells{n}.ome.tif", seed=n) for n in range(files)]
+    if unreadable:
+        sources[0].write_bytes(b"not a TIFF")
     command = [sys.executable, "-m", "autodip_watch.cli", "denoise", *map(str, sources),
-               "--depth", "4", "--width", "16", "--iterations", "1000000", "--device", "cpu"]
-    if files > 1:
+               "--depth", "4", "--width", "16", "--iterations", "1000000", "--device", "cpu",
+               "--json"]
+    if files > 1 and not unreadable:
         command += ["--batching", "on", "--jobs-together", str(files)]
+    fitting = files - unreadable
     # well inside the fit: a second after the temporary outputs appeared
-    code, stderr = stop_when(command, lambda: len(list(tmp_path.glob(".*.tmp"))) >= files,
-                             signum, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert code == 128 + signum, stderr
-    assert signal.Signals(signum).name in stderr
+    ended = stop_when(command, lambda: len(list(tmp_path.glob(".*.tmp"))) >= fitting,
+                      signum, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert ended.returncode == 128 + signum, ended.stderr
+    assert signal.Signals(signum).name in ended.stderr
     assert list(tmp_path.glob(".*.tmp")) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in sources)
+    said = json.loads(ended.stdout)
+    said = [said] if files == 1 else said
+    assert [item["input"] for item in said] == list(map(str, sources))
+    for index, item in enumerate(said):
+        expected = "not a TIFF" if unreadable and index == 0 else "stopped before it finished"
+        assert "output" not in item and expected in one_line(item["error"]), item

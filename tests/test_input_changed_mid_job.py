@@ -7,13 +7,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from autodip_watch.daemon.queue import JobQueue, QueueError
 from autodip_watch.provenance import read_provenance
-from helpers.daemon import DaemonProcess, Raw, output_of, wait_for, write_config
+from helpers.daemon import ENDLESS_FIT, DaemonProcess, Raw, output_of, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +44,15 @@ CHANGES = {"rewritten in place": rewrite_in_place, "replaced by rename": replace
            "deleted": delete}
 
 
+def jobs_now(state: Path) -> list:
+    try:  # the daemon may still be creating its database
+        return JobQueue(state, create=False).jobs()
+    except (QueueError, sqlite3.Error):
+        return []
+
+
 def test_a_file_changed_while_its_job_runs_is_skipped_not_failed(tmp_path):
     folder, state = tmp_path / "incoming", tmp_path / "state"
-
-    def jobs_now():
-        try:  # the daemon may still be creating its database
-            return JobQueue(state, create=False).jobs()
-        except (QueueError, sqlite3.Error):
-            return []
 
     config = write_config(tmp_path / "config.toml", state,
                           f'[[watch]]\npath = "{folder}"\nsettle_seconds = 0.5\n', FIT)
@@ -62,14 +64,14 @@ def test_a_file_changed_while_its_job_runs_is_skipped_not_failed(tmp_path):
             Raw().write(path, seed=seed)
 
             def running():
-                jobs = [job for job in jobs_now() if job.path == str(path)]
+                jobs = [job for job in jobs_now(state) if job.path == str(path)]
                 return jobs and jobs[0].state == "running" and (jobs[0].iteration or 0) >= 1
             wait_for(running, 180, f"the job of {path.name} fitting", daemon)
             CHANGES[kind](path, tmp_path / f"{path.name}.new")
         survivors = [path for kind, path in names.items() if kind != "deleted"]
 
         def settled():
-            jobs = jobs_now()
+            jobs = jobs_now(state)
             return jobs and all(
                 [job.state for job in jobs if job.path == str(path)] == ["skipped", "done"]
                 for path in survivors) and \
@@ -88,3 +90,35 @@ def test_a_file_changed_while_its_job_runs_is_skipped_not_failed(tmp_path):
         assert not list(folder.glob(".*.tmp"))
     finally:
         daemon.kill()
+
+
+def test_the_daemon_drops_a_running_job_whose_raw_file_was_replaced(tmp_path):
+    """A facility re-exports a file while the daemon fits it: the running job stops and
+    is skipped, saying why, and the new version is denoised (before: the old version ran
+    to the end, was thrown away, and the new one waited behind it)."""
+    folder, state = tmp_path / "incoming", tmp_path / "state"
+    raw = Raw().write(folder / "cells.ome.tif", seed=0)
+    config = write_config(tmp_path / "config.toml", state,
+                          f'[[watch]]\npath = "{folder}"\nsettle_seconds = 0.5\n',
+                          ENDLESS_FIT + "members = 1\n")
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: list(folder.glob(".*.tmp")), 180, "the first job fitting",
+                 daemon)
+        replaced = time.monotonic()
+        replace_by_rename(raw, tmp_path / "cells.new.ome.tif")
+        first = wait_for(lambda: next((job for job in jobs_now(state)
+                                       if job.state == "skipped"), None), 120,
+                         "the running job skipped", daemon)
+        assert time.monotonic() - replaced < 60, daemon.log_tail()
+        assert "changed while it was being denoised" in (first.error or ""), first
+        second = wait_for(lambda: next((job for job in jobs_now(state)
+                                        if job.id != first.id and job.state == "running"),
+                                       None), 120, "the new version running", daemon)
+        assert second.sha256 == hashlib.sha256(raw.read_bytes()).hexdigest()
+        assert any(event.get("event") == "job.skipped" and event.get("during_run")
+                   for event in daemon.events())
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0
+    assert list(folder.glob(".*.tmp")) == []

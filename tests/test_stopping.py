@@ -71,9 +71,31 @@ def test_calibrate_stopped_by_a_signal_says_how_to_resume(tmp_path, lpips_backbo
                "--max-iterations", "1000000", "--every", "1000", "--device", "cpu"]
     # inside the first fit: two seconds after the state database appeared
     state = tmp_path / "site.calibration.sqlite"
-    code, stderr = stop_when(command, state.exists, signum, settle=2.0, env=env)
-    stderr = " ".join(stderr.split())
+    ended = stop_when(command, state.exists, signum, settle=2.0, env=env)
+    code, stderr = ended.returncode, " ".join(ended.stderr.split())
     assert code == 128 + signum, stderr
     assert f"stopped by {signal.Signals(signum).name}; finished fits are saved in" in stderr
     assert "Run the same command again" in stderr
     assert not out.exists()
+
+
+# from 0.2 s: earlier, the signal lands in the interpreter's own start-up (site), before
+# any code of ours runs
+@pytest.mark.parametrize("delay", [0.2, 0.4, 0.7, 1.2])
+def test_ctrl_c_while_the_command_starts_ends_it_quietly(tmp_path, delay):
+    """Ctrl-C in the first second (numpy, typer and the commands still importing): the
+    command ends as interrupted (130, or killed by SIGINT, which a shell shows as 130),
+    without a traceback of the import."""
+    import numpy as np
+    import tifffile
+
+    raw = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(raw, np.zeros((24, 24), np.uint16), ome=True)
+    command = [sys.executable, "-m", "autodip_watch.cli", "denoise", str(raw), "--depth",
+               "4", "--width", "16", "--iterations", "1000000", "--device", "cpu"]
+    ended = stop_when(command, lambda: True, signal.SIGINT, settle=delay,
+                      env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code, stderr = ended.returncode, ended.stderr
+    assert code in (130, -signal.SIGINT), stderr
+    assert "Traceback" not in stderr, stderr
+    assert list(tmp_path.glob(".*.tmp")) == []

@@ -107,7 +107,7 @@ def denoise(inputs: Inputs, microscope: Microscope = None, specimen: Specimen = 
     target, planned = _outputs(inputs, out)
     summaries = _run(inputs, settings, target, planned, jobs_together, as_json, quiet)
     if as_json:
-        typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+        print_json(summaries)
     if any("error" in summary for summary in summaries):
         raise typer.Exit(1)
 
@@ -145,7 +145,10 @@ def _run(inputs: list[Path], settings, target: Optional[Path], planned: list[Pat
     except ValueError:
         pass  # a device that is not here: each file says so
 
+    finished: dict[str, dict] = {}  # filled from the fit threads; one key each
+
     def on_result(path: Path, summary: dict) -> None:
+        finished[str(path)] = summary
         if "error" in summary:
             message = summary["error"]
             # reader errors already start with the path
@@ -157,6 +160,11 @@ def _run(inputs: list[Path], settings, target: Optional[Path], planned: list[Pat
     def remove_unfinished() -> None:
         for output in planned:
             remove_temporary_outputs(output)
+        if as_json:  # a batch script learns which outputs are complete
+            print_json(_with_set_members(inputs, [
+                finished.get(str(path)) or {"input": str(path), "error": "stopped before it "
+                                            "finished; no output written"}
+                for path in inputs], same_set))
 
     # Ctrl-C or SIGTERM (systemd, a batch scheduler): what a writer left is removed.
     with stoppable(slots == 1, remove_unfinished, "unfinished outputs removed") as stopping, \
@@ -166,12 +174,23 @@ def _run(inputs: list[Path], settings, target: Optional[Path], planned: list[Pat
         summaries = denoise_files(inputs, settings, target, shared=shared, slots=slots,
                                   for_file=stopping.watching(view.for_file),
                                   on_result=on_result, stopping=lambda: stopping.requested)
-    # say what happened to every input given
+    return _with_set_members(inputs, summaries, same_set)
+
+
+def _with_set_members(inputs: list[Path], summaries: list[dict],
+                      same_set: list[tuple[Path, Path]]) -> list[dict]:
+    """One summary per input given: those of ``inputs`` (in order), and one per member of
+    a multi-file OME set that was given as well as the file that ran it."""
     outputs = {str(path): summary.get("output") for path, summary in zip(inputs, summaries)}
     return list(summaries) + [
         {"input": str(member), "same_set_as": str(first), "output": outputs.get(str(first)),
          "note": "member of a multi-file OME set given more than once; denoised once"}
         for member, first in same_set]
+
+
+def print_json(summaries: list[dict]) -> None:
+    """``--json``: the summary of one input as an object, of several as a list."""
+    typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
 
 
 def console_error(message: str) -> None:

@@ -351,6 +351,8 @@ class DaskDispatcher:
                 payloads[payload_key] = self._payload(folder)
                 jobs.append({"job": item.job.id, "input": item.job.path,
                              "output": str(item.output), "mtime_ns": item.job.mtime_ns,
+                             "files": [item.job.path, *item.job.member_paths()],
+                             "sha256": item.job.sha256,
                              "hashes": [(f["file"], f["sha256"])
                                         for f in item.job.source_list()],
                              "incomplete": incomplete_note(item.job),

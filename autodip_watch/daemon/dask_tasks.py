@@ -107,7 +107,7 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
     and host that ran it. Errors of the file come back as an outcome, not an exception."""
     from ..dip.device import choose_device, describe_device
     from ..io.atomic import remove_temporary_outputs
-    from .lifecycle import Outcome, output_is_current, run_job
+    from .lifecycle import Outcome, SourceWatch, output_is_current, run_job
 
     source, output = Path(job["input"]), Path(job["output"])
     where = {"worker": context.address, "host": context.host}
@@ -131,16 +131,19 @@ def _run_job(job: dict, denoise_settings, context: _TaskContext, fitter) -> dict
                           traceback=traceback.format_exc(limit=6)).as_dict(), **where}
     context.send({"job": job["job"], "event": "started", "device": device})
     remove_temporary_outputs(output)  # of an attempt on a worker that died
+    watch = (SourceWatch([Path(path) for path in job.get("files") or [source]], job["sha256"])
+             if job.get("sha256") else None)
     outcome = run_job(source, output, denoise_settings,
-                      progress=_progress_events(job["job"], device, context),
+                      progress=_progress_events(job["job"], device, context, watch),
                       fitter=fitter, incomplete=job.get("incomplete"),
                       worker=context.address or None)
     outcome.device = outcome.device or device
     return {**outcome.as_dict(), **where}
 
 
-def _progress_events(job_id: int, device: str, context: _TaskContext):
-    """The pipeline's progress callback on a worker: cancellation, and progress events
+def _progress_events(job_id: int, device: str, context: _TaskContext, source=None):
+    """The pipeline's progress callback on a worker: cancellation (the task's, or the raw
+    file changed: ``source``, a :class:`~.lifecycle.SourceWatch`), and progress events
     to the daemon at most every :data:`EVENT_SECONDS`."""
     from .lifecycle import JobCancelled
     from .progress import FitProgress
@@ -152,6 +155,8 @@ def _progress_events(job_id: int, device: str, context: _TaskContext):
                  iterations: int) -> None:
         if context.cancelled():
             raise JobCancelled()
+        if source is not None:
+            source.check()
         now = time.monotonic()
         measured.update(plane, planes, tile, tiles, iteration, iterations, now)
         final = plane == planes and tile == tiles and iteration == iterations

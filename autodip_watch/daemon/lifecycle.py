@@ -34,13 +34,76 @@ class JobCancelled(BaseException):
     """
 
 
+class InputChanged(JobCancelled):
+    """Raised from the progress callback when the raw file (or a file of its set) changed
+    content or vanished while its job ran (:class:`SourceWatch`): the output would be of
+    a version that no longer exists, so the fit stops instead of running to its end."""
+
+
+#: How often a running job looks at its raw files (a ``stat`` each; a hash only when
+#: the size or times changed), in s.
+SOURCE_CHECK_SECONDS = 1.0
+
+
+class SourceWatch:
+    """Notices, while a job runs, that its raw files are no longer the queued version.
+
+    ``check()`` is called from the fit's progress callback; at most every ``every``
+    seconds it compares the files' size and times with those at the start. Changed
+    times alone (``touch``, a copy of the same bytes) cost one hash and the fit goes
+    on; changed content, a file that vanished or cannot be read raise
+    :class:`InputChanged`.
+
+    Parameters
+    ----------
+    files : list of Path
+        The raw file and the other files of its multi-file OME set.
+    sha256 : str
+        The SHA-256 of the files together, as queued (``io.checksums.hash_files``).
+    every : float
+        Seconds between looks.
+    """
+
+    def __init__(self, files: list[Path], sha256: str,
+                 every: float = SOURCE_CHECK_SECONDS) -> None:
+        self.files = list(files)
+        self.sha256 = sha256
+        self.every = every
+        self.version = _version(self.files)
+        self._next = time.monotonic() + every
+
+    def check(self) -> None:
+        """Raise :class:`InputChanged` if the files changed since the start (throttled)."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every
+        version = _version(self.files)
+        if version == self.version:
+            return
+        if version is None:
+            raise InputChanged("the raw file (or a file of its set) disappeared while it "
+                               "was being denoised")
+        try:
+            digest, _ = hash_files(self.files)
+        except OSError as error:
+            raise InputChanged(f"the raw file could not be read while it was being "
+                               f"denoised: {error}") from None
+        if digest != self.sha256:
+            raise InputChanged("the raw file changed while it was being denoised; the new "
+                               "version is queued as its own job")
+        self.version = version  # new times, same content: go on
+        self._next = time.monotonic() + self.every
+
+
 @dataclass
 class Outcome:
     """How one run of a job ended.
 
     ``status`` is ``done`` (an output was written), ``kept`` (the output was already
     there, made from this content), ``cancelled`` (stopped; the job goes back to the
-    queue), ``conflict`` (a file that is not ours holds the output path) or ``error``
+    queue), ``changed`` (stopped because the raw file changed or vanished while it ran:
+    :class:`SourceWatch`), ``conflict`` (a file that is not ours holds the output path) or ``error``
     (the attempt failed). ``report`` is the pipeline's
     :meth:`~autodip_watch.pipeline.reports.FileReport.as_dict`; ``seconds`` the wall time
     of the run in s; ``error``/``traceback`` say what went wrong.
@@ -87,7 +150,7 @@ def run_job(source: Path, output: Path, settings, *, progress=None, fitter=None,
     Returns
     -------
     Outcome
-        ``done``, ``cancelled``, ``conflict`` or ``error``; temporary files of a run that
+        ``done``, ``cancelled``, ``changed``, ``conflict`` or ``error``; temporary files of a run that
         did not finish are removed, and after an error the device's cached memory is
         freed for the next job.
     """
@@ -101,6 +164,10 @@ def run_job(source: Path, output: Path, settings, *, progress=None, fitter=None,
     except OutputConflictError as error:  # never overwritten; retrying cannot help
         remove_temporary_outputs(output)
         return Outcome("conflict", str(output), error=str(error))
+    except InputChanged as changed:
+        remove_temporary_outputs(output)
+        return Outcome("changed", str(output), seconds=time.monotonic() - started,
+                       error=str(changed))
     except JobCancelled:
         remove_temporary_outputs(output)
         return Outcome("cancelled", str(output), seconds=time.monotonic() - started)
@@ -149,12 +216,17 @@ class JobOutcomes:
         on = f" on {where}" if where else ""
         if outcome.status == "cancelled":
             self.requeue(job, bound, stopped + on, outcome.seconds)
+        elif outcome.status == "changed":
+            # skipped, with the queue's reason, if the change is still there; a file that
+            # was changed and then put back runs again
+            if _current_hashes(job, self.queue, bound, during_run=True) is not None:
+                self.requeue(job, bound, f"{outcome.error}{on}", outcome.seconds)
         elif outcome.status == "conflict":
             self.quarantine(job, bound, outcome.error or "output path taken", outcome.output)
         elif outcome.status == "error":
             # A raw file rewritten or deleted during the run is a superseded version, not a
             # failure, whatever error it caused: skipped (the watcher queues the new one).
-            if _current_hashes(job, self.queue, bound) is None:
+            if _current_hashes(job, self.queue, bound, during_run=True) is None:
                 return
             self.fail(job, bound, f"{outcome.error}{f' (on {where})' if where else ''}",
                       outcome.traceback)
@@ -245,15 +317,17 @@ def ready_to_run(job: Job, output: Path, outcomes: JobOutcomes, bound) -> bool:
     return True
 
 
-def _current_hashes(job: Job, queue: JobQueue, bound) -> list[tuple[str, str]] | None:
+def _current_hashes(job: Job, queue: JobQueue, bound,
+                    during_run: bool = False) -> list[tuple[str, str]] | None:
     """``(file name, sha256)`` of the job's files as they are now, or None when the job
-    was skipped because they vanished or their content changed since it was queued."""
+    was skipped because they vanished or their content changed since it was queued
+    (``during_run``: the job's run noticed it and stopped; the reasons say so)."""
     files = [Path(job.path), *(Path(p) for p in job.member_paths())]
     current = _version(files)
+    when = "while it was being denoised" if during_run else "before it was processed"
     if current is None:
-        queue.skip(job.id, "the raw file (or a file of its set) disappeared before it "
-                           "was processed")
-        bound.warning("job.skipped", reason="input vanished")
+        queue.skip(job.id, f"the raw file (or a file of its set) disappeared {when}")
+        bound.warning("job.skipped", reason="input vanished", during_run=during_run)
         return None
     hashes = [(item["file"], item["sha256"]) for item in job.source_list()]
     same_version = (current[:2] == (job.size, job.mtime_ns)
@@ -267,9 +341,12 @@ def _current_hashes(job: Job, queue: JobQueue, bound) -> list[tuple[str, str]] |
     except OSError:
         digest, sources = None, []
     if digest != job.sha256:
-        queue.skip(job.id, "the raw file changed after it was queued; the new version "
-                           "is queued as its own job")
-        bound.warning("job.skipped", reason="input changed since queued")
+        changed = "changed while it was being denoised" if during_run else \
+            "changed after it was queued"
+        queue.skip(job.id, f"the raw file {changed}; the new version is queued as its own "
+                           f"job")
+        bound.warning("job.skipped", reason="input changed since queued",
+                      during_run=during_run)
         return None
     if not same_version:
         queue.same_content(job.id, current[0], current[1], current[2],

@@ -7,7 +7,9 @@ same configuration from different files are fitted together (``dip/batching.py``
 
 A stop request (SIGTERM) is honoured inside the fit: the progress callback raises
 :class:`JobCancelled` at the next iteration, the job goes back to the queue without
-using up an attempt, and any temporary output file is removed. The pipeline writes
+using up an attempt, and any temporary output file is removed. A raw file that changes
+or vanishes while its job runs stops the fit the same way (``lifecycle.SourceWatch``):
+the job is skipped and the new version, queued by the watcher, runs instead. The pipeline writes
 outputs to a hidden temporary file and renames it, so a half-written output is never
 visible under its real name, even after ``kill -9``.
 """
@@ -20,7 +22,8 @@ import time
 from pathlib import Path
 
 from ..settings.config import Config
-from .lifecycle import JobCancelled, JobOutcomes, incomplete_note, ready_to_run, run_job
+from .lifecycle import (JobCancelled, JobOutcomes, SourceWatch, incomplete_note,
+                        ready_to_run, run_job)
 from .log import Condition, get_logger
 from .queue import Job, JobQueue
 
@@ -190,7 +193,8 @@ class Worker:
         if not ready_to_run(job, output, self.outcomes, bound):
             return
         settings = self.config.denoise_settings(folder, self.device, self.table)
-        outcome = run_job(path, output, settings, progress=self._progress_for(job),
+        source = SourceWatch([path, *map(Path, job.member_paths())], job.sha256)
+        outcome = run_job(path, output, settings, progress=self._progress_for(job, source),
                           fitter=fitter, incomplete=incomplete_note(job))
         self.outcomes.record(job, outcome, bound)
 
@@ -198,9 +202,10 @@ class Worker:
         """The files this device runs now, for the heartbeat's status line."""
         return "; ".join(f"{self.device}: {Path(job.path).name}" for job in self.jobs())
 
-    def _progress_for(self, job: Job):
-        """The pipeline's progress callback: heartbeat, cancellation, throttled DB writes
-        of where the fit is and its rate since the first iteration (for ``status``)."""
+    def _progress_for(self, job: Job, source: SourceWatch):
+        """The pipeline's progress callback: heartbeat, cancellation (a stop, or the raw
+        file changed: ``source``), throttled DB writes of where the fit is and its rate
+        since the first iteration (for ``status``)."""
         from .progress import FitProgress
 
         last_write = 0.0
@@ -213,6 +218,7 @@ class Worker:
             self.last_beat = now
             if self.stop.is_set():
                 raise JobCancelled()
+            source.check()
             measured.update(plane, planes, tile, tiles, iteration, iterations, now)
             last = plane == planes and tile == tiles and iteration == iterations
             if now - last_write >= PROGRESS_WRITE_SECONDS or last:

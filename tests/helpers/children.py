@@ -57,10 +57,11 @@ def spawn(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 def stop_when(args: list[str], ready, signum: int, settle: float = 1.0,
-              timeout: float = 180, **kwargs) -> tuple[int, str]:
+              timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
     """Run ``args``, wait until ``ready()`` (at most ``timeout`` s; the child must not end
-    before), let it run ``settle`` s more, send ``signum`` and return its exit status and
-    stderr. The child is killed if it does not end within 60 s of the signal."""
+    before), let it run ``settle`` s more, send ``signum`` and return how it ended (exit
+    status, stdout, stderr). The child is killed if it does not end within 60 s of the
+    signal."""
     process = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                     **kwargs)
     try:
@@ -74,12 +75,12 @@ def stop_when(args: list[str], ready, signum: int, settle: float = 1.0,
             time.sleep(0.1)
         time.sleep(settle)
         process.send_signal(signum)
-        code = process.wait(60)
+        stdout, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    return code, process.stderr.read()
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
 @atexit.register
