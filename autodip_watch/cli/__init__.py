@@ -16,6 +16,9 @@ def _app():
     from . import denoise, inspect, calibrate, daemon, config  # noqa: F401, I001  (registers)
     from .app import app
 
+    # importing the submodule ``app`` set this package's ``app`` to the module; the name
+    # means the typer app, as it did when this package imported everything up front
+    globals()["app"] = app
     return app
 
 
