@@ -404,3 +404,49 @@ def test_run_on_a_state_folder_it_may_not_write_exits_78(state_name):
     assert result.returncode == 78, (result.stdout, result.stderr)
     assert f"cannot write the queue in {disk / state_name}" in result.stderr
     assert "a folder this user may write" in result.stderr and "Traceback" not in result.stderr
+
+
+# specimen as written: what the warning says (None: no warning)
+SPECIMENS = {
+    "mito": None,
+    "mitochondria": None,  # a spelling of a calibrated specimen
+    "Nuclei": None,
+    "unknown": None,
+    "mitochondira": "did you mean 'mitochondria' (mito)?",
+    "actn": "did you mean 'actin'?",
+    "nucleus ": None,
+    "neurons": "no group in the calibration table (it has actin, mito, nucleus)",
+}
+
+
+@pytest.mark.parametrize("specimen", list(SPECIMENS))
+def test_a_folder_specimen_without_a_calibrated_group_is_warned_about(tmp_path, specimen):
+    """Specimens are an open set (a table may calibrate new ones), so an unknown one is
+    not an error; but a misspelling would quietly give every channel of the folder a
+    coarser configuration: `config check` and the daemon's start say so."""
+    (tmp_path / "in").mkdir()
+    config = parse_config({"watch": [{"path": "in", "microscope": "widefield",
+                                      "specimen": specimen}], "device": "cpu"}, tmp_path)
+    warnings = check_runtime(config)
+    expected = SPECIMENS[specimen]
+    if expected is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warnings[0].startswith("watch.0.specimen: specimen ")
+        assert expected in warnings[0] and "coarser level" in warnings[0]
+
+
+@pytest.mark.parametrize("command", ["inspect", "denoise"])
+def test_a_specimen_override_without_a_calibrated_group_is_warned_about(tmp_path, command):
+    from typer.testing import CliRunner
+
+    from autodip_watch.cli.app import app
+
+    missing = tmp_path / "nothing-here.tif"  # the warning comes before any file is read
+    result = CliRunner().invoke(app, [command, str(missing), "--specimen", "mitochondira"],
+                                env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert "warning: --specimen: specimen 'mitochondira' has no group" in text, text
+    assert "did you mean 'mitochondria' (mito)?" in text
+    calibrated = CliRunner().invoke(app, [command, str(missing), "--specimen", "mito"])
+    assert "--specimen" not in calibrated.output

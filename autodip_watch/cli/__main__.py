@@ -1,5 +1,5 @@
 """``python -m autodip_watch.cli``: the command line."""
 
-from . import main
+from . import app
 
-main()
+app()

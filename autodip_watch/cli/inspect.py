@@ -17,6 +17,7 @@ from rich.table import Table
 from ..settings.denoise import DenoiseSettings
 from ..transfer.hierarchy import LEVELS
 from ..transfer.images import check_table_supports
+from ..transfer.labels import uncalibrated_specimen
 from ..transfer.table import TableError
 from .app import app, console, fail, json_flag, load_table, say, settings_from, warn
 
@@ -112,11 +113,23 @@ def inspect(
 
 
 def check_transfer(settings: DenoiseSettings) -> None:
-    """Refuse a nearest-* transfer the table cannot serve before any file is read."""
+    """Refuse a nearest-* transfer the table cannot serve before any file is read; warn
+    when ``--specimen`` names a specimen the table has no group for (a misspelling would
+    otherwise quietly give every channel a coarser configuration)."""
+    table = settings.calibration_table()
     try:
-        check_table_supports(settings.calibration_table(), settings.transfer, settings.metric)
+        check_table_supports(table, settings.transfer, settings.metric)
     except ValueError as error:  # TableError and SimilarityError are ValueErrors
         fail(error)
+    if not settings.specimen:
+        return
+    try:
+        calibrated = table.specimens(settings.metric)
+    except TableError:  # an unknown metric is refused where the metric is used
+        return
+    note = uncalibrated_specimen(settings.specimen, calibrated)
+    if note:
+        warn(f"--specimen: {note}")
 
 
 def say_error(message: str) -> None:

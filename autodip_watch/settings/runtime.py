@@ -9,6 +9,7 @@ exist, Dask is installed where the executor needs it, there is a folder to watch
 from __future__ import annotations
 
 from ..transfer.images import check_table_supports
+from ..transfer.labels import uncalibrated_specimen
 from ..transfer.table import CalibrationTable, TableError
 from .base import ConfigError
 from .config import Config
@@ -40,9 +41,12 @@ def check_runtime(config: Config) -> list[str]:
                         "same combination)")
     if problems:
         raise ConfigError(problems, str(config.source or "config"))
+    calibrated = CalibrationTable.load(config.calibration_table).specimens(config.dip.metric)
     return [f"watch.{number}.path: {folder.path} does not exist (yet); the daemon waits for "
             f"it to appear" for number, folder in enumerate(config.watch)
-            if not folder.path.is_dir()]
+            if not folder.path.is_dir()] + [
+        f"watch.{number}.specimen: {note}" for number, folder in enumerate(config.watch)
+        if folder.specimen and (note := uncalibrated_specimen(folder.specimen, calibrated))]
 
 
 def _table_problems(config: Config) -> list[str]:

@@ -157,6 +157,11 @@ class CalibrationTable:
             rows.append(("all", "all", _params(table["all"], f"{name}/all")))
         return rows
 
+    def specimens(self, metric: str | None = None) -> set[str]:
+        """The specimens that have a group of their own (alone or with a microscope)."""
+        return {group.rsplit("/", 1)[-1] for level, group, _ in self.entries(metric)
+                if level in ("microscope+specimen", "specimen")}
+
     def lookup(self, microscope: str | None, specimen: str | None,
                metric: str | None = None) -> Transfer:
         """The configuration of a channel's group (paper §II-B.1).
