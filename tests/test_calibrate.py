@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -245,6 +246,11 @@ def test_interrupted_calibration_resumes_to_the_same_table(tmp_path, lpips_backb
     stopped = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 3, stopped.stderr
     assert "run the same command again" in stopped.stderr.lower()
+    # stderr is not a terminal here (a batch log): plain progress lines, not silence
+    lines = re.findall(r"calibrating: (\d)/8 fits \((\d+) %\)", stopped.stderr)
+    percents = [int(percent) for _, percent in lines]
+    assert len(lines) >= 3 and percents == sorted(percents) and percents[-1] <= 38, \
+        stopped.stderr
     assert not (parts / "site.toml").exists()
     with CalibrationState(parts / "site.calibration.sqlite") as state:
         assert len(state.done(settings_key(4, 2, 0, True))) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,7 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..settings.calibrate import CalibrateSettings
+from ..daemon.progress import format_duration
 from .app import app, console, fail, say, settings_from
+from .progress_view import PLAIN_SECONDS, PLAIN_STEP, choose_mode
 from .stopping import stoppable
 
 
@@ -109,7 +112,7 @@ def calibrate(pairs: Pairs, out: Out, depths: Depths = None, widths: Widths = No
     if restart:
         for suffix in ("", "-wal", "-shm"):
             Path(str(state_path) + suffix).unlink(missing_ok=True)
-    progress = _Progress(state_path, disable=as_json and not sys.stderr.isatty())
+    progress = _Progress(state_path, choose_mode(sys.stderr, quiet=False))
     # A stopped run (Ctrl-C, SIGTERM from systemd or a batch scheduler) exits 128 + signal.
     saved = (f"finished fits are saved in {state_path}. Run the same command again to "
              f"continue.")
@@ -146,15 +149,20 @@ def _cluster_executor(scheduler: str, device: str | None):
 
 
 class _Progress:
-    """The calibration's bar: fits and iterations, resumed fits said once."""
+    """The calibration's progress on stderr, resumed fits said once: a bar on a terminal;
+    elsewhere (a log file, a batch system) a line at every 10 % and at least every 30 s,
+    as ``denoise`` does (``progress_view.py``), so that a long run does not look hung."""
 
-    def __init__(self, state_path: Path, disable: bool) -> None:
+    def __init__(self, state_path: Path, mode: str) -> None:
         self.state_path = state_path
+        self.mode = mode
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(),
                              TextColumn("{task.fields[fits]}"), TimeElapsedColumn(),
-                             TimeRemainingColumn(), console=console, disable=disable)
+                             TimeRemainingColumn(), console=console, disable=mode != "bar")
         self.task = None
         self.done = self.pending = self.per_fit = 0
+        self.started = time.monotonic()
+        self.printed = (0, self.started)  # (10 % step, when) of the last plain line
 
     def on_event(self, event: str, info: dict) -> None:
         if event == "start":
@@ -162,14 +170,34 @@ class _Progress:
                 say(f"resuming: {info['resumed']} of {info['total_fits']} fits already in "
                     f"{self.state_path}")
             self.pending, self.per_fit = info["pending"], info["iterations"]
+            self.started = time.monotonic()
+            self.printed = (0, self.started)
             self.task = self.bars.add_task("calibrating",
                                            total=max(1, self.pending * self.per_fit),
                                            fits=f"0/{self.pending} fits")
         elif event == "iteration":  # every iteration: an update only records a number
             task = info["task"]
-            self.bars.update(self.task, completed=self.done * self.per_fit + info["iteration"],
+            completed = self.done * self.per_fit + info["iteration"]
+            self.bars.update(self.task, completed=completed,
                              description=f"{task.pair.name} {task.point.key}")
+            self._plain(completed, f"{task.pair.name} {task.point.key}")
         elif event == "fit":
             self.done += 1
             self.bars.update(self.task, completed=self.done * self.per_fit,
                              fits=f"{self.done}/{self.pending} fits")
+            self._plain(self.done * self.per_fit, None)
+
+    def _plain(self, completed: int, fitting: str | None) -> None:
+        if self.mode != "plain" or not self.pending:
+            return
+        now = time.monotonic()
+        fraction = completed / max(1, self.pending * self.per_fit)
+        step = int(fraction / PLAIN_STEP + 1e-9)
+        if step <= self.printed[0] and now - self.printed[1] < PLAIN_SECONDS:
+            return
+        self.printed = (step, now)
+        elapsed = now - self.started
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        say(f"calibrating: {self.done}/{self.pending} fits ({100 * fraction:.0f} %)"
+            f"{f', fitting {fitting}' if fitting else ''}, elapsed "
+            f"{format_duration(elapsed)}, ETA {format_duration(eta)}")
