@@ -22,6 +22,12 @@ from helpers.stop_probe import PLACES
 TESTS = Path(__file__).parent
 
 
+def _as_from_a_shell() -> None:
+    """SIGINT at its default in the child, as a shell starts a foreground command
+    (pytest-xdist's workers ignore it, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("place", list(PLACES))
 def test_a_stop_signal_exits_with_its_status_wherever_it_lands(tmp_path, place, signame):
@@ -30,7 +36,7 @@ def test_a_stop_signal_exits_with_its_status_wherever_it_lands(tmp_path, place, 
         filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "helpers.stop_probe", place, signame,
                            str(marker)], cwd=TESTS, env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, preexec_fn=_as_from_a_shell)
     number = int(getattr(signal, signame))
     # not -2: a KeyboardInterrupt raised inside exec() of a string made CPython end the
     # process by SIGINT after it had been caught and the exit status chosen
@@ -40,19 +46,24 @@ def test_a_stop_signal_exits_with_its_status_wherever_it_lands(tmp_path, place, 
     assert marker.read_text() == "cleaning\nclean\n"  # a second signal did not cut it short
 
 
-def test_a_command_without_a_stop_gets_its_handlers_back(tmp_path):
-    """After the body, SIGTERM is the process's again (here: Python's default, which
-    ends the process by the signal)."""
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_command_gives_the_handlers_back_and_keeps_an_ignored_signal_ignored(sigint):
+    """After the body, SIGTERM and SIGINT are the process's again (SIGTERM: the default,
+    which ends the process by the signal). A SIGINT the process was started ignoring (a
+    script's background job) stays ignored, also during the body."""
     script = ("import os, signal, time\n"
               "from autodip_watch.cli.stopping import stoppable\n"
+              f"{'signal.signal(signal.SIGINT, signal.SIG_IGN)' if sigint == 'ignored' else ''}\n"
+              "before = signal.getsignal(signal.SIGINT)\n"
               "with stoppable(True, lambda: None, 'x'):\n"
-              "    pass\n"
+              "    os.kill(os.getpid(), signal.SIGINT) if before == signal.SIG_IGN else None\n"
+              "    time.sleep(0.2)\n"
+              "assert signal.getsignal(signal.SIGINT) == before\n"
               "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL\n"
-              "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
               "os.kill(os.getpid(), signal.SIGTERM)\n"
               "time.sleep(5)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, preexec_fn=_as_from_a_shell)
     assert done.returncode == -signal.SIGTERM, done.stderr
 
 
@@ -89,8 +100,9 @@ def test_ctrl_c_while_the_command_starts_ends_it_quietly(tmp_path, delay):
     import numpy as np
     import tifffile
 
-    raw = tmp_path / "cells.ome.tif"
-    tifffile.imwrite(raw, np.zeros((24, 24), np.uint16), ome=True)
+    raw = tmp_path / "cells.ome.tif"  # not constant: a constant plane is not fitted
+    tifffile.imwrite(raw, np.random.default_rng(0).poisson(100, (24, 24)).astype(np.uint16),
+                     ome=True)
     command = [sys.executable, "-m", "autodip_watch.cli", "denoise", str(raw), "--depth",
                "4", "--width", "16", "--iterations", "1000000", "--device", "cpu"]
     ended = stop_when(command, lambda: True, signal.SIGINT, settle=delay,

@@ -69,6 +69,11 @@ Mode = Annotated[Optional[str], typer.Option(
 Members = Annotated[Optional[int], typer.Option(
     metavar="N", help="Ensemble size: fits per tile, averaged (default: the mode's for the "
     "device).")]
+Incomplete = Annotated[bool, typer.Option(
+    "--incomplete", help="Denoise a file that holds less than its metadata declares (an "
+    "acquisition cut short: pages, planes or files of its set missing) as it is, as the "
+    "daemon does after incomplete_after_seconds; the output's provenance says what was "
+    "missing.")]
 JsonSummary = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (errors "
                                                              "still).")]
@@ -82,7 +87,7 @@ def denoise(inputs: Inputs, microscope: Microscope = None, specimen: Specimen = 
             transfer: Transfer = None, within_group: WithinGroup = False,
             batching: Batching = None, max_batch: MaxBatch = None,
             jobs_together: JobsTogether = 0, speed: Speed = None, mode: Mode = None,
-            members: Members = None,
+            members: Members = None, incomplete: Incomplete = False,
             as_json: JsonSummary = False,
             quiet: Quiet = False) -> None:
     """Denoise files with the AUTO-DIP configuration of each channel's group.
@@ -105,7 +110,8 @@ def denoise(inputs: Inputs, microscope: Microscope = None, specimen: Specimen = 
         "members": members, "table": load_table(table)})
     check_transfer(settings)
     target, planned = _outputs(inputs, out)
-    summaries = _run(inputs, settings, target, planned, jobs_together, as_json, quiet)
+    summaries = _run(inputs, settings, target, planned, jobs_together, as_json, quiet,
+                     what_is_missing if incomplete else None)
     if as_json:
         print_json(summaries)
     if any("error" in summary for summary in summaries):
@@ -128,7 +134,8 @@ def _outputs(inputs: list[Path], out: Optional[str]) -> tuple[Optional[Path], li
 
 
 def _run(inputs: list[Path], settings, target: Optional[Path], planned: list[Path],
-         jobs_together: int, as_json: bool, quiet: bool) -> list[dict]:
+         jobs_together: int, as_json: bool, quiet: bool,
+         incomplete) -> list[dict]:
     """Denoise every input with progress on stderr; one summary per input given."""
     from ..dip.device import choose_device, configure_tf32
     from ..io.atomic import remove_temporary_outputs
@@ -173,7 +180,8 @@ def _run(inputs: list[Path], settings, target: Optional[Path], planned: list[Pat
                             label_files=len(inputs) > 1) as view:
         summaries = denoise_files(inputs, settings, target, shared=shared, slots=slots,
                                   for_file=stopping.watching(view.for_file),
-                                  on_result=on_result, stopping=lambda: stopping.requested)
+                                  on_result=on_result, stopping=lambda: stopping.requested,
+                                  incomplete=incomplete)
     return _with_set_members(inputs, summaries, same_set)
 
 
@@ -191,6 +199,27 @@ def _with_set_members(inputs: list[Path], summaries: list[dict],
 def print_json(summaries: list[dict]) -> None:
     """``--json``: the summary of one input as an object, of several as a list."""
     typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+
+
+def what_is_missing(path: Path) -> str:
+    """``--incomplete``: what a file taken as it is lacks, for its provenance, found as
+    the daemon's watcher finds it (``daemon/inspection.py``)."""
+    from ..daemon.inspection import UnreadableImage, inspect_image
+
+    try:
+        image = inspect_image(path)
+    except (UnreadableImage, OSError, ValueError):
+        image = None
+    parts = []
+    if image is not None and image.missing:
+        names = [member.name for member in image.missing]
+        parts.append(f"{len(names)} file(s) of its OME set missing: {', '.join(names[:5])}"
+                     + (" ..." if len(names) > 5 else ""))
+    if image is not None and image.planes is not None and not image.planes.complete:
+        planes = image.planes
+        parts.append(f"{planes.present} of {planes.declared} planes its {planes.by} metadata "
+                     f"declares")
+    return "; ".join(parts + ["by denoise --incomplete"])
 
 
 def console_error(message: str) -> None:

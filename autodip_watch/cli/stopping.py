@@ -65,9 +65,13 @@ class Stopping:
 
     def install(self) -> None:
         """Take over SIGTERM and SIGINT (main thread only; elsewhere, e.g. a test calling
-        the app from a thread, the process's handlers stay)."""
+        the app from a thread, the process's handlers stay). A signal the process was
+        started ignoring stays ignored: a shell script's background job (``cmd &``) is
+        meant not to stop on the terminal's Ctrl-C."""
         for number in STOP_SIGNALS:
             try:
+                if signal.getsignal(number) == signal.SIG_IGN:
+                    continue
                 self._previous[number] = signal.signal(number, self._on_signal)
             except ValueError:  # not the main thread
                 pass

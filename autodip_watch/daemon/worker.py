@@ -202,7 +202,7 @@ class Worker:
         """The files this device runs now, for the heartbeat's status line."""
         return "; ".join(f"{self.device}: {Path(job.path).name}" for job in self.jobs())
 
-    def _progress_for(self, job: Job, source: SourceWatch):
+    def _progress_for(self, job: Job, source: SourceWatch | None = None):
         """The pipeline's progress callback: heartbeat, cancellation (a stop, or the raw
         file changed: ``source``), throttled DB writes of where the fit is and its rate
         since the first iteration (for ``status``)."""
@@ -218,7 +218,8 @@ class Worker:
             self.last_beat = now
             if self.stop.is_set():
                 raise JobCancelled()
-            source.check()
+            if source is not None:
+                source.check()
             measured.update(plane, planes, tile, tiles, iteration, iterations, now)
             last = plane == planes and tile == tiles and iteration == iterations
             if now - last_write >= PROGRESS_WRITE_SECONDS or last:

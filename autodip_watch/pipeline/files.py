@@ -117,7 +117,8 @@ def count_planes(paths: list[Path]) -> int | None:
 def denoise_files(inputs: list[Path], settings: DenoiseSettings, out: Path | None = None, *,
                   shared: SharedFitter | None = None, slots: int = 1,
                   for_file: ForFile | None = None, on_result: OnResult | None = None,
-                  stopping: Callable[[], bool] = lambda: False) -> list[dict]:
+                  stopping: Callable[[], bool] = lambda: False,
+                  incomplete: Callable[[Path], str] | None = None) -> list[dict]:
     """Denoise ``inputs``, ``slots`` at a time sharing ``shared`` (:func:`files_together`).
 
     Each file runs :func:`~.denoise.denoise_file`, as the daemon's worker runs them.
@@ -139,6 +140,11 @@ def denoise_files(inputs: list[Path], settings: DenoiseSettings, out: Path | Non
         ``on_result(path, summary)`` as each file ends.
     stopping : callable
         True once the run should stop: files not started yet are not started.
+    incomplete : callable, optional
+        Take files that hold less than their metadata declares (an acquisition cut
+        short) as they are, as the daemon does after ``incomplete_after_seconds``;
+        ``incomplete(path)`` says what is missing, for the provenance. Without it such a
+        file fails, and its error says that ``--incomplete`` would denoise it.
 
     Returns
     -------
@@ -154,13 +160,29 @@ def denoise_files(inputs: list[Path], settings: DenoiseSettings, out: Path | Non
         progress, notify = for_file(path) if for_file is not None else (None, None)
         try:
             summary = denoise_file(path, settings, out, progress=progress, fitter=fitter,
-                                   notify=notify).as_dict()
+                                   notify=notify,
+                                   incomplete=incomplete(path) if incomplete else None).as_dict()
         except (PipelineError, ValueError, OSError, RuntimeError) as error:
             message = (describe_os_error(error, error.filename or path, "denoise")
                        if isinstance(error, OSError) else str(error))
+            if incomplete is None and _holds_less_than_declared(error, path):
+                message += (" (if its acquisition was cut short, --incomplete denoises "
+                            "what it holds)")
             summary = {"input": str(path), "error": message}
         if on_result is not None:
             on_result(path, summary)
         return summary
 
     return run_together(shared, [functools.partial(one, path) for path in inputs], slots)
+
+
+def _holds_less_than_declared(error: Exception, path: Path) -> bool:
+    """Whether ``path`` failed because it holds fewer pages, planes or set files than its
+    metadata declares: it failed to read, and reads when taken as it is."""
+    if not isinstance(error, ImageReadError):
+        return False
+    try:
+        with ImageFile(path, allow_missing=True):
+            return True
+    except (ImageReadError, OSError):
+        return False

@@ -42,6 +42,10 @@ _PARENT = os.getpid()
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # Start as a shell starts a foreground command: SIGINT and SIGTERM at their defaults,
+    # whatever the test runner (pytest-xdist's workers ignore SIGINT) passed down.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The parent may have died between fork and prctl: then nobody would send the signal.
