@@ -91,6 +91,9 @@ LIGHT_COMMANDS = {
     "inspect": lambda s: ["inspect", str(s["sample"])],
     "inspect --json, two files": lambda s: ["inspect", "--json", str(s["sample"]), str(s["plain"])],
     "inspect of a missing file": lambda s: ["inspect", str(s["state"] / "missing.tif")],
+    # a typo or an unmounted share is said before the seconds of loading torch
+    "denoise of missing files": lambda s: ["denoise", str(s["state"] / "missing.tif"),
+                                           str(s["state"] / "missing2.tif")],
     "groups": lambda s: ["groups"],
     "groups --json": lambda s: ["groups", "--json"],
     "status": lambda s: ["status", "--state-dir", str(s["state"])],
@@ -104,7 +107,7 @@ LIGHT_COMMANDS = {
     "config check --json": lambda s: ["config", "check", "--json", str(s["config"])],
 }
 #: status exits 3 when the daemon is not running (systemctl's convention; README).
-EXPECTED_CODE = {"inspect of a missing file": 1, "status": 3, "status --json --config": 3,
+EXPECTED_CODE = {"inspect of a missing file": 1, "denoise of missing files": 1, "status": 3, "status --json --config": 3,
                  "status of a state dir never used": 3}
 
 

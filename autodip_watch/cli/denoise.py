@@ -97,6 +97,7 @@ def denoise(inputs: Inputs, microscope: Microscope = None, specimen: Specimen = 
     it did not write for that input. Progress goes to stderr: bars on a terminal, a line
     every 10 % (or 30 s) elsewhere.
     """
+    _fail_fast_when_nothing_exists(inputs, as_json)
     if not quiet:
         say("loading the engine (torch) ...")
     from ..settings.denoise import DenoiseSettings
@@ -116,6 +117,21 @@ def denoise(inputs: Inputs, microscope: Microscope = None, specimen: Specimen = 
         print_json(summaries)
     if any("error" in summary for summary in summaries):
         raise typer.Exit(1)
+
+
+def _fail_fast_when_nothing_exists(inputs: list[Path], as_json: bool) -> None:
+    """Every input missing (a typo, a share not mounted): say so, exit 1, without the
+    seconds of loading torch first. With some inputs there, each missing one is reported
+    in its turn, the others are denoised."""
+    if any(path.exists() for path in inputs):
+        return
+    summaries = [{"input": str(path), "error": f"{path}: file does not exist"}
+                 for path in inputs]
+    for summary in summaries:
+        console_error(summary["error"])
+    if as_json:
+        print_json(summaries)
+    raise typer.Exit(1)
 
 
 def _outputs(inputs: list[Path], out: Optional[str]) -> tuple[Optional[Path], list[Path]]:
