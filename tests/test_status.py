@@ -198,3 +198,48 @@ def test_a_healthy_daemon_that_cannot_work_is_degraded(tmp_path, case):
         assert "DEGRADED: " in shown.getvalue() and named in shown.getvalue()
     else:
         assert "DEGRADED" not in shown.getvalue()
+
+
+def test_jobs_of_an_older_version_are_marked_superseded(tmp_path):
+    """A file denoised, replaced and denoised again, and one whose first version was
+    skipped: `status` and `queue list` say which jobs are of an older version (their
+    output was replaced), and count them as such, so that "done -> output" is never
+    read from a superseded job. Real SQLite; the CLI in process."""
+    import json
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from autodip_watch.cli.app import app
+    from autodip_watch.cli.status_view import render_status
+    from autodip_watch.daemon.queue import JobQueue
+    from autodip_watch.daemon.status import collect_status
+
+    queue = JobQueue(tmp_path)
+    ids = {}
+    for name, version, ending in [("a", 1, "done"), ("b", 1, "skipped"), ("a", 2, "done"),
+                                  ("b", 2, "done"), ("c", 1, "done")]:
+        job = queue.enqueue(f"/data/{name}.tif", version, version, f"{name}{version}")
+        claimed = queue.claim("cpu@1")
+        assert claimed.id == job.id
+        if ending == "done":
+            queue.finish(job.id, f"/data/{name}.autodip.ome.tif", None, 1.0, 1)
+        else:
+            queue.skip(job.id, "the raw file changed while it was being denoised")
+        ids[name, version] = job.id
+    newer = queue.superseded_by()
+    assert newer == {ids["a", 1]: ids["a", 2], ids["b", 1]: ids["b", 2]}
+    report = collect_status(queue)
+    assert report["superseded"]["done"] == 1 and report["superseded"]["skipped"] == 1
+    assert {row["id"]: row["superseded_by"] for row in report["recent"]} == {
+        ids["a", 1]: ids["a", 2], ids["a", 2]: None, ids["b", 2]: None, ids["c", 1]: None}
+    shown = io.StringIO()
+    render_status(report, Console(file=shown, width=300))
+    text = shown.getvalue()
+    assert "4 done (1 of them of an older version of their file)" in text
+    assert "1 skipped (1 of them of an older version of their file)" in text
+    assert f"superseded by job {ids['a', 2]}" in text
+    listed = CliRunner().invoke(app, ["queue", "list", "--json", "--state-dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert {row["id"]: row["superseded_by"] for row in json.loads(listed.stdout)} == {
+        job_id: newer.get(job_id) for job_id in ids.values()}

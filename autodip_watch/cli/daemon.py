@@ -137,15 +137,18 @@ def queue_list(
         return
     with _database_errors(jobs, "read"):
         rows = jobs.jobs(state, limit=limit, newest_first=limit is not None)
-    if as_json:
-        typer.echo(json.dumps([job.as_dict() for job in rows], indent=2))
+        newer = jobs.superseded_by()
+    if as_json:  # superseded_by: a newer job of the same file replaced this one's output
+        typer.echo(json.dumps([{**job.as_dict(), "superseded_by": newer.get(job.id)}
+                               for job in rows], indent=2))
         return
     view = Table()
     for column in ("id", "state", "tries", "path", "output / error"):
         view.add_column(column, overflow="fold")
     for job in rows:
         shown = job.error if job.state in ("failed", "quarantined", "skipped") else job.output
-        view.add_row(str(job.id), job.state, str(job.attempts), escape(job.path),
+        label = job.state + (f" (superseded by {newer[job.id]})" if job.id in newer else "")
+        view.add_row(str(job.id), label, str(job.attempts), escape(job.path),
                      escape(shown or ""))
     Console().print(view)
 

@@ -33,8 +33,11 @@ def render_status(status: dict, console) -> None:
     if status.get("cluster"):
         render_cluster(status["cluster"], console, now)
     _watches(status["watches"], console)
-    counts = status["counts"]
-    console.print("jobs: " + ", ".join(f"{count} {state}" for state, count in counts.items()))
+    counts, superseded = status["counts"], status.get("superseded") or {}
+    console.print("jobs: " + ", ".join(
+        f"{count} {state}" + (f" ({superseded[state]} of them of an older version of their "
+                              f"file)" if superseded.get(state) else "")
+        for state, count in counts.items()))
     _running(status, console)
     _waiting(status, console)
     _recent(status["recent"], console, now)
@@ -141,9 +144,11 @@ def _recent(recent: list[dict], console, now: float) -> None:
         table.add_column(column)
     for job in recent:
         partial = " [yellow](partial)[/yellow]" if job.get("state") == "partial" else ""
+        older = (f" [dim](an older version; superseded by job {job['superseded_by']})[/dim]"
+                 if job.get("superseded_by") else "")
         table.add_row(str(job["id"]), f"{age(now - job['finished'])} ago",
                       f"{job['seconds']:.1f}" if job["seconds"] is not None else "",
-                      escape(job["output"] or "") + partial)
+                      escape(job["output"] or "") + partial + older)
     console.print(table)
     for job in recent:
         for warning in job.get("warnings") or []:

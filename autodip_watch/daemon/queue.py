@@ -342,6 +342,24 @@ class JobQueue(Database):
             counts[row[0]] = row[1]
         return counts
 
+    def superseded_by(self) -> dict[int, int]:
+        """Jobs of a file that has a newer job (a new version, a retry by hand): job id ->
+        the id of its file's newest job. Their outputs and errors are of an older
+        version: ``status`` and ``queue list`` say so."""
+        rows = self._connect().execute(
+            "SELECT j.id, n.newest FROM jobs j JOIN (SELECT path, MAX(id) AS newest FROM jobs "
+            "GROUP BY path) n ON n.path = j.path WHERE j.id < n.newest")
+        return {row[0]: row[1] for row in rows}
+
+    def superseded_counts(self) -> dict[str, int]:
+        """Per state, how many jobs are superseded (:meth:`superseded_by`)."""
+        counts = dict.fromkeys(STATES, 0)
+        for row in self._connect().execute(
+                "SELECT j.state, COUNT(*) FROM jobs j WHERE EXISTS (SELECT 1 FROM jobs k "
+                "WHERE k.path = j.path AND k.id > j.id) GROUP BY j.state"):
+            counts[row[0]] = row[1]
+        return counts
+
     def events(self, job_id: int) -> list[dict]:
         return [dict(row) for row in self._connect().execute(
             "SELECT at, state, message FROM events WHERE job_id = ? ORDER BY id", (job_id,))]

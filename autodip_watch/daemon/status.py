@@ -173,10 +173,13 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20,
             "elapsed_seconds": round(elapsed, 1),
             "eta_seconds": round(eta, 1) if eta is not None else None})
     throughput = queue.throughput()
+    newer = queue.superseded_by()
     done = [{"id": job.id, "path": job.path, "output": job.output, "state": job.state,
              "seconds": round(job.seconds, 3) if job.seconds is not None else None,
              "planes": job.planes, "finished": job.finished,
-             "warnings": _warnings_of(job)}
+             "warnings": _warnings_of(job),
+             # its output was replaced by (or is being replaced by) that job's
+             "superseded_by": newer.get(job.id)}
             for job in queue.jobs(["done", "partial"], limit=recent, newest_first=True,
                                   order="finished")]
     # Only the newest job of each file: a version that was superseded is no problem.
@@ -206,6 +209,7 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20,
         "cluster": cluster,
         "watches": watches,
         "counts": queue.counts(),
+        "superseded": queue.superseded_counts(),
         "current": current,
         "interrupted": interrupted,
         "recent": done,
@@ -305,7 +309,7 @@ def read_status(state_dir: Path, recent: int = 10) -> dict:
                   f"directory?)")
         return {"version": __version__, "database": None, "state_dir": str(state_dir),
                 "daemon": {"up": False, "state": "never-ran", "reason": reason},
-                "counts": dict.fromkeys(STATES, 0)}
+                "counts": dict.fromkeys(STATES, 0), "superseded": dict.fromkeys(STATES, 0)}
     except (OSError, QueueError) as error:  # e.g. a folder this user may not enter
         return _unreadable(state_dir, f"{error}")
     try:
