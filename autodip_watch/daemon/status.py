@@ -137,6 +137,18 @@ def daemon_state(info: dict | None, now: float, lock: dict | None = None) -> dic
     return state
 
 
+def _recent_jobs(queue: JobQueue, recent: int) -> list[dict]:
+    """The last ``recent`` finished jobs, newest first, each with the newer job of its
+    file that superseded it (its output was, or is being, replaced), if any."""
+    newer = queue.superseded_by()
+    return [{"id": job.id, "path": job.path, "output": job.output, "state": job.state,
+             "seconds": round(job.seconds, 3) if job.seconds is not None else None,
+             "planes": job.planes, "finished": job.finished,
+             "warnings": _warnings_of(job), "superseded_by": newer.get(job.id)}
+            for job in queue.jobs(["done", "partial"], limit=recent, newest_first=True,
+                                  order="finished")]
+
+
 def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20,
                    lock: dict | None = None) -> dict:
     """Everything ``status`` shows, as one JSON-serialisable dict (times as seconds
@@ -173,15 +185,7 @@ def collect_status(queue: JobQueue, recent: int = 10, problems: int = 20,
             "elapsed_seconds": round(elapsed, 1),
             "eta_seconds": round(eta, 1) if eta is not None else None})
     throughput = queue.throughput()
-    newer = queue.superseded_by()
-    done = [{"id": job.id, "path": job.path, "output": job.output, "state": job.state,
-             "seconds": round(job.seconds, 3) if job.seconds is not None else None,
-             "planes": job.planes, "finished": job.finished,
-             "warnings": _warnings_of(job),
-             # its output was replaced by (or is being replaced by) that job's
-             "superseded_by": newer.get(job.id)}
-            for job in queue.jobs(["done", "partial"], limit=recent, newest_first=True,
-                                  order="finished")]
+    done = _recent_jobs(queue, recent)
     # Only the newest job of each file: a version that was superseded is no problem.
     trouble = [{"id": job.id, "path": job.path, "state": job.state, "attempts": job.attempts,
                 "error": job.error, "updated": job.updated,
