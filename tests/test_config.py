@@ -442,7 +442,8 @@ def test_a_specimen_override_without_a_calibrated_group_is_warned_about(tmp_path
 
     from autodip_watch.cli.app import app
 
-    missing = tmp_path / "nothing-here.tif"  # the warning comes before any file is read
+    missing = tmp_path / "not-an-image.tif"  # the warning comes before any file is read
+    missing.write_text("not an image")
     result = CliRunner().invoke(app, [command, str(missing), "--specimen", "mitochondira"],
                                 env={"COLUMNS": "300"})
     text = " ".join(result.output.split())
