@@ -220,7 +220,7 @@ def print_json(summaries: list[dict]) -> None:
 def what_is_missing(path: Path) -> str:
     """``--incomplete``: what a file taken as it is lacks, for its provenance, found as
     the daemon's watcher finds it (``daemon/inspection.py``)."""
-    from ..daemon.inspection import UnreadableImage, inspect_image
+    from ..daemon.inspection import UnreadableImage, inspect_image, set_files
 
     try:
         image = inspect_image(path)
@@ -228,13 +228,9 @@ def what_is_missing(path: Path) -> str:
         image = None
     parts = []
     if image is not None and image.missing:
-        names = [member.name for member in image.missing]
-        parts.append(f"{len(names)} file(s) of its OME set missing: {', '.join(names[:5])}"
-                     + (" ..." if len(names) > 5 else ""))
+        parts.append(f"missing {set_files(image.missing)}")
     if image is not None and image.planes is not None and not image.planes.complete:
-        planes = image.planes
-        parts.append(f"{planes.present} of {planes.declared} planes its {planes.by} metadata "
-                     f"declares")
+        parts.append(image.planes.describe())
     return "; ".join(parts + ["by denoise --incomplete"])
 
 

@@ -100,10 +100,14 @@ class Stopping:
             return checked, notify
         return watched
 
+    def only_note(self) -> None:
+        """From here on a signal is noted, never raised (the clean-up is running)."""
+        self._raised = True
+
     def _on_signal(self, number: int, frame) -> None:
         first = self.signal is None
         self.signal = number
-        if self._raised or not (self.immediate or not first):
+        if self._raised or (first and not self.immediate):
             return
         self._raised = True
         raise Stopped(number)
@@ -132,7 +136,7 @@ def stoppable(immediate: bool, on_stop: Callable[[], None], done: str) -> Iterat
         yield stopping
         stopping.check()
     except (Stopped, KeyboardInterrupt):
-        stopping._raised = True  # from here on a signal is only noted
+        stopping.only_note()
         number = stopping.signal or signal.SIGINT
         on_stop()
         console.print(f"[yellow]stopped by {signal.Signals(number).name}; {escape(done)}[/yellow]",

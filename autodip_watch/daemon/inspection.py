@@ -75,6 +75,17 @@ class PlaneCount:
     def complete(self) -> bool:
         return self.present >= self.declared
 
+    def describe(self) -> str:
+        """``3 of 6 planes its ImageJ metadata declares`` (status, the log, provenance)."""
+        return f"{self.present} of {self.declared} planes its {self.by} metadata declares"
+
+
+def set_files(paths) -> str:
+    """``2 file(s) of its OME set: a.ome.tif, b.ome.tif`` (at most five names)."""
+    names = [Path(path).name for path in paths]
+    return (f"{len(names)} file(s) of its OME set: " + ", ".join(names[:5])
+            + (" ..." if len(names) > 5 else ""))
+
 
 def count_planes(path: Path) -> PlaneCount | None:
     """Planes declared by the file's metadata and planes present, or None where nothing

@@ -44,7 +44,7 @@ from ..io.checksums import hash_files
 from ..settings.config import Config
 from ..settings.sections import WatchFolder
 from .inspection import (ImageSet, UnreadableImage, file_version, inspect_image,
-                         set_signature)
+                         set_files, set_signature)
 from .log import Condition, get_logger
 from .observers import FolderState, observer_alive, start_observer, stop_observer
 from .queue import JobQueue
@@ -356,15 +356,12 @@ class Watcher:
         detail: dict = {}
         parts = []
         if missing:
-            names = [p.name for p in missing]
-            detail["files"] = names
-            parts.append(f"waiting for {len(names)} file(s) of its OME set: "
-                         + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+            detail["files"] = [p.name for p in missing]
+            parts.append(f"waiting for {set_files(missing)}")
         if short:
             detail.update(planes_present=planes.present, planes_declared=planes.declared,
                           declared_by=planes.by)
-            parts.append(f"{planes.present} of {planes.declared} planes its {planes.by} "
-                         f"metadata declares")
+            parts.append(planes.describe())
         if writing:
             detail["writer_open"] = True
             parts.append("being written: modified and not yet closed by its writer")

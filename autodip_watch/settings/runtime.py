@@ -26,7 +26,7 @@ def check_runtime(config: Config) -> list[str]:
     ConfigError
         Every problem found, each with the key it concerns.
     """
-    problems = _table_problems(config)
+    table, problems = _checked_table(config)
     if config.executor == "dask":
         try:
             import distributed  # noqa: F401  (only whether it is installed)
@@ -41,7 +41,7 @@ def check_runtime(config: Config) -> list[str]:
                         "same combination)")
     if problems:
         raise ConfigError(problems, str(config.source or "config"))
-    calibrated = CalibrationTable.load(config.calibration_table).specimens(config.dip.metric)
+    calibrated = table.specimens(config.dip.metric)
     return [f"watch.{number}.path: {folder.path} does not exist (yet); the daemon waits for "
             f"it to appear" for number, folder in enumerate(config.watch)
             if not folder.path.is_dir()] + [
@@ -49,22 +49,23 @@ def check_runtime(config: Config) -> list[str]:
         if folder.specimen and (note := uncalibrated_specimen(folder.specimen, calibrated))]
 
 
-def _table_problems(config: Config) -> list[str]:
-    """The table loads, has the metric, and serves the transfer mode."""
+def _checked_table(config: Config) -> tuple[CalibrationTable | None, list[str]]:
+    """The table, loaded once, and its problems: it loads, has the metric, and serves
+    the transfer mode."""
     try:
         table = CalibrationTable.load(config.calibration_table)
     except TableError as error:
-        return [f"calibration_table: {error}"]
+        return None, [f"calibration_table: {error}"]
     dip = config.dip
     try:
         table.lookup(None, None, dip.metric)
     except TableError as error:
-        return [f"dip.metric: {error}"]
+        return table, [f"dip.metric: {error}"]
     try:
         check_table_supports(table, dip.transfer, dip.metric)
     except ValueError as error:  # includes TableError / SimilarityError
-        return [f"dip.transfer: {error}"]
-    return []
+        return table, [f"dip.transfer: {error}"]
+    return table, []
 
 
 def _device_problems(devices: tuple[str, ...]) -> list[str]:
